@@ -1,0 +1,433 @@
+"""Incremental JSON scanner that captures a few values by path, in constant memory.
+
+Why not ``json.loads``: a non-streamed LLM response can be hundreds of megabytes (a long
+completion, a large embeddings batch), and the only parts we want are a usage object and a
+model name of a few hundred bytes. The scanner walks the structure as the bytes pass and
+copies out only the values whose path we asked for; everything else is skipped with
+``bytes.find`` and a compiled regex, so long strings and number arrays are crossed at C speed.
+
+Input may be one JSON value, several (NDJSON or any whitespace-separated sequence), or a
+top-level array. Each object at the top level, and each object directly inside a top-level
+array, is a *record*: paths are relative to it, and a finished record is handed to the
+``on_record`` callback as a sparse nested ``dict`` that holds only the captured values.
+Gemini's non-SSE ``streamGenerateContent`` (a JSON array of responses) and Ollama's NDJSON
+are therefore read by the same code as a plain JSON body.
+
+The scanner never raises on bad input: on the first structural error it sets ``failed``
+and ignores the rest. It is not a validator; it is just strict enough to find keys.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Iterable, Union
+
+PathItem = Union[str, int]
+Path = tuple[PathItem, ...]
+Record = dict[str, Any]
+
+#: Largest captured value kept, in bytes. A usage object is well under 1 KB; a bigger value
+#: at a captured path is not what we are looking for and is dropped (``overflowed`` is set).
+CAPTURE_LIMIT = 16 * 1024
+#: Longest object key remembered; longer keys are never among the captured paths.
+KEY_LIMIT = 256
+
+_SIGNIFICANT = re.compile(rb"[^ \t\r\n]")
+_SKIP_TOKEN = re.compile(rb'["{}\[\]]')
+_SCALAR_END = re.compile(rb"[,}\] \t\r\n]")
+
+# States of the machine.
+_VALUE = 0  # expecting a value
+_KEY = 1  # in an object, expecting a key or "}"
+_COLON = 2  # after a key
+_AFTER = 3  # after a value, expecting "," or a closing bracket
+_STRING = 4  # inside a string
+_SKIP = 5  # inside a container we do not care about
+_SCALAR = 6  # inside a number / true / false / null
+
+_CAPTURE = 1
+_DESCEND = 2
+
+_QUOTE = 0x22
+_BACKSLASH = 0x5C
+
+
+class _Frame:
+    """A container on the way to a captured path (or the record / top-level array)."""
+
+    __slots__ = ("is_object", "path", "index", "is_record", "is_top_array")
+
+    def __init__(
+        self,
+        is_object: bool,
+        path: Path | None,
+        is_record: bool = False,
+        is_top_array: bool = False,
+    ) -> None:
+        self.is_object = is_object
+        self.path = path
+        self.index = 0
+        self.is_record = is_record
+        self.is_top_array = is_top_array
+
+
+class JSONScanner:
+    """Feed bytes with :meth:`feed`; records arrive through ``on_record``.
+
+    ``paths`` are the record-relative paths to capture, as tuples of keys (``str``) and
+    array indices (``int``). ``text_roots`` names top-level record keys whose string
+    values are measured (total byte length) into :attr:`text_bytes`, for estimating
+    prompt tokens from a request without keeping it.
+    """
+
+    __slots__ = (
+        "_trie",
+        "_on_record",
+        "_text_roots",
+        "_state",
+        "_frames",
+        "_record",
+        "_pending",
+        "_skip_depth",
+        "_string_kind",
+        "_string_escape",
+        "_key",
+        "_capture",
+        "_capture_path",
+        "_cap_from",
+        "_counting",
+        "_string_len",
+        "_string_spaced",
+        "text_bytes",
+        "failed",
+        "overflowed",
+        "records",
+    )
+
+    def __init__(
+        self,
+        paths: Iterable[Path],
+        on_record: Callable[[Record], None],
+        text_roots: Iterable[str] = (),
+    ) -> None:
+        trie: dict[Path, int] = {}
+        for path in paths:
+            path = tuple(path)
+            for i in range(1, len(path)):
+                trie.setdefault(path[:i], _DESCEND)
+            trie[path] = _CAPTURE
+        self._trie = trie
+        self._on_record = on_record
+        self._text_roots = frozenset(text_roots)
+        self._state = _VALUE
+        self._frames: list[_Frame] = []
+        self._record: Record | None = None
+        # Path of the value about to start (None: skip it).
+        self._pending: Path | None = None
+        self._skip_depth = 0
+        # What the current string is: 0 skipped, 1 key, 2 a value (captured or not).
+        self._string_kind = 0
+        self._string_escape = False
+        self._key = bytearray()
+        self._capture: bytearray | None = None
+        self._capture_path: Path | None = None
+        self._cap_from = 0
+        self._counting = False
+        self._string_len = 0
+        self._string_spaced = False
+        self.text_bytes = 0
+        self.failed = False
+        self.overflowed = False
+        self.records = 0
+
+    # -- public -------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        if self.failed or not data:
+            return
+        try:
+            self._feed(data)
+        except Exception:  # a bug here must never escape into the host app
+            self.failed = True
+
+    @property
+    def idle(self) -> bool:
+        """True between top-level values: everything fed so far was complete."""
+        return not self._frames and self._state in (_VALUE, _AFTER) and not self.failed
+
+    # -- machine --------------------------------------------------------------------------
+
+    def _fail(self) -> int:
+        self.failed = True
+        self._capture = None
+        return -1
+
+    def _feed(self, buf: bytes) -> None:
+        n = len(buf)
+        pos = 0
+        self._cap_from = 0
+        while pos < n:
+            state = self._state
+            if state == _STRING:
+                pos = self._scan_string(buf, pos, n)
+                if pos < 0:
+                    break
+            elif state == _SKIP:
+                m = _SKIP_TOKEN.search(buf, pos)
+                if m is None:
+                    break
+                i = m.start()
+                c = buf[i]
+                pos = i + 1
+                if c == _QUOTE:
+                    self._begin_string(0)
+                elif c == 0x7B or c == 0x5B:  # { [
+                    self._skip_depth += 1
+                else:
+                    self._skip_depth -= 1
+                    if self._skip_depth == 0:
+                        self._end_value(buf, pos)
+            elif state == _SCALAR:
+                m = _SCALAR_END.search(buf, pos)
+                if m is None:
+                    break
+                # The delimiter belongs to the enclosing container: _AFTER reads it.
+                pos = m.start()
+                self._end_value(buf, pos)
+            else:
+                m = _SIGNIFICANT.search(buf, pos)
+                if m is None:
+                    break
+                i = m.start()
+                c = buf[i]
+                pos = i + 1
+                if state == _VALUE:
+                    frames = self._frames
+                    if c == 0x5D and frames and not frames[-1].is_object:
+                        self._close()  # "]" right after "[" (or a trailing comma)
+                    elif self._start_value(c, i) < 0:
+                        return
+                    elif self._state == _SCALAR:
+                        pos = i
+                elif state == _KEY:
+                    if c == _QUOTE:
+                        self._begin_string(1)
+                    elif c == 0x7D:  # } of an empty object
+                        self._close()
+                    else:
+                        self._fail()
+                        return
+                elif state == _COLON:
+                    if c != 0x3A:
+                        self._fail()
+                        return
+                    self._state = _VALUE
+                else:  # _AFTER
+                    frames = self._frames
+                    if not frames:
+                        # The next value of a top-level sequence (NDJSON).
+                        self._state = _VALUE
+                        pos = i
+                    elif c == 0x2C:  # ,
+                        top = frames[-1]
+                        if top.is_object:
+                            self._state = _KEY
+                        else:
+                            top.index += 1
+                            self._set_pending_element(top)
+                            self._state = _VALUE
+                    elif (c == 0x7D and frames[-1].is_object) or (
+                        c == 0x5D and not frames[-1].is_object
+                    ):
+                        self._close()
+                    else:
+                        self._fail()
+                        return
+        if self._capture is not None:
+            self._append_capture(buf, self._cap_from, n)
+
+    def _append_capture(self, buf: bytes, start: int, end: int) -> None:
+        cap = self._capture
+        if cap is None:
+            return
+        if len(cap) + (end - start) > CAPTURE_LIMIT:
+            # Not a usage object: drop it, keep scanning.
+            self.overflowed = True
+            self._capture = None
+            self._capture_path = None
+            return
+        cap += buf[start:end]
+
+    def _set_pending_element(self, frame: _Frame) -> None:
+        if frame.is_top_array:
+            self._pending = ()  # an element of a top-level array: a record if an object
+        elif frame.path is None:
+            self._pending = None
+        else:
+            self._pending = frame.path + (frame.index,)
+
+    def _start_value(self, c: int, at: int) -> int:
+        """Begin the value whose first byte is ``c``; returns -1 on a structural error."""
+        pending = self._pending
+        self._pending = None
+        frames = self._frames
+        if not frames or (frames[-1].is_top_array and pending == ()):
+            # A top-level value, or an element of a top-level array.
+            if c == 0x7B:
+                frames.append(_Frame(True, (), is_record=True))
+                self._record = {}
+                self._state = _KEY
+                return 0
+            if c == 0x5B and not frames:
+                frame = _Frame(False, None, is_top_array=True)
+                frames.append(frame)
+                self._set_pending_element(frame)
+                self._state = _VALUE
+                return 0
+            return self._skip_value(c)
+        kind = self._trie.get(pending) if pending is not None else None
+        if kind == _CAPTURE:
+            self._capture = bytearray()
+            self._capture_path = pending
+            self._cap_from = at
+            return self._skip_value(c)
+        if kind == _DESCEND and (c == 0x7B or c == 0x5B):
+            frame = _Frame(c == 0x7B, pending)
+            frames.append(frame)
+            if c == 0x7B:
+                self._state = _KEY
+            else:
+                self._set_pending_element(frame)
+                self._state = _VALUE
+            return 0
+        if (
+            self._text_roots
+            and pending
+            and isinstance(pending[0], str)
+            and pending[0] in self._text_roots
+        ):
+            self._counting = True
+        return self._skip_value(c)
+
+    def _skip_value(self, c: int) -> int:
+        if c == 0x7B or c == 0x5B:
+            self._skip_depth = 1
+            self._state = _SKIP
+        elif c == _QUOTE:
+            self._begin_string(2)
+        elif c in b"-0123456789tfn":
+            self._state = _SCALAR
+        else:
+            return self._fail()
+        return 0
+
+    def _begin_string(self, kind: int) -> None:
+        self._string_kind = kind
+        self._string_escape = False
+        self._string_len = 0
+        self._string_spaced = False
+        if kind == 1:
+            del self._key[:]
+        self._state = _STRING
+
+    def _scan_string(self, buf: bytes, pos: int, n: int) -> int:
+        """Find the closing quote; returns the position after it, or -1 if not in ``buf``."""
+        start = pos
+        if self._string_escape:
+            self._string_escape = False
+            pos += 1
+            if pos > n:
+                return -1
+        lo = pos
+        while True:
+            q = buf.find(b'"', pos)
+            if q < 0:
+                # Carry an unfinished escape (odd run of trailing backslashes).
+                k = n - 1
+                while k >= lo and buf[k] == _BACKSLASH:
+                    k -= 1
+                self._string_escape = (n - 1 - k) % 2 == 1
+                self._string_piece(buf, start, n)
+                return -1
+            k = q - 1
+            while k >= lo and buf[k] == _BACKSLASH:
+                k -= 1
+            if (q - 1 - k) % 2 == 0:
+                break
+            pos = q + 1
+        self._string_piece(buf, start, q)
+        self._end_string(buf, q + 1)
+        return q + 1
+
+    def _string_piece(self, buf: bytes, start: int, end: int) -> None:
+        kind = self._string_kind
+        if kind == 1:
+            if len(self._key) + (end - start) <= KEY_LIMIT:
+                self._key += buf[start:end]
+            else:
+                self._key = bytearray(b"\x00" * (KEY_LIMIT + 1))  # never matches a path
+        elif self._counting:
+            self._string_len += end - start
+            if not self._string_spaced and b" " in buf[start:end]:
+                self._string_spaced = True
+
+    def _end_string(self, buf: bytes, end: int) -> None:
+        kind = self._string_kind
+        if self._counting and kind != 1:
+            # Long strings without a space are blobs (base64 images, data URIs), not text.
+            if self._string_spaced or self._string_len <= 256:
+                self.text_bytes += self._string_len
+        if kind == 1:
+            frame = self._frames[-1]
+            try:
+                key = json.loads(b'"' + bytes(self._key) + b'"') if b"\\" in self._key else self._key.decode()
+            except (ValueError, UnicodeDecodeError):
+                key = None
+            self._pending = frame.path + (key,) if (frame.path is not None and key is not None) else None
+            self._state = _COLON
+        elif kind == 0:
+            self._state = _SKIP
+        else:
+            self._end_value(buf, end)
+
+    def _end_value(self, buf: bytes, end: int) -> None:
+        """A value ended at ``end`` in ``buf``: finish a capture, move to _AFTER."""
+        self._state = _AFTER
+        self._counting = False
+        cap = self._capture
+        if cap is None:
+            return
+        self._append_capture(buf, self._cap_from, end)
+        cap, path = self._capture, self._capture_path
+        self._capture = None
+        self._capture_path = None
+        if cap is None or path is None or self._record is None:
+            return
+        try:
+            value = json.loads(bytes(cap))
+        except ValueError:
+            return
+        _put(self._record, path, value)
+
+    def _close(self) -> None:
+        frame = self._frames.pop()
+        self._state = _AFTER
+        if frame.is_record:
+            record = self._record
+            self._record = None
+            self.records += 1
+            if record is not None:
+                self._on_record(record)
+
+
+def _put(record: Record, path: Path, value: Any) -> None:
+    """Store ``value`` at ``path`` in a sparse nested dict (list indices become dict keys)."""
+    node: Any = record
+    for item in path[:-1]:
+        child = node.get(item)
+        if not isinstance(child, dict):
+            child = {}
+            node[item] = child
+        node = child
+    node[path[-1]] = value

@@ -1,0 +1,186 @@
+"""Which LLM API a request is for, from its path alone, and custom usage formats.
+
+Paths are matched by their end, so an app that proxies a provider under a prefix
+(``/llm/openai/v1/chat/completions``) is recognised as well as a direct call. Provider
+names follow OpenTelemetry's ``gen_ai.provider.name`` values. OpenAI-compatible servers
+(Mistral, vLLM, DeepSeek, Groq...) share OpenAI's paths and wire format, so they are
+reported as ``openai`` unless the middleware is told otherwise with ``provider=``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ._usage import Counts, as_count
+
+
+@dataclass(frozen=True)
+class Route:
+    """What the request path says about the LLM call."""
+
+    provider: str | None
+    operation: str | None
+    #: A model named in the path (Azure deployment, Gemini model, Bedrock model ID).
+    model: str | None = None
+
+
+_UNKNOWN = Route(None, None)
+
+_AZURE = re.compile(r"/openai/deployments/([^/]+)/(.+?)/?$")
+_GEMINI = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
+_BEDROCK = re.compile(r"/model/([^/]+)/(converse|converse-stream)$")
+
+# Path suffix -> (provider, operation). Longest suffixes first.
+_SUFFIXES: Sequence[tuple[str, str, str]] = (
+    ("/chat/completions", "openai", "chat.completions"),
+    ("/completions", "openai", "completions"),
+    ("/embeddings", "openai", "embeddings"),
+    ("/responses", "openai", "responses"),
+    ("/messages", "anthropic", "messages"),
+    ("/api/chat", "ollama", "chat"),
+    ("/api/generate", "ollama", "generate"),
+    ("/api/embed", "ollama", "embeddings"),
+    ("/api/embeddings", "ollama", "embeddings"),
+    ("/v2/chat", "cohere", "chat"),
+    ("/v2/embed", "cohere", "embeddings"),
+)
+
+_OPERATION_OF_AZURE_TAIL = {
+    "chat/completions": "chat.completions",
+    "completions": "completions",
+    "embeddings": "embeddings",
+}
+
+
+def route_of(path: str) -> Route:
+    """Provider, operation and path model for a request path (no query string)."""
+    m = _AZURE.search(path)
+    if m:
+        operation = _OPERATION_OF_AZURE_TAIL.get(m.group(2), m.group(2).replace("/", "."))
+        return Route("azure.ai.openai", operation, m.group(1))
+    m = _GEMINI.search(path)
+    if m:
+        vertex = "/projects/" in path and "/locations/" in path
+        return Route("gcp.vertex_ai" if vertex else "gcp.gemini", m.group(2), m.group(1))
+    m = _BEDROCK.search(path)
+    if m:
+        return Route("aws.bedrock", "converse", m.group(1))
+    stripped = path.rstrip("/")
+    for suffix, provider, operation in _SUFFIXES:
+        if stripped.endswith(suffix):
+            if suffix == "/messages" and "/threads/" in stripped:
+                return _UNKNOWN  # OpenAI Assistants threads, not a generation
+            return Route(provider, operation)
+    return _UNKNOWN
+
+
+#: Body-shape family (from :mod:`._usage`) to provider name, when the path said nothing.
+PROVIDER_OF_FAMILY = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "gcp.gemini",
+    "ollama": "ollama",
+    "aws.bedrock": "aws.bedrock",
+    "cohere": "cohere",
+    "custom": "custom",
+}
+
+
+def _parse_pointer(pointer: str) -> tuple[str, ...]:
+    if pointer == "":
+        raise ValueError("an empty JSON pointer points at the whole record; name a field such as '/usage/input'")
+    if not pointer.startswith("/"):
+        raise ValueError(
+            f"JSON pointer {pointer!r} must start with '/', as in '/usage/prompt_tokens' (RFC 6901)"
+        )
+    return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/"))
+
+
+def _resolve(record: Any, path: tuple[str, ...]) -> Any:
+    node = record
+    for part in path:
+        if isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+            elif part.isdigit() and int(part) in node:
+                node = node[int(part)]
+            else:
+                return None
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+@dataclass(frozen=True)
+class UsagePointers:
+    """A custom usage format: where the counts are, as JSON pointers (RFC 6901).
+
+    Use it when an upstream (or your own endpoint) reports usage in a shape none of the
+    built-in providers use, like Gravitee's CUSTOM provider type. Pointers are relative to
+    each JSON record: the body of a JSON response, each NDJSON line, each SSE event's data.
+    ``total_tokens`` defaults to prompt + completion. The built-in shapes are still tried
+    when a record has none of these fields.
+    """
+
+    prompt_tokens: str
+    completion_tokens: str
+    total_tokens: str | None = None
+    model: str | None = None
+    cached_tokens: str | None = None
+    reasoning_tokens: str | None = None
+    _paths: dict[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        paths = {}
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens", "model", "cached_tokens", "reasoning_tokens"):
+            pointer = getattr(self, name)
+            if pointer is not None:
+                if not isinstance(pointer, str):
+                    raise TypeError(f"UsagePointers.{name} must be a JSON pointer string, got {pointer!r}")
+                paths[name] = _parse_pointer(pointer)
+        object.__setattr__(self, "_paths", paths)
+
+    def scan_paths(self) -> list[tuple[str | int, ...]]:
+        """Paths for the JSON scanner; a numeric part may be an array index or a key."""
+        out: list[tuple[str | int, ...]] = []
+        for path in self._paths.values():
+            variants: list[tuple[str | int, ...]] = [()]
+            for part in path:
+                options: list[str | int] = [part, int(part)] if part.isdigit() else [part]
+                variants = [v + (o,) for v in variants for o in options]
+            out.extend(variants)
+        return out
+
+    @property
+    def triggers(self) -> tuple[bytes, ...]:
+        """Bytes that an SSE event must contain to be worth parsing."""
+        return tuple(
+            path[-1].encode() for name, path in self._paths.items() if name != "model"
+        )
+
+    def counts(self, record: Mapping[str, Any]) -> Counts | None:
+        values = {name: _resolve(record, path) for name, path in self._paths.items() if name != "model"}
+        if values.get("prompt_tokens") is None and values.get("completion_tokens") is None:
+            return None
+        counts = {name: as_count(value) for name, value in values.items()}
+        for name, value in values.items():
+            if value is not None and counts[name] is None:
+                return None  # present but not a sane count: refuse the record
+        return (
+            counts.get("prompt_tokens"),
+            counts.get("completion_tokens"),
+            counts.get("total_tokens"),
+            counts.get("cached_tokens"),
+            counts.get("reasoning_tokens"),
+        )
+
+    def model_of(self, record: Mapping[str, Any]) -> str | None:
+        path = self._paths.get("model")
+        if path is None:
+            return None
+        value = _resolve(record, path)
+        return value if isinstance(value, str) and value else None

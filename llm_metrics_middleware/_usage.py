@@ -1,0 +1,250 @@
+"""Token usage: the normalised result, and how each provider's usage object maps to it.
+
+Every provider is normalised to one meaning, so that sums across providers add up:
+
+- ``prompt_tokens``: all input tokens processed, cached ones included (Anthropic and
+  Bedrock report cache reads and writes apart from ``input_tokens``; we add them back);
+- ``completion_tokens``: all output tokens, reasoning ("thinking") tokens included
+  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``);
+- ``total_tokens``: the provider's total when it reports one, else prompt + completion;
+- ``cached_tokens`` and ``reasoning_tokens``: the subsets, 0 when not reported.
+
+Streams repeat usage cumulatively (Gemini, vLLM's continuous usage stats, Anthropic's
+``message_delta``), so records are merged field by field, the last value winning; nothing
+is ever summed across events.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+#: Largest token count believed for one response. Above it a value is treated as garbage
+#: (a provider bug or a forged body), and the usage is dropped rather than exported.
+MAX_TOKENS = 50_000_000
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one response, normalised as described in the module docstring."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    #: True when the counts were estimated because the response carried no usage.
+    estimated: bool = False
+
+
+def as_count(value: Any) -> int | None:
+    """A token count as an ``int``, or None when ``value`` is not a sane count."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        count = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        count = int(value)
+    else:
+        return None
+    if count < 0 or count > MAX_TOKENS:
+        return None
+    return count
+
+
+def _get(obj: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _sum(*values: int | None) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+# (prompt, completion, total, cached, reasoning); None where the record does not say.
+Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+
+
+class Invalid(Exception):
+    """A usage object was found but holds values we refuse to count."""
+
+
+def _count(obj: Any, *keys: str) -> int | None:
+    value = _get(obj, *keys)
+    if value is None:
+        return None
+    count = as_count(value)
+    if count is None:
+        raise Invalid(f"{'.'.join(keys)}={value!r}")
+    return count
+
+
+def counts_from_usage(usage: Mapping[str, Any]) -> tuple[Counts, str] | None:
+    """Read one usage object of any known shape; returns counts and the shape's family."""
+    if "prompt_tokens" in usage or "completion_tokens" in usage:
+        # OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek...
+        prompt = _count(usage, "prompt_tokens")
+        completion = _count(usage, "completion_tokens")
+        cached = _count(usage, "prompt_tokens_details", "cached_tokens")
+        if cached is None:
+            cached = _count(usage, "prompt_cache_hit_tokens")  # DeepSeek
+        reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
+        total = _count(usage, "total_tokens")
+        if completion is None and prompt is not None and total is not None:
+            completion = 0  # embeddings
+        return (prompt, completion, total, cached, reasoning), "openai"
+    if "input_tokens" in usage or "output_tokens" in usage:
+        if "input_tokens_details" in usage or "output_tokens_details" in usage or (
+            "total_tokens" in usage
+        ):
+            # OpenAI Responses API: input_tokens already includes the cached ones.
+            prompt = _count(usage, "input_tokens")
+            completion = _count(usage, "output_tokens")
+            cached = _count(usage, "input_tokens_details", "cached_tokens")
+            reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
+            total = _count(usage, "total_tokens")
+            return (prompt, completion, total, cached, reasoning), "openai"
+        # Anthropic Messages: input_tokens excludes cache writes and reads.
+        uncached = _count(usage, "input_tokens")
+        written = _count(usage, "cache_creation_input_tokens")
+        read = _count(usage, "cache_read_input_tokens")
+        prompt = _sum(uncached, written, read) if uncached is not None else None
+        completion = _count(usage, "output_tokens")
+        return (prompt, completion, None, read, None), "anthropic"
+    if "inputTokens" in usage or "outputTokens" in usage:
+        # AWS Bedrock Converse: inputTokens excludes cache reads and writes.
+        uncached = _count(usage, "inputTokens")
+        read = _count(usage, "cacheReadInputTokens")
+        written = _count(usage, "cacheWriteInputTokens")
+        prompt = _sum(uncached, written, read) if uncached is not None else None
+        completion = _count(usage, "outputTokens")
+        total = _count(usage, "totalTokens")
+        return (prompt, completion, total, read, None), "aws.bedrock"
+    tokens = usage.get("tokens")
+    billed = usage.get("billed_units")
+    if isinstance(tokens, Mapping) or isinstance(billed, Mapping):
+        # Cohere v2: actual token counts in "tokens", billed ones in "billed_units".
+        source = tokens if isinstance(tokens, Mapping) else billed
+        assert isinstance(source, Mapping)
+        prompt = _count(source, "input_tokens")
+        completion = _count(source, "output_tokens")
+        cached = _count(usage, "cached_tokens")
+        return (prompt, completion, None, cached, None), "cohere"
+    return None
+
+
+def counts_from_usage_metadata(meta: Mapping[str, Any]) -> Counts:
+    """Google Gemini / Vertex AI ``usageMetadata``."""
+    prompt = _count(meta, "promptTokenCount")
+    tool_prompt = _count(meta, "toolUsePromptTokenCount")
+    candidates = _count(meta, "candidatesTokenCount")
+    thoughts = _count(meta, "thoughtsTokenCount")
+    total = _count(meta, "totalTokenCount")
+    cached = _count(meta, "cachedContentTokenCount")
+    if prompt is not None and tool_prompt is not None:
+        prompt += tool_prompt
+    completion = _sum(candidates, thoughts)
+    if completion is None and prompt is not None:
+        completion = 0  # a chunk before any candidate text, or embeddings
+    return prompt, completion, total, cached, thoughts
+
+
+def counts_from_record(record: Mapping[str, Any]) -> tuple[Counts, str] | None:
+    """Find usage anywhere a known provider puts it in one JSON record."""
+    usage = record.get("usage")
+    if isinstance(usage, Mapping):
+        found = counts_from_usage(usage)
+        if found is not None:
+            return found
+    meta = record.get("usageMetadata")
+    if isinstance(meta, Mapping):
+        return counts_from_usage_metadata(meta), "gemini"
+    for parent in ("message", "response", "delta"):
+        # Anthropic message_start, Responses API events, Cohere v2 message-end.
+        nested = _get(record, parent, "usage")
+        if isinstance(nested, Mapping):
+            found = counts_from_usage(nested)
+            if found is not None:
+                return found
+    if "eval_count" in record or "prompt_eval_count" in record:
+        # Ollama: counts only on the final ``"done": true`` object.
+        prompt = _count(record, "prompt_eval_count")
+        completion = _count(record, "eval_count")
+        return (prompt, completion if completion is not None else 0, None, None, None), "ollama"
+    return None
+
+
+def model_from_record(record: Mapping[str, Any]) -> str | None:
+    for keys in (("model",), ("modelVersion",), ("message", "model"), ("response", "model")):
+        value = _get(record, *keys)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+#: Record-relative paths the JSON scanner must capture for the functions above.
+RECORD_PATHS: Sequence[tuple[str, ...]] = (
+    ("usage",),
+    ("usageMetadata",),
+    ("model",),
+    ("modelVersion",),
+    ("message", "usage"),
+    ("message", "model"),
+    ("response", "usage"),
+    ("response", "model"),
+    ("delta", "usage"),
+    ("eval_count",),
+    ("prompt_eval_count",),
+)
+
+
+class UsageAccumulator:
+    """Merges the usage seen in a response's records: per field, the last value wins."""
+
+    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "seen")
+
+    def __init__(self) -> None:
+        self.prompt: int | None = None
+        self.completion: int | None = None
+        self.total: int | None = None
+        self.cached: int | None = None
+        self.reasoning: int | None = None
+        self.seen = False
+
+    def update(self, counts: Counts) -> None:
+        prompt, completion, total, cached, reasoning = counts
+        if prompt is None and completion is None and total is None:
+            return
+        self.seen = True
+        if prompt is not None:
+            self.prompt = prompt
+        if completion is not None:
+            self.completion = completion
+        # A total belongs to the record that reported it; a later record that moves the
+        # counts without a total makes it stale.
+        self.total = total
+        if cached is not None:
+            self.cached = cached
+        if reasoning is not None:
+            self.reasoning = reasoning
+
+    def result(self) -> Usage | None:
+        if not self.seen or (self.prompt is None and self.completion is None):
+            return None
+        prompt = self.prompt or 0
+        completion = self.completion or 0
+        total = prompt + completion
+        if self.total is not None and self.total >= total:
+            total = self.total
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=total,
+            cached_tokens=min(self.cached or 0, prompt),
+            reasoning_tokens=min(self.reasoning or 0, completion),
+        )
