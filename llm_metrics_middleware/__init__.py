@@ -1,0 +1,51 @@
+"""Token metrics for Python apps that call or proxy LLM APIs.
+
+``LLMMetricsMiddleware`` (ASGI) and ``LLMMetricsWSGIMiddleware`` (WSGI) read token usage
+from the responses as they pass and hand it to exporters (Prometheus, OpenTelemetry,
+Azure Monitor / Application Insights), split by Azure API Management style dimensions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._asgi import LLMMetricsMiddleware
+from ._dimensions import Dimension
+from ._prometheus import PrometheusExporter
+from ._providers import UsagePointers
+from ._record import CallRecord
+from ._request import RequestView
+from ._usage import Usage
+from ._wsgi import LLMMetricsWSGIMiddleware
+
+if TYPE_CHECKING:
+    from ._azure import AzureMonitorExporter
+    from ._otel import OpenTelemetryExporter
+
+__all__ = [
+    "AzureMonitorExporter",
+    "CallRecord",
+    "Dimension",
+    "LLMMetricsMiddleware",
+    "LLMMetricsWSGIMiddleware",
+    "OpenTelemetryExporter",
+    "PrometheusExporter",
+    "RequestView",
+    "Usage",
+    "UsagePointers",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The OpenTelemetry SDK and the Azure exporter are imported only when asked for.
+    if name == "AzureMonitorExporter":
+        from ._azure import AzureMonitorExporter
+
+        return AzureMonitorExporter
+    if name == "OpenTelemetryExporter":
+        from ._otel import OpenTelemetryExporter
+
+        return OpenTelemetryExporter
+    raise AttributeError(f"module 'llm_metrics_middleware' has no attribute {name!r}")

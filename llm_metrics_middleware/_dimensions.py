@@ -1,0 +1,311 @@
+"""Dimensions: what every token data point is split by, and where each value comes from.
+
+The seven default names are Azure API Management's ``llm-emit-token-metric`` defaults.
+Their sources (see the README's dimension reference for the trust model of each):
+
+=================  ==========================================================================
+API ID             the mount point plus the first path segment (``/v1``, ``/openai``...)
+Operation ID       the LLM operation (``chat.completions``, ``messages``...), else the path
+Product ID         the ``X-Product-Id`` request header
+User ID            the authenticated user (ASGI ``scope["user"]``, WSGI ``REMOTE_USER``),
+                   else the request body's ``user`` (OpenAI) or ``metadata.user_id``
+                   (Anthropic), else the ``X-User-Id`` header
+Subscription ID    a keyed hash (HMAC-SHA256, 16 hex digits) of the request's API key;
+                   never the key itself
+Location           ``location=`` of the middleware, else ``LLM_METRICS_LOCATION``, else
+                   ``REGION_NAME`` / ``WEBSITE_REGION`` / ``AWS_REGION`` from the environment
+Gateway ID         the host name of the machine (``socket.gethostname()``)
+=================  ==========================================================================
+
+``"Model"`` and ``"Provider"`` are built in as well and do not count as custom dimensions.
+A value nobody supplied is exported as ``"unknown"``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+from ._request import RequestView
+
+logger = logging.getLogger("llm_metrics_middleware")
+
+DEFAULT_NAMES = (
+    "API ID",
+    "Operation ID",
+    "Product ID",
+    "User ID",
+    "Subscription ID",
+    "Location",
+    "Gateway ID",
+)
+#: Dimensions the middleware knows besides the seven defaults; they are not "custom".
+BUILTIN_NAMES = ("Model", "Provider")
+MAX_CUSTOM = 10
+#: Longest exported label value; longer ones are cut (and end with "…").
+MAX_VALUE_LENGTH = 128
+UNKNOWN = "unknown"
+OVERFLOW = "__overflow__"
+
+ValueSource = Union[str, Callable[[RequestView], Union[str, None]], None]
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One dimension of every token metric.
+
+    ``Dimension("User ID")`` uses a default name's documented source.
+    ``Dimension("User ID", lambda r: r.headers.get("x-client"))`` overrides it.
+    ``Dimension("tier", "gold")`` is a custom dimension with a fixed value, and
+    ``Dimension("team", lambda r: r.headers.get("x-team"))`` one read from each request.
+    """
+
+    name: str
+    value: ValueSource = None
+
+
+def label_name(name: str) -> str:
+    """``"API ID"`` -> ``api_id``: the Prometheus label (and OpenTelemetry-safe) form."""
+    label = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
+    if not label:
+        raise ValueError(f"dimension name {name!r} has no letters or digits; give it a name such as 'team'")
+    if label[0].isdigit():
+        label = "_" + label
+    return label
+
+
+def sanitize(value: object) -> str:
+    """A label value from untrusted input: a short, printable string."""
+    if value is None:
+        return UNKNOWN
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        return UNKNOWN
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
+    if len(text) > MAX_VALUE_LENGTH:
+        text = text[: MAX_VALUE_LENGTH - 1] + "…"
+    return text or UNKNOWN
+
+
+@dataclass
+class CallContext:
+    """What the middleware learnt about the call, for the built-in sources."""
+
+    provider: str | None = None
+    operation: str | None = None
+    model: str | None = None
+
+
+Source = Callable[[RequestView, CallContext], Union[str, None]]
+
+_KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key", b"ocp-apim-subscription-key")
+_KEY_HEADER_NAMES = ("Authorization", "api-key", "x-api-key", "x-goog-api-key", "Ocp-Apim-Subscription-Key")
+
+
+def _api_id(request: RequestView, ctx: CallContext) -> str:
+    path = request.path
+    end = path.find("/", 1)
+    first = path if end < 0 else path[:end]
+    return (request.root_path.rstrip("/") + first) or "/"
+
+
+def _operation_id(request: RequestView, ctx: CallContext) -> str:
+    return ctx.operation or request.path
+
+
+def _product_id(request: RequestView, ctx: CallContext) -> str | None:
+    return request.headers.get("X-Product-Id")
+
+
+def _user_id(request: RequestView, ctx: CallContext) -> str | None:
+    user = request.user
+    if user:
+        return user
+    body = request.body
+    value = body.get("user")
+    if isinstance(value, str) and value:
+        return value
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        value = metadata.get("user_id")
+        if isinstance(value, str) and value:
+            return value
+    return request.headers.get("X-User-Id")
+
+
+def _api_key(request: RequestView) -> str | None:
+    headers = request.headers
+    for name in _KEY_HEADER_NAMES:
+        value = headers.get(name)
+        if value:
+            if name == "Authorization":
+                scheme, _, token = value.partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    continue
+                return token.strip()
+            return value.strip()
+    key = request.query.get("key")  # Gemini's ?key=
+    return key or None
+
+
+class SubscriptionHasher:
+    """Subscription ID from the API key: HMAC-SHA256 under a secret, 16 hex digits.
+
+    Keyed so that a leaked metric label cannot be matched against a list of keys. The
+    secret comes from ``LLM_METRICS_SUBSCRIPTION_SECRET``; without it a random per-process
+    secret is used, which keeps keys safe but makes IDs differ between processes and
+    restarts (a warning says so once).
+    """
+
+    def __init__(self, secret: bytes | str | None = None) -> None:
+        if secret is None:
+            env = os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")
+            secret = env if env else None
+        if secret is None:
+            self._secret = os.urandom(32)
+            self._random = True
+        else:
+            self._secret = secret.encode() if isinstance(secret, str) else secret
+            self._random = False
+        self._warned = False
+
+    def __call__(self, request: RequestView, ctx: CallContext) -> str | None:
+        key = _api_key(request)
+        if key is None:
+            return None
+        if self._random and not self._warned:
+            self._warned = True
+            logger.warning(
+                "Subscription ID is hashed with a random per-process secret; set "
+                "LLM_METRICS_SUBSCRIPTION_SECRET (or subscription_secret=) for IDs that are "
+                "stable across processes and restarts"
+            )
+        return hmac.new(self._secret, key.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
+
+
+def default_location() -> str | None:
+    for var in ("LLM_METRICS_LOCATION", "REGION_NAME", "WEBSITE_REGION", "AWS_REGION", "GOOGLE_CLOUD_REGION"):
+        value = os.environ.get(var)
+        if value:
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class BoundDimension:
+    name: str
+    label: str
+    source: Source
+
+
+class Schema:
+    """The configured dimensions of one middleware, in order, with their label names."""
+
+    def __init__(self, namespace: str, dimensions: Sequence[BoundDimension]) -> None:
+        self.namespace = namespace
+        self.dimensions = tuple(dimensions)
+        self.names = tuple(d.name for d in dimensions)
+        self.labels = tuple(d.label for d in dimensions)
+
+    def values(self, request: RequestView, ctx: CallContext) -> tuple[str, ...]:
+        out = []
+        for dim in self.dimensions:
+            try:
+                value = dim.source(request, ctx)
+            except Exception:
+                logger.warning("dimension %r failed; exported as %r", dim.name, UNKNOWN, exc_info=True)
+                value = None
+            out.append(sanitize(value))
+        return tuple(out)
+
+
+def _user_source(fn: Callable[[RequestView], str | None]) -> Source:
+    def source(request: RequestView, ctx: CallContext) -> str | None:
+        return fn(request)
+
+    return source
+
+
+def _fixed(value: str) -> Source:
+    def source(request: RequestView, ctx: CallContext) -> str:
+        return value
+
+    return source
+
+
+def build_schema(
+    namespace: str,
+    dimensions: Sequence[Dimension | str] | None,
+    *,
+    location: str | None = None,
+    gateway_id: str | None = None,
+    subscription_secret: bytes | str | None = None,
+) -> Schema:
+    """Check the configured dimensions and bind each to its source; errors say what to fix."""
+    if dimensions is None:
+        dimensions = [*DEFAULT_NAMES, "Model"]
+    if isinstance(dimensions, (str, Dimension)):
+        raise TypeError("dimensions= takes a list, e.g. dimensions=['User ID', Dimension('tier', 'gold')]")
+    builtin: dict[str, Source] = {
+        "API ID": _api_id,
+        "Operation ID": _operation_id,
+        "Product ID": _product_id,
+        "User ID": _user_id,
+        "Subscription ID": SubscriptionHasher(subscription_secret),
+        "Location": _fixed(location) if location else (lambda r, c, _v=default_location(): _v),
+        "Gateway ID": _fixed(gateway_id or socket.gethostname()),
+        "Model": lambda r, c: c.model,
+        "Provider": lambda r, c: c.provider,
+    }
+    bound: list[BoundDimension] = []
+    seen_labels: dict[str, str] = {}
+    custom = 0
+    for item in dimensions:
+        dim = Dimension(item) if isinstance(item, str) else item
+        if not isinstance(dim, Dimension):
+            raise TypeError(f"dimensions= items are Dimension or str, got {item!r}")
+        if not isinstance(dim.name, str) or not dim.name.strip():
+            raise ValueError(f"a dimension needs a non-empty name, got {dim.name!r}")
+        is_builtin = dim.name in builtin
+        if not is_builtin:
+            custom += 1
+            if custom > MAX_CUSTOM:
+                raise ValueError(
+                    f"at most {MAX_CUSTOM} custom dimensions are allowed (as in Azure API "
+                    f"Management's llm-emit-token-metric); {dim.name!r} is the {custom}th. "
+                    "Drop one or fold two into one value."
+                )
+        if dim.value is None:
+            if not is_builtin:
+                raise ValueError(
+                    f"custom dimension {dim.name!r} needs a value: a str or a callable of the "
+                    f"request view. Only the default names {', '.join(DEFAULT_NAMES + BUILTIN_NAMES)} "
+                    "may be used without one."
+                )
+            source = builtin[dim.name]
+        elif isinstance(dim.value, str):
+            source = _fixed(dim.value)
+        elif callable(dim.value):
+            source = _user_source(dim.value)
+        else:
+            raise TypeError(
+                f"Dimension({dim.name!r}) value must be None, a str or a callable taking the "
+                f"request view, got {dim.value!r}"
+            )
+        label = label_name(dim.name)
+        if label in seen_labels:
+            raise ValueError(
+                f"dimensions {seen_labels[label]!r} and {dim.name!r} both become label {label!r}; rename one"
+            )
+        seen_labels[label] = dim.name
+        bound.append(BoundDimension(dim.name, label, source))
+    return Schema(namespace, bound)

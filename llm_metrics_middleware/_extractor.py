@@ -1,0 +1,344 @@
+"""Reads token usage out of one response body as it passes (sans-IO).
+
+One :class:`UsageExtractor` per response: :meth:`~UsageExtractor.feed` every body chunk
+as it goes to the client, then :meth:`~UsageExtractor.close` once for the
+:class:`Extraction`. Nothing here knows about ASGI, WSGI or exporters, and nothing here
+raises: a body we cannot read ends with ``error`` set and no usage.
+
+The body format comes from the Content-Type (parameters and vendor ``+json`` types
+allowed); when that says nothing useful (missing, ``text/plain``,
+``application/octet-stream``) the first significant byte decides. JSON, NDJSON and a
+top-level JSON array of records all go through the same incremental scanner; SSE goes
+through the SSE decoder, and each small event's data is parsed only when it can hold usage.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ._estimate import TokenCounter
+from ._jsonscan import JSONScanner, Path
+from ._providers import PROVIDER_OF_FAMILY, UsagePointers
+from ._sse import SSEDecoder
+from ._usage import Invalid, RECORD_PATHS, UsageAccumulator, Usage, counts_from_record, model_from_record
+
+# Body formats.
+NONE = "none"
+SSE = "sse"
+JSON = "json"
+SNIFF = "sniff"
+
+_JSON_TYPES = frozenset(
+    {
+        "application/json",
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+        "application/json-seq",
+        "application/stream+json",
+        "text/json",
+    }
+)
+_SNIFF_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/octet-stream"})
+
+# Response-side roots whose strings are the generated text, for a JSON body with no usage.
+_RESPONSE_TEXT_ROOTS = ("choices", "content", "candidates", "message", "output", "response", "text", "generations")
+
+# Strings worth counting in SSE event data when a stream carries no usage: the generated
+# text fields of every known chunk shape (OpenAI delta.content, Anthropic text_delta /
+# thinking_delta / input_json_delta, Responses output_text.delta, Gemini parts.text,
+# tool-call arguments). Matched on the raw JSON, escapes included: an estimate.
+_TEXT_FIELD = re.compile(
+    rb'"(?:content|text|delta|response|reasoning_content|reasoning|thinking|partial_json|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"',
+    re.S,
+)
+# Whether an SSE event's data can hold usage: a usage-like object that is not null.
+_USAGE_HINT = re.compile(rb'(?:usage|usageMetadata)"\s*:\s*\{|eval_count"')
+
+_WHITESPACE = b" \t\r\n"
+
+
+def body_format(content_type: str | None) -> str:
+    """The format to read for a response Content-Type; :data:`SNIFF` when it says nothing."""
+    if not content_type:
+        return SNIFF
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "text/event-stream":
+        return SSE
+    if media in _JSON_TYPES or media.endswith("+json") or media.endswith("+ndjson"):
+        return JSON
+    if media in _SNIFF_TYPES:
+        return SNIFF
+    return NONE
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What one response body said about its tokens."""
+
+    usage: Usage | None
+    #: The model the response names (first one seen).
+    model: str | None
+    #: Provider inferred from the usage shape (``openai``, ``anthropic``...), if any.
+    provider: str | None
+    #: Body format that was read: ``sse``, ``json`` or ``none``.
+    format: str
+    #: Bytes of generated text seen, or tokens when a token counter was given;
+    #: used to estimate completion tokens when ``usage`` is None.
+    text_tokens: int
+    #: Why counting failed (``malformed``, ``invalid_usage``, ``too_large``), or None.
+    error: str | None
+    #: Whether the body looked like an LLM response (usage, model or text seen).
+    llm_like: bool
+
+
+class _TextMeter:
+    """Counts generated text without keeping it: bytes/4, or a tokenizer on small batches."""
+
+    __slots__ = ("_counter", "_decoder", "_pending", "bytes", "tokens")
+
+    BATCH = 4096
+
+    def __init__(self, counter: TokenCounter | None) -> None:
+        self._counter = counter
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if counter else None
+        self._pending: list[str] = []
+        self.bytes = 0
+        self.tokens = 0
+
+    def add_json_string(self, raw: bytes) -> None:
+        """``raw`` is a JSON string's body, escapes included."""
+        if self._counter is None:
+            self.bytes += len(raw)
+            return
+        try:
+            text = json.loads(b'"' + raw + b'"')
+        except ValueError:
+            text = raw.decode("utf-8", "replace")
+        self._add_text(text)
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+
+    def _add_text(self, text: str) -> None:
+        self._pending.append(text)
+        self.bytes += len(text)
+        if self.bytes >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self._counter is not None:
+            try:
+                self.tokens += max(0, int(self._counter("".join(self._pending))))
+            except Exception:
+                self.tokens += -(-self.bytes // 4)
+        self._pending.clear()
+        self.bytes = 0
+
+    def result(self) -> int:
+        if self._counter is None:
+            return -(-self.bytes // 4)
+        self._flush()
+        return self.tokens
+
+
+class UsageExtractor:
+    """Feed one response body in chunks; :meth:`close` returns what it said about tokens.
+
+    ``fmt`` is a value of :func:`body_format`. ``want_text`` turns on counting of the
+    generated text, for an estimate when the body carries no usage; leave it off when
+    usage is known to come (``stream_options.include_usage``), it costs a regex per event.
+    """
+
+    __slots__ = (
+        "_format",
+        "_custom",
+        "_paths",
+        "_acc",
+        "_model",
+        "_family",
+        "_scanner",
+        "_sse",
+        "_large",
+        "_text",
+        "_want_text",
+        "_error",
+        "_triggers",
+        "_llm_like",
+    )
+
+    def __init__(
+        self,
+        fmt: str,
+        *,
+        custom: UsagePointers | None = None,
+        want_text: bool = False,
+        token_counter: TokenCounter | None = None,
+    ) -> None:
+        self._format = fmt
+        self._custom = custom
+        paths: list[Path] = list(RECORD_PATHS)
+        if custom is not None:
+            paths.extend(custom.scan_paths())
+        self._paths = paths
+        self._acc = UsageAccumulator()
+        self._model: str | None = None
+        self._family: str | None = None
+        self._scanner: JSONScanner | None = None
+        self._sse: SSEDecoder | None = None
+        self._large: JSONScanner | None = None
+        self._want_text = want_text
+        self._text = _TextMeter(token_counter) if want_text else None
+        self._error: str | None = None
+        self._triggers: tuple[bytes, ...] = custom.triggers if custom is not None else ()
+        self._llm_like = False
+        if fmt == SSE:
+            self._start_sse()
+        elif fmt == JSON:
+            self._start_json()
+
+    # -- public -------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        try:
+            if self._sse is not None:
+                self._sse.feed(chunk)
+            elif self._scanner is not None:
+                self._scanner.feed(chunk)
+            elif self._format == SNIFF:
+                self._sniff(chunk)
+        except Exception:  # a bug must not reach the app: stop reading this body
+            self._error = "malformed"
+            self._sse = None
+            self._scanner = None
+            self._format = NONE
+
+    def close(self) -> Extraction:
+        try:
+            if self._sse is not None:
+                self._sse.close()
+            elif self._scanner is not None:
+                scanner = self._scanner
+                if scanner.failed and self._error is None:
+                    self._error = "malformed"
+                elif not scanner.idle and self._error is None and not self._acc.seen:
+                    self._error = "truncated"
+                if scanner.overflowed and self._error is None and not self._acc.seen:
+                    self._error = "too_large"
+        except Exception:
+            self._error = self._error or "malformed"
+        usage = self._acc.result()
+        text_tokens = 0
+        if self._text is not None:
+            try:
+                if self._scanner is not None:
+                    self._text.add_bytes(self._scanner.text_bytes)
+                text_tokens = self._text.result()
+            except Exception:
+                text_tokens = 0
+        family = self._family
+        return Extraction(
+            usage=usage,
+            model=self._model,
+            provider=PROVIDER_OF_FAMILY.get(family) if family else None,
+            format=self._format if self._format != SNIFF else NONE,
+            text_tokens=text_tokens,
+            error=self._error,
+            llm_like=self._llm_like or usage is not None or self._model is not None or text_tokens > 0,
+        )
+
+    # -- formats ------------------------------------------------------------------------
+
+    def _sniff(self, chunk: bytes) -> None:
+        first = chunk.lstrip(_WHITESPACE)[:1]
+        if not first:
+            return
+        if first in (b"{", b"["):
+            self._format = JSON
+            self._start_json()
+            assert self._scanner is not None
+            self._scanner.feed(chunk)
+        elif first in (b"d", b"e", b":", b"i", b"r"):  # data:, event:, comment, id:, retry:
+            self._format = SSE
+            self._start_sse()
+            assert self._sse is not None
+            self._sse.feed(chunk)
+        else:
+            self._format = NONE
+
+    def _start_json(self) -> None:
+        roots: Sequence[str] = _RESPONSE_TEXT_ROOTS if self._want_text else ()
+        self._scanner = JSONScanner(self._paths, self._on_record, text_roots=roots)
+
+    def _start_sse(self) -> None:
+        self._sse = SSEDecoder(self._on_event, self._on_large_data, self._on_large_end)
+
+    # -- SSE ----------------------------------------------------------------------------
+
+    def _on_event(self, event: bytes, data: bytes) -> None:
+        if self._text is not None:
+            meter = self._text
+            for m in _TEXT_FIELD.finditer(data):
+                meter.add_json_string(m.group(1))
+        if (
+            self._model is None
+            or _USAGE_HINT.search(data) is not None
+            or any(t in data for t in self._triggers)
+        ):
+            if data == b"[DONE]":
+                return
+            try:
+                record = json.loads(data)
+            except ValueError:
+                self._error = self._error or "malformed"
+                return
+            if isinstance(record, dict):
+                self._on_record(record)
+            elif isinstance(record, list):  # a batch of records in one event
+                for item in record:
+                    if isinstance(item, dict):
+                        self._on_record(item)
+
+    def _on_large_data(self, piece: bytes) -> None:
+        if self._large is None:
+            self._large = JSONScanner(self._paths, self._on_record)
+        self._large.feed(piece)
+
+    def _on_large_end(self, event: bytes) -> None:
+        large = self._large
+        self._large = None
+        if large is not None and large.failed:
+            self._error = self._error or "malformed"
+
+    # -- records ------------------------------------------------------------------------
+
+    def _on_record(self, record: Mapping[str, Any]) -> None:
+        try:
+            custom = self._custom
+            if custom is not None:
+                counts = custom.counts(record)
+                if counts is not None:
+                    self._acc.update(counts)
+                    self._family = "custom"
+                if self._model is None:
+                    self._model = custom.model_of(record)
+            found = counts_from_record(record)
+            if found is not None:
+                counts, family = found
+                self._acc.update(counts)
+                if self._family is None:
+                    self._family = family
+            if self._model is None:
+                self._model = model_from_record(record)
+                if self._model is not None:
+                    self._llm_like = True
+        except Invalid:
+            self._error = "invalid_usage"

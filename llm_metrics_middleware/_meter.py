@@ -1,0 +1,280 @@
+"""The framework-free middle of both middlewares: options, per-call state, delivery.
+
+:class:`Meter` holds what one middleware was configured with. :class:`CallMeter` is the
+per-request state (never on the middleware instance): the ASGI and WSGI adapters drive it
+with ``request_body``, ``response_start``, ``body`` and ``finish`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Sequence
+
+from ._dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from ._estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
+from ._extractor import JSON, NONE, SSE, UsageExtractor, body_format
+from ._providers import Route, UsagePointers, route_of
+from ._record import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Sink
+from ._request import BodyPeek, RequestView
+from ._usage import MAX_TOKENS, Usage
+
+logger = logging.getLogger("llm_metrics_middleware")
+
+#: Default cap on distinct dimension-value combinations per middleware (the default
+#: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
+DEFAULT_MAX_SERIES = 2000
+
+# Providers whose streams always carry usage: counting their text would be wasted work.
+_ALWAYS_REPORTS = frozenset({"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama", "cohere", "aws.bedrock"})
+_NO_TEXT_OPERATIONS = frozenset({"embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens"})
+
+
+class SeriesLimiter:
+    """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
+
+    Sums stay exact: overflowed calls are still counted, under ``__overflow__`` values.
+    Memory is bounded by the cap.
+    """
+
+    def __init__(self, max_series: int) -> None:
+        if not isinstance(max_series, int) or isinstance(max_series, bool) or max_series < 1:
+            raise ValueError(f"max_series must be a positive int, got {max_series!r}")
+        self.max_series = max_series
+        self._seen: set[tuple[str, ...]] = set()
+        self._lock = threading.Lock()
+        self.overflowed = 0
+
+    def admit(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
+        """The values to export, and whether they overflowed."""
+        if values in self._seen:
+            return values, False
+        with self._lock:
+            if len(self._seen) < self.max_series:
+                self._seen.add(values)
+                return values, False
+            self.overflowed += 1
+        return (OVERFLOW,) * len(values), True
+
+
+class Meter:
+    """One middleware's configuration and sinks. Built once, shared by all requests."""
+
+    def __init__(
+        self,
+        *,
+        exporters: Sequence[Exporter],
+        dimensions: Sequence[Dimension | str] | None = None,
+        namespace: str = "llm",
+        provider: str | None = None,
+        custom_usage: UsagePointers | None = None,
+        estimate: bool = True,
+        token_counter: TokenCounter | None = None,
+        max_series: int = DEFAULT_MAX_SERIES,
+        location: str | None = None,
+        gateway_id: str | None = None,
+        subscription_secret: bytes | str | None = None,
+    ) -> None:
+        if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
+            raise TypeError(
+                "exporters= takes a list of exporters, e.g. exporters=[PrometheusExporter()]"
+            )
+        exporters = list(exporters)
+        if not exporters:
+            raise ValueError("exporters= needs at least one exporter, e.g. exporters=[PrometheusExporter()]")
+        for exporter in exporters:
+            if not hasattr(exporter, "bind"):
+                raise TypeError(
+                    f"{exporter!r} is not an exporter; use PrometheusExporter(), "
+                    "AzureMonitorExporter() or OpenTelemetryExporter()"
+                )
+        if not isinstance(namespace, str) or not namespace.strip():
+            raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
+        if custom_usage is not None and not isinstance(custom_usage, UsagePointers):
+            raise TypeError(f"custom_usage= takes UsagePointers(...), got {custom_usage!r}")
+        self.schema = build_schema(
+            namespace,
+            dimensions,
+            location=location,
+            gateway_id=gateway_id,
+            subscription_secret=subscription_secret,
+        )
+        self.exporters = exporters
+        self.sinks: list[Sink] = [exporter.bind(self.schema) for exporter in exporters]
+        self.provider = provider
+        self.custom = custom_usage
+        self.estimate = estimate
+        self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
+        self.limiter = SeriesLimiter(max_series)
+        #: Self-observability: what went wrong, by kind, since start.
+        self.errors: collections.Counter[str] = collections.Counter()
+
+    def begin(self, view: RequestView) -> CallMeter:
+        return CallMeter(self, view)
+
+    def count_error(self, kind: str) -> None:
+        self.errors[kind] += 1
+        for sink in self.sinks:
+            on_error = getattr(sink, "on_error", None)
+            if on_error is not None:
+                try:
+                    on_error(kind)
+                except Exception:
+                    logger.exception("exporter failed to count an error")
+
+    def deliver(self, call: CallRecord) -> None:
+        for sink in self.sinks:
+            try:
+                sink.record(call)
+            except Exception:
+                logger.exception("exporter %r failed to record a call; the request is unaffected", sink)
+                self.errors["export"] += 1
+
+
+class CallMeter:
+    """Per-request state. Every method is safe to call: none raises."""
+
+    __slots__ = (
+        "meter",
+        "view",
+        "route",
+        "peek",
+        "started",
+        "status",
+        "extractor",
+        "first_chunk",
+        "want_text",
+        "finished",
+        "fmt",
+    )
+
+    def __init__(self, meter: Meter, view: RequestView) -> None:
+        self.meter = meter
+        self.view = view
+        self.started = time.perf_counter()
+        self.route: Route = route_of(view.path)
+        self.peek: BodyPeek | None = view.start_peek()
+        self.status = 0
+        self.extractor: UsageExtractor | None = None
+        self.first_chunk: float | None = None
+        self.want_text = False
+        self.finished = False
+        self.fmt = NONE
+
+    def request_body(self, chunk: bytes) -> None:
+        peek = self.peek
+        if peek is not None and not peek.done:
+            try:
+                peek.feed(chunk)
+            except Exception:
+                self.peek = None
+
+    def response_start(self, status: int, content_type: str | None, content_encoding: str | None) -> None:
+        try:
+            self.status = status
+            if status >= 400 or status < 200:
+                return
+            if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
+                return
+            fmt = body_format(content_type)
+            if fmt == NONE:
+                return
+            meter = self.meter
+            route = self.route
+            body = self.view.body
+            stream_options = body.get("stream_options")
+            include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+            provider = meter.provider or route.provider
+            self.want_text = (
+                meter.estimate
+                and not include_usage
+                and provider not in _ALWAYS_REPORTS
+                and route.operation not in _NO_TEXT_OPERATIONS
+            )
+            self.fmt = fmt
+            self.extractor = UsageExtractor(
+                fmt,
+                custom=meter.custom,
+                want_text=self.want_text,
+                token_counter=meter.token_counter,
+            )
+        except Exception:
+            logger.exception("llm-metrics: could not start reading a response; it is not counted")
+            self.meter.count_error("internal")
+
+    def body(self, chunk: bytes) -> None:
+        if self.first_chunk is None and chunk:
+            self.first_chunk = time.perf_counter()
+        extractor = self.extractor
+        if extractor is not None:
+            extractor.feed(chunk)
+
+    def finish(self, outcome: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self._finish(outcome)
+        except Exception:
+            logger.exception("llm-metrics: failed to record a call; the request is unaffected")
+            self.meter.count_error("internal")
+
+    def _finish(self, outcome: str) -> None:
+        meter = self.meter
+        route = self.route
+        extraction = self.extractor.close() if self.extractor is not None else None
+        usage = extraction.usage if extraction is not None else None
+        # Only LLM calls are counted: a known LLM path, or a body that reported usage.
+        if route.operation is None and usage is None:
+            if extraction is not None and extraction.error is not None and self.meter.custom is not None:
+                meter.count_error(extraction.error)
+            return
+        if extraction is not None and extraction.error is not None:
+            meter.count_error(extraction.error)
+            logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
+        body = self.view.body
+        source = NO_USAGE
+        if self.status >= 400:
+            usage = None
+        elif usage is not None:
+            source = REPORTED
+        elif (
+            self.want_text
+            and extraction is not None
+            and extraction.text_tokens > 0
+            and meter.estimate
+        ):
+            prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
+            completion = min(extraction.text_tokens, MAX_TOKENS)
+            usage = Usage(prompt, completion, prompt + completion, estimated=True)
+            source = ESTIMATED
+        request_model = body.get("model")
+        if not isinstance(request_model, str) or not request_model:
+            request_model = route.model
+        response_model = extraction.model if extraction is not None else None
+        provider = meter.provider or route.provider or (extraction.provider if extraction is not None else None)
+        ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
+        dims, overflowed = meter.limiter.admit(meter.schema.values(self.view, ctx))
+        if overflowed:
+            meter.count_error("series_overflow")
+        streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
+        now = time.perf_counter()
+        call = CallRecord(
+            dimensions=dims,
+            usage=usage,
+            usage_source=source,
+            provider=provider,
+            operation=route.operation,
+            request_model=request_model if isinstance(request_model, str) else None,
+            response_model=response_model,
+            status=self.status,
+            outcome=outcome,
+            streamed=streamed,
+            duration_s=now - self.started,
+            time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
+            parse_error=extraction.error if extraction is not None else None,
+        )
+        meter.deliver(call)
+

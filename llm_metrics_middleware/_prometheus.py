@@ -1,0 +1,223 @@
+"""Prometheus exporter: counters and histograms in a ``prometheus_client`` registry.
+
+Metric names (``llm`` is the middleware's ``namespace``, sanitised):
+
+- ``llm_prompt_tokens_total``, ``llm_completion_tokens_total``, ``llm_tokens_total``
+  {dimensions}: token counters, estimates included;
+- ``llm_cached_tokens_total``, ``llm_reasoning_tokens_total`` {dimensions};
+- ``llm_estimated_tokens_total`` {dimensions, type="prompt"|"completion"}: the part of the
+  token counters that was estimated because the response carried no usage;
+- ``llm_requests_total`` {dimensions, status, outcome, usage}: LLM calls metered;
+- ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
+- ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
+- ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
+  exporter failures, dimension combinations that overflowed ``max_series``.
+
+Under gunicorn and other pre-fork servers, set ``PROMETHEUS_MULTIPROC_DIR`` before Python
+starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_app` and
+:meth:`~PrometheusExporter.wsgi_app` then aggregate all workers on every scrape.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from ._record import CallRecord
+
+if TYPE_CHECKING:
+    from ._dimensions import Schema
+
+# Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+_RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
+
+
+def metric_prefix(namespace: str) -> str:
+    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
+    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
+    if not prefix:
+        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
+    if prefix[0].isdigit():
+        prefix = "_" + prefix
+    return prefix
+
+
+class _Family:
+    """The metrics of one namespace in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        L = list(labels)
+        self.prompt = Counter(f"{prefix}_prompt_tokens", "Prompt (input) tokens, cached included.", L, registry=registry)
+        self.completion = Counter(
+            f"{prefix}_completion_tokens", "Completion (output) tokens, reasoning included.", L, registry=registry
+        )
+        self.total = Counter(f"{prefix}_tokens", "Total tokens.", L, registry=registry)
+        self.cached = Counter(f"{prefix}_cached_tokens", "Prompt tokens read from the provider's cache.", L, registry=registry)
+        self.reasoning = Counter(
+            f"{prefix}_reasoning_tokens", "Completion tokens spent on reasoning.", L, registry=registry
+        )
+        self.estimated = Counter(
+            f"{prefix}_estimated_tokens",
+            "Tokens counted by estimate because the response reported no usage (included in the token counters).",
+            [*L, "type"],
+            registry=registry,
+        )
+        self.requests = Counter(
+            f"{prefix}_requests",
+            "LLM calls metered, by HTTP status, outcome and how usage was obtained.",
+            [*L, "status", "outcome", "usage"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{prefix}_request_duration_seconds",
+            "Time from the request to the last response byte.",
+            L,
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.first_chunk = Histogram(
+            f"{prefix}_time_to_first_chunk_seconds",
+            "Time from the request to the first body bytes of a streamed response.",
+            L,
+            buckets=FIRST_CHUNK_BUCKETS,
+            registry=registry,
+        )
+        self.errors = Counter(
+            f"{prefix}_metering_errors",
+            "Responses or values the middleware could not count, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+
+
+class _Series:
+    """The children of one dimension tuple, cached so a record is a few ``inc()`` calls."""
+
+    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "duration", "first_chunk", "family", "values")
+
+    def __init__(self, family: _Family, values: tuple[str, ...]) -> None:
+        self.family = family
+        self.values = values
+        if values:
+            self.prompt = family.prompt.labels(*values)
+            self.completion = family.completion.labels(*values)
+            self.total = family.total.labels(*values)
+            self.cached = family.cached.labels(*values)
+            self.reasoning = family.reasoning.labels(*values)
+            self.duration = family.duration.labels(*values)
+            self.first_chunk = family.first_chunk.labels(*values)
+        else:
+            self.prompt, self.completion, self.total = family.prompt, family.completion, family.total
+            self.cached, self.reasoning = family.cached, family.reasoning
+            self.duration, self.first_chunk = family.duration, family.first_chunk
+
+
+class _PrometheusSink:
+    def __init__(self, family: _Family) -> None:
+        self._family = family
+        self._series: dict[tuple[str, ...], _Series] = {}
+
+    def record(self, call: CallRecord) -> None:
+        values = call.dimensions
+        series = self._series.get(values)
+        if series is None:
+            series = self._series[values] = _Series(self._family, values)
+        family = self._family
+        usage = call.usage
+        if usage is not None:
+            if usage.prompt_tokens:
+                series.prompt.inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                series.completion.inc(usage.completion_tokens)
+            if usage.total_tokens:
+                series.total.inc(usage.total_tokens)
+            if usage.cached_tokens:
+                series.cached.inc(usage.cached_tokens)
+            if usage.reasoning_tokens:
+                series.reasoning.inc(usage.reasoning_tokens)
+            if usage.estimated:
+                family.estimated.labels(*values, "prompt").inc(usage.prompt_tokens)
+                family.estimated.labels(*values, "completion").inc(usage.completion_tokens)
+        family.requests.labels(*values, str(call.status), call.outcome, call.usage_source).inc()
+        series.duration.observe(call.duration_s)
+        if call.time_to_first_chunk_s is not None:
+            series.first_chunk.observe(call.time_to_first_chunk_s)
+
+    def on_error(self, kind: str) -> None:
+        self._family.errors.labels(kind).inc()
+
+
+class PrometheusExporter:
+    """Token counters in a Prometheus registry (default ``prometheus_client.REGISTRY``).
+
+    Build one and pass it to one or more middlewares; each middleware namespace gets its
+    own metric family. Serve the metrics with the middleware's ``metrics_path="/metrics"``,
+    or mount :meth:`asgi_app` / :meth:`wsgi_app` yourself.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else REGISTRY
+        self._families: dict[str, _Family] = {}
+        self._lock = threading.Lock()
+
+    def bind(self, schema: Schema) -> _PrometheusSink:
+        prefix = metric_prefix(schema.namespace)
+        labels = schema.labels
+        for label in labels:
+            if label in _RESERVED:
+                raise ValueError(
+                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
+                    f"({', '.join(_RESERVED)}); rename the dimension"
+                )
+        with self._lock:
+            family = self._families.get(prefix)
+            if family is None:
+                family = self._families[prefix] = _Family(self.registry, prefix, labels)
+            elif family.labels != labels:
+                raise ValueError(
+                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
+                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
+                )
+        return _PrometheusSink(family)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # Prometheus pulls: nothing is ever pending.
+
+    def shutdown(self) -> None:
+        pass
+
+    def _scrape_registry(self) -> CollectorRegistry:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return registry
+        return self.registry
+
+    def asgi_app(self) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+
+            async def app(scope: Any, receive: Any, send: Any) -> None:
+                await make_asgi_app(self._scrape_registry())(scope, receive, send)
+
+            return app
+        return make_asgi_app(self.registry)  # type: ignore[no-any-return]
+
+    def wsgi_app(self) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+
+            def app(environ: Any, start_response: Any) -> Any:
+                return make_wsgi_app(self._scrape_registry())(environ, start_response)
+
+            return app
+        return make_wsgi_app(self.registry)  # type: ignore[no-any-return]

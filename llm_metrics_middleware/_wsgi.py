@@ -1,0 +1,187 @@
+"""WSGI middleware (PEP 3333): a short driver of :class:`~._meter.CallMeter`.
+
+The response iterable is wrapped in a class with an explicit ``close()`` (a generator
+closed before its first ``next()`` would skip its ``finally``); the inner iterable is
+closed in ``try`` and our accounting finished in ``finally``, as werkzeug's
+``ClosingIterator`` does. Every block is yielded as soon as the app yields it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+
+from ._dimensions import Dimension
+from ._estimate import TokenCounter
+from ._meter import DEFAULT_MAX_SERIES, CallMeter, Meter
+from ._options import metrics_exporter
+from ._providers import UsagePointers
+from ._record import COMPLETED, DISCONNECTED, ERROR, Exporter
+from ._request import RequestView
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+class _TeeInput:
+    """``wsgi.input`` that shows what the app reads to the body peek."""
+
+    def __init__(self, stream: Any, sink: Callable[[bytes], None]) -> None:
+        self._stream = stream
+        self._sink = sink
+
+    def read(self, *args: Any) -> bytes:
+        data: bytes = self._stream.read(*args)
+        self._sink(data)
+        return data
+
+    def readline(self, *args: Any) -> bytes:
+        data: bytes = self._stream.readline(*args)
+        self._sink(data)
+        return data
+
+    def readlines(self, *args: Any) -> list[bytes]:
+        lines: list[bytes] = self._stream.readlines(*args)
+        for line in lines:
+            self._sink(line)
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in self._stream:
+            self._sink(line)
+            yield line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _MeteredIterable:
+    """Passes the app's blocks through one by one and finishes the call on ``close()``."""
+
+    __slots__ = ("_iterable", "_iterator", "_call", "_done", "_failed")
+
+    def __init__(self, iterable: Iterable[bytes], call: CallMeter) -> None:
+        self._iterable = iterable
+        self._iterator: Iterator[bytes] | None = None
+        self._call = call
+        self._done = False
+        self._failed = False
+
+    def __iter__(self) -> _MeteredIterable:
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._iterator = iter(self._iterable)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            self._done = True
+            raise
+        except BaseException:
+            self._failed = True
+            raise
+        self._call.body(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._iterable, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._done:
+                outcome = COMPLETED
+            elif self._failed:
+                outcome = ERROR
+            else:
+                outcome = DISCONNECTED  # the server stopped iterating: the client left
+            self._call.finish(outcome)
+
+
+class LLMMetricsWSGIMiddleware:
+    """Counts the LLM tokens of every response that passes, by dimension (WSGI).
+
+    ``flask_app.wsgi_app = LLMMetricsWSGIMiddleware(flask_app.wsgi_app, exporters=[...])``,
+    or around any WSGI app (Django's ``application``). Takes the same options as
+    :class:`LLMMetricsMiddleware`.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        exporters: Sequence[Exporter],
+        dimensions: Sequence[Dimension | str] | None = None,
+        namespace: str = "llm",
+        provider: str | None = None,
+        custom_usage: UsagePointers | None = None,
+        estimate: bool = True,
+        token_counter: TokenCounter | None = None,
+        max_series: int = DEFAULT_MAX_SERIES,
+        location: str | None = None,
+        gateway_id: str | None = None,
+        subscription_secret: bytes | str | None = None,
+        metrics_path: str | None = None,
+    ) -> None:
+        self.app = app
+        self.meter = Meter(
+            exporters=exporters,
+            dimensions=dimensions,
+            namespace=namespace,
+            provider=provider,
+            custom_usage=custom_usage,
+            estimate=estimate,
+            token_counter=token_counter,
+            max_series=max_series,
+            location=location,
+            gateway_id=gateway_id,
+            subscription_secret=subscription_secret,
+        )
+        self._marker = "llm_metrics_middleware:" + namespace
+        self._metrics_path = metrics_path
+        exporter = metrics_exporter(self.meter.exporters, metrics_path)
+        self._metrics_app = exporter.wsgi_app() if exporter is not None else None
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._metrics_app is not None and environ.get("PATH_INFO") == self._metrics_path:
+            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        if environ.get(self._marker):
+            return self.app(environ, start_response)
+        environ[self._marker] = True
+
+        call = self.meter.begin(RequestView.from_environ(environ))
+        if call.peek is not None and environ.get("wsgi.input") is not None:
+            environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.request_body)
+
+        def metered_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Callable[[bytes], object]:
+            write = start_response(status, headers, exc_info)
+            content_type = content_encoding = None
+            for key, value in headers:
+                lower = key.lower()
+                if lower == "content-type":
+                    content_type = value
+                elif lower == "content-encoding":
+                    content_encoding = value
+            try:
+                code = int(status[:3])
+            except ValueError:
+                code = 0
+            call.response_start(code, content_type, content_encoding)
+
+            def metered_write(data: bytes) -> object:
+                result = write(data)
+                call.body(data)
+                return result
+
+            return metered_write
+
+        try:
+            iterable = self.app(environ, metered_start_response)
+        except BaseException:
+            call.finish(ERROR)
+            raise
+        return _MeteredIterable(iterable, call)
