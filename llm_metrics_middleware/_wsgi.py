@@ -40,6 +40,20 @@ class _TeeInput:
         self._sink(data)
         return data
 
+    def readinto(self, buffer: Any) -> int:
+        # werkzeug's LimitedStream (Flask's request body) reads through readinto when the
+        # server's stream has it; forwarding it untouched would hide the body from the peek.
+        readinto = getattr(self._stream, "readinto", None)
+        if readinto is None:
+            data = self._stream.read(len(buffer))
+            buffer[: len(data)] = data
+            n = len(data)
+        else:
+            n = readinto(buffer) or 0
+        if n:
+            self._sink(bytes(memoryview(buffer)[:n]))
+        return n
+
     def readlines(self, *args: Any) -> list[bytes]:
         lines: list[bytes] = self._stream.readlines(*args)
         for line in lines:

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import random
+
+from llm_metrics_middleware._sse import EVENT_LIMIT, SSEDecoder
+
+
+def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, bytes]]:
+    events: list[tuple[bytes, bytes]] = []
+    large: list[bytes] = []
+
+    def on_large_end(event: bytes) -> None:
+        events.append((event, b"<large:" + str(len(b"".join(large))).encode() + b">"))
+        large.clear()
+
+    decoder = SSEDecoder(lambda e, d: events.append((e, d)), large.append, on_large_end)
+    if sizes is None:
+        decoder.feed(data)
+    else:
+        pos = 0
+        for size in sizes:
+            decoder.feed(data[pos : pos + size])
+            pos += size
+        decoder.feed(data[pos:])
+    decoder.close()
+    return events
+
+
+STREAM = (
+    b": comment line\n"
+    b"event: message_start\n"
+    b"data: {\"a\": 1}\n"
+    b"\n"
+    b"data:no-space\n\n"
+    b"data: line one\n"
+    b"data: line two\n"
+    b"id: 7\n"
+    b"retry: 100\n"
+    b"\n"
+    b"event: ping\n\n"  # no data: not dispatched
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [
+    (b"message_start", b'{"a": 1}'),
+    (b"", b"no-space"),
+    (b"", b"line one\nline two"),
+    (b"", b"[DONE]"),
+]
+
+
+def test_lf() -> None:
+    assert decode(STREAM) == EXPECTED
+
+
+def test_crlf_and_cr_at_every_split() -> None:
+    for eol in (b"\r\n", b"\r"):
+        data = STREAM.replace(b"\n", eol)
+        assert decode(data) == EXPECTED
+        for i in range(len(data) + 1):
+            assert decode(data, [i]) == EXPECTED, (eol, i)
+
+
+def test_byte_by_byte_and_random() -> None:
+    assert decode(STREAM, [1] * len(STREAM)) == EXPECTED
+    rng = random.Random(3)
+    mixed = STREAM.replace(b"\n\n", b"\r\n\r\n", 2)
+    expected = decode(mixed)
+    assert expected == EXPECTED
+    for _ in range(200):
+        assert decode(mixed, [rng.randint(0, 9) for _ in range(60)]) == EXPECTED
+
+
+def test_unterminated_last_event_is_dispatched() -> None:
+    assert decode(b'data: {"usage": 1}') == [(b"", b'{"usage": 1}')]
+
+
+def test_large_event_is_streamed_not_kept() -> None:
+    payload = b"x" * (EVENT_LIMIT * 3)
+    events = decode(b"event: big\ndata: " + payload + b"\n\ndata: small\n\n", [1000] * 60)
+    assert events[0][0] == b"big" and events[0][1].startswith(b"<large:")
+    assert int(events[0][1][7:-1]) >= len(payload)
+    assert events[1] == (b"", b"small")
+
+
+def test_long_non_data_line_dropped() -> None:
+    events = decode(b"event: " + b"e" * (EVENT_LIMIT * 2) + b"\ndata: ok\n\n")
+    assert events[0][1] == b"ok"
