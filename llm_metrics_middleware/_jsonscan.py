@@ -34,7 +34,7 @@ CAPTURE_LIMIT = 16 * 1024
 KEY_LIMIT = 256
 
 _SIGNIFICANT = re.compile(rb"[^ \t\r\n]")
-_SKIP_TOKEN = re.compile(rb'["{}\[\]]')
+_BRACKETS = (b"{", b"[", b"}", b"]")
 _SCALAR_END = re.compile(rb"[,}\] \t\r\n]")
 
 # States of the machine.
@@ -174,20 +174,15 @@ class JSONScanner:
                 if pos < 0:
                     break
             elif state == _SKIP:
-                m = _SKIP_TOKEN.search(buf, pos)
-                if m is None:
+                q = buf.find(b'"', pos)
+                end = n if q < 0 else q
+                pos = self._skip_brackets(buf, pos, end)
+                if self._state != _SKIP:
+                    continue  # the skipped container closed inside the region
+                if q < 0:
                     break
-                i = m.start()
-                c = buf[i]
-                pos = i + 1
-                if c == _QUOTE:
-                    self._begin_string(0)
-                elif c == 0x7B or c == 0x5B:  # { [
-                    self._skip_depth += 1
-                else:
-                    self._skip_depth -= 1
-                    if self._skip_depth == 0:
-                        self._end_value(buf, pos)
+                pos = q + 1
+                self._begin_string(0)
             elif state == _SCALAR:
                 m = _SCALAR_END.search(buf, pos)
                 if m is None:
@@ -246,6 +241,37 @@ class JSONScanner:
                         return
         if self._capture is not None:
             self._append_capture(buf, self._cap_from, n)
+
+    def _skip_brackets(self, buf: bytes, pos: int, end: int) -> int:
+        """Track bracket depth over ``buf[pos:end]``, a region with no string in it.
+
+        Each bracket kind's next position is found with ``bytes.find`` (memchr) and
+        cached, so a long run of numbers is crossed at C speed and no byte is searched
+        twice for the same kind. Returns where scanning stopped: ``end``, or just past the
+        bracket that closed the skipped container (the state has then moved on).
+        """
+        find = buf.find
+        nxt = [find(b, pos, end) for b in _BRACKETS]
+        for k in range(4):
+            if nxt[k] < 0:
+                nxt[k] = end
+        depth = self._skip_depth
+        while True:
+            i = min(nxt)
+            if i >= end:
+                self._skip_depth = depth
+                return end
+            k = nxt.index(i)
+            if k < 2:
+                depth += 1
+            else:
+                depth -= 1
+                if depth == 0:
+                    self._skip_depth = 0
+                    self._end_value(buf, i + 1)
+                    return i + 1
+            j = find(_BRACKETS[k], i + 1, end)
+            nxt[k] = end if j < 0 else j
 
     def _append_capture(self, buf: bytes, start: int, end: int) -> None:
         cap = self._capture
