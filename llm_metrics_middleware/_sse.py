@@ -89,6 +89,22 @@ class SSEDecoder:
                     self._skip_lf = True
             pos = i + 1
 
+    @property
+    def at_boundary(self) -> bool:
+        """True between events: nothing of a line or an event is pending."""
+        return (
+            self._mode == _NORMAL
+            and not self._line
+            and not self._skip_lf
+            and self._data is None
+            and not self._large
+            and not self._event
+        )
+
+    def skip(self, chunk: bytes) -> None:
+        """Account for ``chunk``, whole events the caller chose not to decode."""
+        self.events += chunk.count(b"\n\n")
+
     def close(self) -> None:
         """End of stream: a last event whose blank line never came is still dispatched.
 
