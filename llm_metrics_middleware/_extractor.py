@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from ._decompress import Decompressor
 from ._estimate import TokenCounter
 from ._jsonscan import JSONScanner, Path
 from ._providers import PROVIDER_OF_FAMILY, UsagePointers
@@ -172,6 +173,7 @@ class UsageExtractor:
         "_error",
         "_triggers",
         "_llm_like",
+        "_decompressor",
     )
 
     def __init__(
@@ -181,8 +183,10 @@ class UsageExtractor:
         custom: UsagePointers | None = None,
         want_text: bool = False,
         token_counter: TokenCounter | None = None,
+        decompressor: Decompressor | None = None,
     ) -> None:
         self._format = fmt
+        self._decompressor = decompressor
         self._custom = custom
         paths: list[Path] = list(RECORD_PATHS)
         if custom is not None:
@@ -209,6 +213,16 @@ class UsageExtractor:
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        decompressor = self._decompressor
+        if decompressor is not None:
+            for piece in decompressor.feed(chunk):
+                self._feed(piece)
+            if decompressor.error is not None and self._error is None:
+                self._error = decompressor.error
+            return
+        self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> None:
         try:
             sse = self._sse
             if sse is not None:
@@ -239,6 +253,11 @@ class UsageExtractor:
             self._format = NONE
 
     def close(self) -> Extraction:
+        decompressor = self._decompressor
+        if decompressor is not None and (decompressor.error is not None or not decompressor.complete):
+            self._error = self._error or decompressor.error or "bad_compression"
+            self._sse = None
+            self._scanner = None
         try:
             if self._sse is not None:
                 self._sse.close()

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Sequence
 
+from ._decompress import decompressor_for, is_identity
 from ._dimensions import OVERFLOW, CallContext, Dimension, build_schema
 from ._estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
 from ._extractor import JSON, NONE, SSE, UsageExtractor, body_format
@@ -176,8 +177,11 @@ class CallMeter:
             self.status = status
             if status >= 400 or status < 200:
                 return
-            if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
-                return
+            decompressor = None
+            if not is_identity(content_encoding):
+                decompressor = decompressor_for(content_encoding)
+                if decompressor is None:
+                    return  # an encoding we cannot read: pass it on unread
             fmt = body_format(content_type)
             if fmt == NONE:
                 return
@@ -199,6 +203,7 @@ class CallMeter:
                 custom=meter.custom,
                 want_text=self.want_text,
                 token_counter=meter.token_counter,
+                decompressor=decompressor,
             )
         except Exception:
             logger.exception("llm-metrics: could not start reading a response; it is not counted")

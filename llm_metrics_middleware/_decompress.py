@@ -1,0 +1,144 @@
+"""Incremental decompression of response bodies, for reading only.
+
+The response always leaves compressed, untouched; we decompress a copy as it passes, in
+bounded steps, to find the usage. A body that inflates past :data:`MAX_OUTPUT` bytes, or
+by more than :data:`MAX_RATIO` to one once past :data:`RATIO_GRACE` bytes, is treated as
+a decompression bomb: reading stops (``error`` is set) and the response goes on unharmed.
+
+gzip and deflate use the standard library; ``br`` needs ``brotli`` (or ``brotlicffi``) and
+``zstd`` needs ``zstandard`` installed, otherwise those bodies are passed on unread.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterator
+
+#: Largest decompressed body read (bytes).
+MAX_OUTPUT = 1 << 30
+#: Largest decompressed / compressed ratio accepted once past RATIO_GRACE output bytes.
+#: Text and JSON compress 5-20x; number arrays up to ~50x; a bomb ~1000x.
+MAX_RATIO = 200
+RATIO_GRACE = 1 << 20
+#: Largest piece produced per step, so memory per response stays bounded.
+STEP = 64 * 1024
+
+
+class Decompressor:
+    """``feed(chunk)`` yields decompressed pieces of at most :data:`STEP` bytes."""
+
+    def __init__(self, engine: Any, is_done: Any) -> None:
+        self._engine = engine
+        self._is_done = is_done
+        self._in = 0
+        self._out = 0
+        self.error: str | None = None
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        if self.error is not None or not chunk:
+            return
+        self._in += len(chunk)
+        try:
+            for piece in self._engine(chunk):
+                self._out += len(piece)
+                if self._out > MAX_OUTPUT or (self._out > RATIO_GRACE and self._out > MAX_RATIO * self._in):
+                    self.error = "decompression_bomb"
+                    return
+                yield piece
+        except Exception:
+            self.error = "bad_compression"
+
+    @property
+    def complete(self) -> bool:
+        """Whether the compressed stream reached its proper end."""
+        try:
+            return bool(self._is_done())
+        except Exception:
+            return False
+
+
+def _zlib_engine(wbits: int | None) -> tuple[Any, Any]:
+    """``wbits=None``: HTTP "deflate", zlib-wrapped per the RFC or raw, told by its header."""
+    state: dict[str, Any] = {"d": None if wbits is None else zlib.decompressobj(wbits), "head": b""}
+
+    def run(chunk: bytes) -> Iterator[bytes]:
+        d = state["d"]
+        data = chunk
+        if d is None:
+            data = state["head"] + chunk
+            if len(data) < 2:
+                state["head"] = data
+                return
+            cmf, flg = data[0], data[1]
+            zlib_wrapped = cmf & 0x0F == 8 and (cmf * 256 + flg) % 31 == 0
+            state["d"] = d = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+        while data:
+            piece = d.decompress(data, STEP)
+            data = d.unconsumed_tail
+            if piece:
+                yield piece
+            if d.eof:
+                return
+
+    return run, lambda: state["d"] is not None and state["d"].eof
+
+
+def _brotli_engine() -> tuple[Any, Any] | None:
+    try:
+        import brotli  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            import brotlicffi as brotli  # type: ignore[import-not-found, no-redef]
+        except ImportError:
+            return None
+    d = brotli.Decompressor()
+
+    def run(chunk: bytes) -> Iterator[bytes]:
+        # brotli has no output cap per call; feed small slices so each output stays small.
+        for i in range(0, len(chunk), 4096):
+            piece = d.process(chunk[i : i + 4096])
+            if piece:
+                yield piece
+
+    return run, d.is_finished
+
+
+def _zstd_engine() -> tuple[Any, Any] | None:
+    try:
+        import zstandard  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    d = zstandard.ZstdDecompressor().decompressobj()
+
+    def run(chunk: bytes) -> Iterator[bytes]:
+        for i in range(0, len(chunk), 4096):
+            piece = d.decompress(chunk[i : i + 4096])
+            if piece:
+                yield piece
+
+    return run, lambda: d.eof
+
+
+def decompressor_for(content_encoding: str | None) -> Decompressor | None:
+    """A decompressor for a Content-Encoding, or None when we cannot read it.
+
+    Identity (or no header) also gives None: the caller reads the body as it is.
+    """
+    if not content_encoding:
+        return None
+    encoding = content_encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        return Decompressor(*_zlib_engine(16 + zlib.MAX_WBITS))
+    if encoding == "deflate":
+        return Decompressor(*_zlib_engine(None))
+    if encoding == "br":
+        engine = _brotli_engine()
+        return Decompressor(*engine) if engine is not None else None
+    if encoding == "zstd":
+        engine = _zstd_engine()
+        return Decompressor(*engine) if engine is not None else None
+    return None
+
+
+def is_identity(content_encoding: str | None) -> bool:
+    return not content_encoding or content_encoding.strip().lower() == "identity"
