@@ -1,0 +1,89 @@
+"""Every provider's real wire format, through both middlewares, at many chunk splits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
+from llm_metrics_middleware.testing import InMemoryExporter
+
+from .drive import body_of, chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
+from .wire.cases import CASES, NON_LLM_CASES, NON_LLM_STATUS, WireCase
+
+DIMS = ["Operation ID", "Model", "Provider"]
+
+
+def _splits(body: bytes, case_id: str) -> list[list[int]]:
+    rng = random.Random(case_id)
+    plans = [[1], [2], [3], [7], [64], [len(body) or 1]]
+    plans += [[rng.randint(1, 40) for _ in range(50)] for _ in range(3)]
+    return plans
+
+
+def _request_headers(case: WireCase) -> list[tuple[str, str]]:
+    return [("content-type", "application/json"), *case.request_headers]
+
+
+def _check(case: WireCase, exporter: InMemoryExporter) -> None:
+    [call] = exporter.calls
+    usage = call.usage
+    assert usage is not None, (case.id, call)
+    if case.estimated:
+        assert usage.estimated and call.usage_source == "estimated" and usage.completion_tokens > 0
+    else:
+        assert not usage.estimated and call.usage_source == "reported"
+        got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens)
+        want = (case.prompt_tokens, case.completion_tokens, case.total_tokens, case.cached_tokens, case.reasoning_tokens)
+        assert got == want, case.id
+    dims = exporter.dimensions(call)
+    assert dims["Provider"] == case.provider, case.id
+    assert dims["Operation ID"] == case.operation, case.id
+    if case.model is not None:
+        assert dims["Model"] == case.model, case.id
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_asgi(case: WireCase) -> None:
+    body = case.body
+    for sizes in _splits(body, case.id):
+        chunks = split(body, sizes)
+        exporter = InMemoryExporter()
+        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
+        assert body_of(sent)[:-1] == chunks  # byte for byte, chunk for chunk
+        _check(case, exporter)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_wsgi(case: WireCase) -> None:
+    body = case.body
+    for sizes in _splits(body, case.id):
+        chunks = split(body, sizes)
+        exporter = InMemoryExporter()
+        app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        _, _, blocks = run_wsgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
+        assert blocks == chunks
+        _check(case, exporter)
+
+
+@pytest.mark.parametrize("case", NON_LLM_CASES, ids=[c.id for c in NON_LLM_CASES])
+def test_non_llm_bodies_count_no_tokens(case: WireCase) -> None:
+    chunks = split(case.body, 5)
+    exporter = InMemoryExporter()
+    app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+    sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, query=case.query)
+    assert body_of(sent)[:-1] == chunks
+    assert all(call.usage is None for call in exporter.calls)
+
+
+@pytest.mark.parametrize("case,status", NON_LLM_STATUS, ids=[c.id for c, _ in NON_LLM_STATUS])
+def test_error_statuses_count_no_tokens(case: WireCase, status: int) -> None:
+    chunks = split(case.body, 3)
+    exporter = InMemoryExporter()
+    app = LLMMetricsMiddleware(chunk_app(status, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+    sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, query=case.query)
+    assert body_of(sent)[:-1] == chunks and sent[0]["status"] == status
+    [call] = exporter.calls
+    assert call.usage is None and call.status == status
