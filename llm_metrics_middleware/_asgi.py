@@ -8,7 +8,8 @@ message as the app produced it, when it produced it. All per-request state lives
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._dimensions import Dimension
 from ._estimate import TokenCounter
@@ -121,7 +122,7 @@ class LLMMetricsMiddleware:
             except OSError:
                 disconnected = True  # uvicorn raises on a closed connection
                 raise
-            kind = message["type"]
+            kind: str = message["type"]
             if kind == "http.response.body":
                 call.body(message.get("body", b""))  # type: ignore[arg-type]
                 if not message.get("more_body", False):

@@ -12,7 +12,8 @@ gzip and deflate use the standard library; ``br`` needs ``brotli`` (or ``brotlic
 from __future__ import annotations
 
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 #: Largest decompressed body read (bytes).
 MAX_OUTPUT = 1 << 30
@@ -88,7 +89,7 @@ def _brotli_engine() -> tuple[Any, Any] | None:
         import brotli  # type: ignore[import-not-found]
     except ImportError:
         try:
-            import brotlicffi as brotli  # type: ignore[import-not-found, no-redef]
+            import brotlicffi as brotli  # type: ignore[import-not-found]
         except ImportError:
             return None
     d = brotli.Decompressor()

@@ -29,8 +29,9 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Union
 
 from ._request import RequestView
 
@@ -53,7 +54,7 @@ MAX_VALUE_LENGTH = 128
 UNKNOWN = "unknown"
 OVERFLOW = "__overflow__"
 
-ValueSource = Union[str, Callable[[RequestView], Union[str, None]], None]
+ValueSource = Union[str, Callable[[RequestView], str | None], None]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -105,7 +106,7 @@ class CallContext:
     model: str | None = None
 
 
-Source = Callable[[RequestView, CallContext], Union[str, None]]
+Source = Callable[[RequestView, CallContext], str | None]
 
 _KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key", b"ocp-apim-subscription-key")
 _KEY_HEADER_NAMES = ("Authorization", "api-key", "x-api-key", "x-goog-api-key", "Ocp-Apim-Subscription-Key")
@@ -235,6 +236,13 @@ def _user_source(fn: Callable[[RequestView], str | None]) -> Source:
     return source
 
 
+def _env_location(value: str | None) -> Source:
+    def source(request: RequestView, ctx: CallContext) -> str | None:
+        return value
+
+    return source
+
+
 def _fixed(value: str) -> Source:
     def source(request: RequestView, ctx: CallContext) -> str:
         return value
@@ -261,7 +269,7 @@ def build_schema(
         "Product ID": _product_id,
         "User ID": _user_id,
         "Subscription ID": SubscriptionHasher(subscription_secret),
-        "Location": _fixed(location) if location else (lambda r, c, _v=default_location(): _v),
+        "Location": _fixed(location) if location else _env_location(default_location()),
         "Gateway ID": _fixed(gateway_id or socket.gethostname()),
         "Model": lambda r, c: c.model,
         "Provider": lambda r, c: c.provider,

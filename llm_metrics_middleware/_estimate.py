@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 logger = logging.getLogger("llm_metrics_middleware")
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 import codecs
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._decompress import Decompressor
 from ._estimate import TokenCounter
 from ._jsonscan import JSONScanner, Path
 from ._providers import PROVIDER_OF_FAMILY, UsagePointers
 from ._sse import SSEDecoder
-from ._usage import Invalid, RECORD_PATHS, UsageAccumulator, Usage, counts_from_record, model_from_record
+from ._usage import RECORD_PATHS, Invalid, Usage, UsageAccumulator, counts_from_record, model_from_record
 
 # Body formats.
 NONE = "none"

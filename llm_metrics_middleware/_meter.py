@@ -11,7 +11,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ._decompress import decompressor_for, is_identity
 from ._dimensions import OVERFLOW, CallContext, Dimension, build_schema

@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -198,7 +199,7 @@ class PrometheusExporter:
     def _scrape_registry(self) -> CollectorRegistry:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             registry = CollectorRegistry()
-            MultiProcessCollector(registry)
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return registry
         return self.registry
 
@@ -210,7 +211,7 @@ class PrometheusExporter:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
             return app
-        return make_asgi_app(self.registry)  # type: ignore[no-any-return]
+        return make_asgi_app(self.registry)
 
     def wsgi_app(self) -> Callable[..., Any]:
         """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
@@ -220,4 +221,4 @@ class PrometheusExporter:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
             return app
-        return make_wsgi_app(self.registry)  # type: ignore[no-any-return]
+        return make_wsgi_app(self.registry)

@@ -10,8 +10,9 @@ reported as ``openai`` unless the middleware is told otherwise with ``provider=`
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._usage import Counts, as_count
 

@@ -8,7 +8,8 @@ and keeps only those few fields (plus a byte count of the prompt text for estima
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import EnvironHeaders, Headers
@@ -120,11 +121,12 @@ class RequestView:
     def headers(self) -> Mapping[str, str]:
         headers = self._headers
         if headers is None:
+            built: Any
             if self.environ is not None:
-                headers = EnvironHeaders(self.environ)
+                built = EnvironHeaders(self.environ)
             else:
-                headers = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw_headers or ()])
-            self._headers = headers
+                built = Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in self._raw_headers or ()])
+            self._headers = headers = built
         return headers
 
     @property

@@ -13,7 +13,7 @@ JSON scanner), and a non-data line longer than :data:`EVENT_LIMIT` is dropped.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 #: Largest event (or line) kept whole. Bigger ones are streamed through ``on_large_data``.
 EVENT_LIMIT = 16 * 1024

@@ -17,8 +17,9 @@ is ever summed across events.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 #: Largest token count believed for one response. Above it a value is treated as garbage
 #: (a provider bug or a forged body), and the usage is dropped rather than exported.

@@ -8,7 +8,8 @@ closed in ``try`` and our accounting finished in ``finally``, as werkzeug's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._dimensions import Dimension
 from ._estimate import TokenCounter

@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ._record import CallRecord
 
@@ -30,10 +31,7 @@ if TYPE_CHECKING:
 
     from ._dimensions import Schema
 
-_WORDS = (
-    "tokens are the unit of cost so we count every one of them as it streams past "
-    "without holding the body and without slowing the answer down"
-).split()
+_WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "every", "one", "of", "them", "as", "it", "streams", "past", "without", "holding", "the", "body", "and", "without", "slowing", "the", "answer", "down"]
 
 
 def _text_of(content: Any) -> str:
@@ -239,7 +237,8 @@ class SimulatedLLM:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")  # type: ignore[operator]
+            chunk: Any = message.get("body", b"")
+            body += chunk
             if not message.get("more_body", False):
                 break
         response = self.respond(scope["method"], scope["path"], bytes(body))
@@ -294,7 +293,7 @@ class InMemoryExporter:
 
     def dimensions(self, call: CallRecord) -> dict[str, str]:
         """A call's dimensions by configured name (of the last bound schema)."""
-        return dict(zip(self.schemas[-1].names, call.dimensions))
+        return dict(zip(self.schemas[-1].names, call.dimensions, strict=True))
 
     def totals(self) -> dict[str, int]:
         """Token sums over all calls."""
