@@ -103,11 +103,13 @@ class _Family:
 class _Series:
     """The children of one dimension tuple, cached so a record is a few ``inc()`` calls."""
 
-    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "duration", "first_chunk", "family", "values")
+    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "duration", "first_chunk", "family", "values", "requests")
 
     def __init__(self, family: _Family, values: tuple[str, ...]) -> None:
         self.family = family
         self.values = values
+        # (status, outcome, usage) -> child; a few dozen at most per series.
+        self.requests: dict[tuple[str, str, str], Any] = {}
         if values:
             self.prompt = family.prompt.labels(*values)
             self.completion = family.completion.labels(*values)
@@ -148,7 +150,11 @@ class _PrometheusSink:
             if usage.estimated:
                 family.estimated.labels(*values, "prompt").inc(usage.prompt_tokens)
                 family.estimated.labels(*values, "completion").inc(usage.completion_tokens)
-        family.requests.labels(*values, str(call.status), call.outcome, call.usage_source).inc()
+        key = (str(call.status), call.outcome, call.usage_source)
+        requests = series.requests.get(key)
+        if requests is None:
+            requests = series.requests[key] = family.requests.labels(*values, *key)
+        requests.inc()
         series.duration.observe(call.duration_s)
         if call.time_to_first_chunk_s is not None:
             series.first_chunk.observe(call.time_to_first_chunk_s)

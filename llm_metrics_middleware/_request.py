@@ -8,6 +8,7 @@ and keeps only those few fields (plus a byte count of the prompt text for estima
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -31,30 +32,95 @@ _BODY_PATHS = (
 _PROMPT_ROOTS = ("messages", "prompt", "input", "system", "contents", "instructions", "systemInstruction", "message")
 
 
-class BodyPeek:
-    """Tees a JSON request body through the scanner; keeps the first record's fields."""
+#: Request bodies up to this size are kept and parsed with json.loads when first needed;
+#: larger ones stream through the incremental scanner and only the fields are kept.
+SMALL_REQUEST = 16 * 1024
 
-    __slots__ = ("_scanner", "fields", "done")
+
+def _string_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(k) + _string_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_string_bytes(v) for v in value)
+    return 0
+
+
+class BodyPeek:
+    """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
+
+    __slots__ = ("_scanner", "_small", "_fields", "_prompt_bytes", "_value", "done")
 
     def __init__(self) -> None:
-        self.fields: Record = {}
+        self._small: bytearray | None = bytearray()
+        self._scanner: JSONScanner | None = None
+        self._fields: Record | None = None
+        self._prompt_bytes: int | None = None
+        self._value: Any = None
         self.done = False
-        self._scanner = JSONScanner(_BODY_PATHS, self._on_record, text_roots=_PROMPT_ROOTS)
 
     def feed(self, chunk: bytes) -> None:
-        if not self.done and chunk:
-            self._scanner.feed(chunk)
-            if self._scanner.failed:
+        if self.done or not chunk:
+            return
+        small = self._small
+        if small is not None:
+            if len(small) + len(chunk) <= SMALL_REQUEST:
+                small += chunk
+                return
+            self._small = None
+            self._scanner = JSONScanner(_BODY_PATHS, self._on_record, text_roots=_PROMPT_ROOTS)
+            self._scanner.feed(bytes(small))
+        scanner = self._scanner
+        if scanner is not None:
+            scanner.feed(chunk)
+            if scanner.failed:
                 self.done = True
 
     def _on_record(self, record: Record) -> None:
-        if not self.fields:
-            self.fields = record
+        if self._fields is None:
+            self._fields = record
         self.done = True
+
+    def _parse_small(self) -> None:
+        data = bytes(self._small or b"")
+        self._small = None
+        self._fields = {}
+        try:
+            value = json.loads(data) if data.strip() else None
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(value, dict):
+            return
+        fields: Record = {}
+        for path in _BODY_PATHS:
+            node: Any = value
+            for key in path:
+                node = node.get(key) if isinstance(node, dict) else None
+            if node is not None and not isinstance(node, (dict, list)):
+                target = fields
+                for key in path[:-1]:
+                    target = target.setdefault(key, {})
+                target[path[-1]] = node
+        self._fields = fields
+        self._value = value  # at most SMALL_REQUEST bytes' worth, until the call ends
+
+    @property
+    def fields(self) -> Record:
+        if self._small is not None:
+            self._parse_small()
+        return self._fields or {}
 
     @property
     def prompt_bytes(self) -> int:
-        return self._scanner.text_bytes
+        if self._small is not None:
+            self._parse_small()
+        if self._scanner is not None:
+            return self._scanner.text_bytes
+        if self._prompt_bytes is None:
+            value = self._value
+            self._prompt_bytes = sum(_string_bytes(value.get(root)) for root in _PROMPT_ROOTS) if isinstance(value, dict) else 0
+        return self._prompt_bytes
 
 
 class RequestView:
