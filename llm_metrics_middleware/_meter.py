@@ -33,6 +33,18 @@ _ALWAYS_REPORTS = frozenset({"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama
 _NO_TEXT_OPERATIONS = frozenset({"embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens"})
 
 
+def _provider_from_headers(view: RequestView) -> str | None:
+    """Headers only one provider's clients send, for paths we do not recognise."""
+    headers = view.headers
+    if "anthropic-version" in headers:
+        return "anthropic"
+    if "x-goog-api-key" in headers:
+        return "gcp.gemini"
+    if "api-key" in headers and "api-version" in view.query:
+        return "azure.ai.openai"
+    return None
+
+
 class SeriesLimiter:
     """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
 
@@ -259,7 +271,12 @@ class CallMeter:
         if not isinstance(request_model, str) or not request_model:
             request_model = route.model
         response_model = extraction.model if extraction is not None else None
-        provider = meter.provider or route.provider or (extraction.provider if extraction is not None else None)
+        provider = (
+            meter.provider
+            or route.provider
+            or (extraction.provider if extraction is not None else None)
+            or _provider_from_headers(self.view)
+        )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
         dims, overflowed = meter.limiter.admit(meter.schema.values(self.view, ctx))
         if overflowed:
