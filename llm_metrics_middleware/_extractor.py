@@ -191,6 +191,7 @@ class UsageExtractor:
         "_llm_like",
         "_decompressor",
         "_small",
+        "_fast",
     )
 
     def __init__(
@@ -217,6 +218,8 @@ class UsageExtractor:
         # microseconds where the incremental scanner costs about two per token. Past
         # SMALL_BODY the bytes move into the scanner and nothing more is kept.
         self._small: bytearray | None = None
+        # SSE fast path allowed: the model is known, nothing custom, nothing compressed.
+        self._fast = False
         self._sse: SSEDecoder | None = None
         self._large: JSONScanner | None = None
         self._want_text = want_text
@@ -232,6 +235,21 @@ class UsageExtractor:
     # -- public -------------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> None:
+        # Fast path: a chunk of whole events (the usual case: one event per write) that
+        # cannot hold usage is not decoded at all; only its text is measured if asked.
+        if self._fast:
+            sse = self._sse
+            if (
+                sse is not None
+                and sse.at_boundary
+                and chunk[-2:] == b"\n\n"
+                and _USAGE_HINT.search(chunk) is None
+            ):
+                text = self._text
+                if text is not None:
+                    for m in _TEXT_FIELD.finditer(chunk):
+                        text.add_json_string(m.group(1))
+                return
         if not chunk:
             return
         decompressor = self._decompressor
@@ -247,21 +265,6 @@ class UsageExtractor:
         try:
             sse = self._sse
             if sse is not None:
-                # Fast path: a chunk of whole events (the usual case: one event per write)
-                # that cannot hold usage is not decoded at all, once the model is known.
-                if (
-                    self._model is not None
-                    and chunk[-2:] == b"\n\n"
-                    and sse.at_boundary
-                    and _USAGE_HINT.search(chunk) is None
-                    and not (self._triggers and any(t in chunk for t in self._triggers))
-                ):
-                    if self._text is not None:
-                        meter = self._text
-                        for m in _TEXT_FIELD.finditer(chunk):
-                            meter.add_json_string(m.group(1))
-                    sse.skip(chunk)
-                    return
                 sse.feed(chunk)
             elif self._small is not None:
                 small = self._small
@@ -434,5 +437,6 @@ class UsageExtractor:
                 self._model = model_from_record(record)
                 if self._model is not None:
                     self._llm_like = True
+                    self._fast = self._sse is not None and self._decompressor is None and not self._triggers
         except Invalid:
             self._error = "invalid_usage"

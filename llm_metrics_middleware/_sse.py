@@ -47,6 +47,7 @@ class SSEDecoder:
         "_data",
         "_large",
         "events",
+        "at_boundary",
     )
 
     def __init__(
@@ -65,8 +66,22 @@ class SSEDecoder:
         self._data: bytearray | None = None
         self._large = False
         self.events = 0
+        #: True between events, with nothing of a line or an event pending; a caller may
+        #: then skip whole events without feeding them (see the extractor's fast path).
+        self.at_boundary = True
 
     def feed(self, chunk: bytes) -> None:
+        self._feed(chunk)
+        self.at_boundary = (
+            self._mode == _NORMAL
+            and not self._line
+            and not self._skip_lf
+            and self._data is None
+            and not self._large
+            and not self._event
+        )
+
+    def _feed(self, chunk: bytes) -> None:
         n = len(chunk)
         pos = 0
         if self._skip_lf and n:
@@ -88,22 +103,6 @@ class SSEDecoder:
                 else:
                     self._skip_lf = True
             pos = i + 1
-
-    @property
-    def at_boundary(self) -> bool:
-        """True between events: nothing of a line or an event is pending."""
-        return (
-            self._mode == _NORMAL
-            and not self._line
-            and not self._skip_lf
-            and self._data is None
-            and not self._large
-            and not self._event
-        )
-
-    def skip(self, chunk: bytes) -> None:
-        """Account for ``chunk``, whole events the caller chose not to decode."""
-        self.events += chunk.count(b"\n\n")
 
     def close(self) -> None:
         """End of stream: a last event whose blank line never came is still dispatched.
