@@ -67,6 +67,9 @@ _USAGE_HINT = re.compile(rb'sage(?:Metadata)?"\s*:\s*\{')
 _WHITESPACE = b" \t\r\n"
 
 
+#: Events parsed whole while looking for the model; later ones only if they hold usage.
+MODEL_EVENTS = 16
+
 #: Largest JSON body kept whole and parsed with json.loads at the end (see _small).
 SMALL_BODY = 16 * 1024
 
@@ -380,12 +383,24 @@ class UsageExtractor:
     # -- SSE ----------------------------------------------------------------------------
 
     def _on_event(self, event: bytes, data: bytes) -> None:
+        sse = self._sse
+        if (
+            self._model is None
+            and not self._fast
+            and sse is not None
+            and sse.events > MODEL_EVENTS
+            and self._decompressor is None
+            and not self._triggers
+        ):
+            # Events that name no model (a non-LLM stream, or a provider that never
+            # does): stop parsing each one; events that can hold usage still are.
+            self._fast = True
         if self._text is not None:
             meter = self._text
             for m in _TEXT_FIELD.finditer(data):
                 meter.add_json_string(m.group(1))
         if (
-            self._model is None
+            (self._model is None and not self._fast)
             or _USAGE_HINT.search(data) is not None
             or b'eval_count"' in data
             or any(t in data for t in self._triggers)

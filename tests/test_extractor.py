@@ -107,3 +107,25 @@ def test_large_sse_event_with_usage_is_scanned_not_kept() -> None:
     for piece in split(b"data: " + big + b"\n\n", 4096):
         x.feed(piece)
     assert x.close().usage.total_tokens == 11
+
+
+def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm_metrics_middleware._extractor as extractor_module
+
+    calls = []
+    real_loads = json.loads
+
+    class CountingJSON:
+        @staticmethod
+        def loads(data: bytes) -> object:
+            calls.append(data)
+            return real_loads(data)
+
+    monkeypatch.setattr(extractor_module, "json", CountingJSON)
+    stream = b"".join(b'data: {"tick": %d}\n\n' % i for i in range(1000))
+    stream += b'data: {"usage": {"input_tokens": 2, "output_tokens": 3}}\n\n'
+    x = UsageExtractor(SSE)
+    for piece in split(stream, 17):
+        x.feed(piece)
+    assert x.close().usage.total_tokens == 5
+    assert len(calls) <= 20
