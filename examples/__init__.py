@@ -1,0 +1,1 @@
+"""Runnable examples of llm-metrics-middleware (importable so the tests can build them)."""

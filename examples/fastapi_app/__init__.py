@@ -1,0 +1,1 @@
+"""FastAPI example: see README.md."""
