@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import signal
 import time
 from collections import Counter
@@ -252,3 +253,31 @@ def test_example_gunicorn_config_refuses_to_start_without_multiproc_dir(tmp_path
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR is not set"), \
             gunicorn_server("examples.flask_app.app:app", workdir=tmp_path, env=python_env(), config=GUNICORN_CONFIG):
         pass
+
+
+def test_uvicorn_several_workers_count_exactly(tmp_path: Path) -> None:
+    """The FastAPI example under ``uvicorn --workers 3`` in multiprocess mode."""
+    multiproc_dir = tmp_path / "prometheus_multiproc"
+    multiproc_dir.mkdir()
+    port = free_port()
+    env = python_env(PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
+    command = [
+        sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:app", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "3", "--no-access-log",
+    ]
+    with server_process(command, port=port, log_path=tmp_path / "uvicorn.log", env=env, stop_signal=signal.SIGINT) as server:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: len(re.findall(r"Started server process", server.log)) >= 3, 30, f"3 workers:\n{server.log}")
+        sent = Sent()
+        n = 120
+        # A new connection per request, so the kernel spreads them over the workers.
+        with httpx.Client(base_url=base, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+            send(client, range(n), sent)
+        writers = {f.name for f in multiproc_dir.iterdir() if f.name.startswith("counter_")}
+        assert len(writers) >= 2, writers  # several processes really counted
+        for samples in [scrape_until_counted(base, n), *(scrape(base) for _ in range(5))]:
+            assert metric_sum(samples, "llm_requests_total") == n
+            for user, tokens in sent.tokens.items():
+                assert metric_sum(samples, "llm_prompt_tokens_total", user_id=user) == tokens["prompt"], user
+                assert metric_sum(samples, "llm_completion_tokens_total", user_id=user) == tokens["completion"], user
+                assert metric_sum(samples, "llm_tokens_total", user_id=user) == tokens["total"], user
