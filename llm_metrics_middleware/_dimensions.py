@@ -113,10 +113,14 @@ _KEY_HEADER_NAMES = ("Authorization", "api-key", "x-api-key", "x-goog-api-key", 
 
 
 def _api_id(request: RequestView, ctx: CallContext) -> str:
+    root = request.root_path.rstrip("/")
     path = request.path
+    # ASGI's path includes root_path (a mount prefix); WSGI's PATH_INFO excludes SCRIPT_NAME.
+    if root and (path == root or path.startswith(root + "/")):
+        path = path[len(root) :]
     end = path.find("/", 1)
     first = path if end < 0 else path[:end]
-    return (request.root_path.rstrip("/") + first) or "/"
+    return (root + first) or "/"
 
 
 def _operation_id(request: RequestView, ctx: CallContext) -> str:

@@ -91,3 +91,23 @@ def test_callable_and_fixed_values_and_failing_callable() -> None:
         Dimension("User ID", lambda r: "from-callable"),
     ])
     assert dims == {"team": "search", "tier": "gold", "method": "POST /v1/chat/completions", "boom": "unknown", "User ID": "from-callable"}
+
+
+def test_api_id_under_a_mount_asgi_and_wsgi() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    exporter = InMemoryExporter()
+    inner = LLMMetricsMiddleware(chunk_app(200, [("content-type", "application/json")], [BODY]), exporters=[exporter], dimensions=["API ID"])
+    outer = Starlette(routes=[Mount("/llm", app=inner)])
+    run_asgi(outer, path="/llm/v1/chat/completions", body=request_json(model="m"))
+    assert exporter.dimensions(exporter.calls[0]) == {"API ID": "/llm/v1"}
+    wsgi_exporter = InMemoryExporter()
+    wsgi = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", "application/json")], [BODY]), exporters=[wsgi_exporter], dimensions=["API ID"])
+
+    def mounted(environ: dict, start_response: object) -> object:
+        environ["SCRIPT_NAME"], environ["PATH_INFO"] = "/llm", environ["PATH_INFO"][len("/llm"):]
+        return wsgi(environ, start_response)  # type: ignore[arg-type]
+
+    run_wsgi(mounted, path="/llm/v1/chat/completions", body=request_json(model="m"))
+    assert wsgi_exporter.dimensions(wsgi_exporter.calls[0]) == {"API ID": "/llm/v1"}
