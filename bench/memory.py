@@ -19,7 +19,8 @@ import json
 import subprocess
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 LIMIT_MB = 5.0
 
