@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 
 def split(data: bytes, sizes: Sequence[int] | int) -> list[bytes]:

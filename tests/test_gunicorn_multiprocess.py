@@ -14,8 +14,8 @@ import json
 import os
 import re
 import shutil
-import sys
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator

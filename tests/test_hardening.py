@@ -192,7 +192,7 @@ def test_many_distinct_users_are_capped() -> None:
     text = generate_latest(registry).decode()
     series = [line for line in text.splitlines() if line.startswith("llm_tokens_total{")]
     assert len(series) == 101  # 100 users and the overflow series
-    assert 'llm_tokens_total{user_id="__overflow__"} %s' % float(112 * (n - 100)) in text
+    assert f'llm_tokens_total{{user_id="__overflow__"}} {float(112 * (n - 100))}' in text
     assert app.meter.limiter.overflowed == n - 100
     assert f'llm_metering_errors_total{{kind="series_overflow"}} {float(n - 100)}' in text
 
