@@ -1,0 +1,468 @@
+"""Real provider wire formats: response bodies as they travel, with the numbers a meter must read.
+
+Every body under ``bodies/`` was taken from a provider's own API reference or from real recorded
+traffic (VCR cassettes, SDK test fixtures recorded against the live API, curl and packet
+captures); ``source`` names where. Where a recording was adapted (content shortened, middle
+stream chunks dropped, a parsed cassette body serialised back to JSON in the provider's field
+order) the case's ``note`` says so; every structural detail was kept: field names, nesting,
+SSE ``event:`` lines, comment lines, ``data: [DONE]``, CRLF framing, Anthropic's whitespace
+padding before a closing brace, Azure's content-filter chunks.
+
+Expected numbers follow the package's normalisation:
+
+* ``prompt_tokens`` counts every input token, cached ones included (Anthropic: input +
+  cache creation + cache read; Bedrock: input + cache read + cache write; Gemini:
+  promptTokenCount + toolUsePromptTokenCount).
+* ``completion_tokens`` counts every output token, reasoning included (Gemini: candidates +
+  thoughts); 0 for embeddings.
+* ``cached_tokens``: OpenAI ``prompt_tokens_details.cached_tokens``, Responses
+  ``input_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``, Bedrock
+  ``cacheReadInputTokens``, Gemini ``cachedContentTokenCount``, Cohere ``usage.cached_tokens``.
+* ``total_tokens`` is the provider's total when it reports one at least prompt + completion,
+  else prompt + completion.
+* Streams whose usage is cumulative (Gemini, vLLM continuous usage stats, Anthropic
+  ``message_delta``) take the last value; nothing is summed.
+* A stream with no usage at all is ``estimated``; its numbers are left at 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BODIES = Path(__file__).parent / "bodies"
+
+
+@dataclass(frozen=True)
+class WireCase:
+    id: str                      # e.g. "openai-chat-stream-include-usage"
+    provider: str                # expected provider name
+    operation: str               # expected operation name
+    method: str                  # "POST"
+    path: str                    # request path as a client would send it, e.g. "/v1/chat/completions"
+    request_body: bytes          # the JSON request body the client sent (b"" if none)
+    content_type: str            # the response Content-Type exactly as the provider sends it
+    body_file: str               # file name under bodies/
+    prompt_tokens: int           # expected, normalised
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    model: str | None = None     # expected response model (from the body; else from path; else request)
+    estimated: bool = False      # True when the body carries no usage at all
+    source: str = ""             # where the format came from (URL or repo/path)
+    request_headers: tuple[tuple[str, str], ...] = ()
+    query: str = ""              # query string without "?", e.g. "api-version=2024-10-21" or "alt=sse"
+    note: str = field(default="", compare=False)  # how the recording was adapted, if it was
+
+    @property
+    def body(self) -> bytes:
+        return (BODIES / self.body_file).read_bytes()
+
+
+def _req(obj: object) -> bytes:
+    """A request body as a client SDK sends it (compact JSON)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_SSE = "text/event-stream"
+_SSE_UTF8 = "text/event-stream; charset=utf-8"
+_JSON = "application/json"
+_GOOGLE_JSON = "application/json; charset=UTF-8"
+
+_ANTHROPIC_HEADERS = (("anthropic-version", "2023-06-01"),)
+
+CASES: list[WireCase] = [
+    # ------------------------------------------------------------------ OpenAI
+    WireCase(
+        id="openai-chat-json",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"model": "gpt-4.1-nano", "messages": [{"role": "user", "content": "Invent a new holiday and describe its traditions."}]}),
+        content_type=_JSON, body_file="openai-chat-json.json",
+        prompt_tokens=16, completion_tokens=363, total_tokens=379,
+        model="gpt-4.1-nano-2025-04-14",
+        source="vercel/ai packages/openai/src/chat/__fixtures__/openai-text.json",
+        note="assistant content shortened",
+    ),
+    WireCase(
+        id="openai-chat-json-o3-mini-reasoning",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"role": "user", "content": "Considering the way to cross the street, analogously, how do I cross the river?"}], "model": "o3-mini", "reasoning_effort": "high", "stream": False}),
+        content_type=_JSON, body_file="openai-chat-json-o3-mini-reasoning.json",
+        prompt_tokens=577, completion_tokens=2320, total_tokens=2897, reasoning_tokens=1792,
+        model="o3-mini-2025-01-31",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_openai_model_thinking_part.yaml (2nd interaction)",
+        note="cassette stores the parsed body; re-serialised in OpenAI's field order; content shortened",
+    ),
+    WireCase(
+        id="openai-chat-stream-include-usage",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"role": "user", "content": "What is the capital of the UK? Use the tool, then answer."}], "model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}}),
+        content_type=_SSE_UTF8, body_file="openai-chat-stream-include-usage.sse",
+        prompt_tokens=78, completion_tokens=9, total_tokens=87,
+        model="gpt-4o-mini-2024-07-18",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_run_stream_sync_streams_real_model.yaml (2nd interaction)",
+        note="verbatim; request body shortened (tool history dropped)",
+    ),
+    WireCase(
+        id="openai-chat-stream-tool-call",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"role": "user", "content": "What is the capital of the UK? Use the tool, then answer."}], "model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}, "tool_choice": "auto", "tools": [{"type": "function", "function": {"name": "get_capital", "description": "", "parameters": {"type": "object", "properties": {"country": {"type": "string"}}, "required": ["country"], "additionalProperties": False}, "strict": True}}]}),
+        content_type=_SSE_UTF8, body_file="openai-chat-stream-tool-call.sse",
+        prompt_tokens=53, completion_tokens=15, total_tokens=68,
+        model="gpt-4o-mini-2024-07-18",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_run_stream_sync_streams_real_model.yaml (1st interaction)",
+        note="verbatim",
+    ),
+    WireCase(
+        id="openai-chat-stream-no-usage",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hello"}], "stream": True}),
+        content_type=_SSE, body_file="openai-chat-stream-no-usage.sse",
+        prompt_tokens=0, completion_tokens=0, total_tokens=0, estimated=True,
+        model="gpt-3.5-turbo-0613",
+        source="recorded gpt-3.5-turbo-0613 stream (chatcmpl-8t1WLFfcSfmK0sfBcFbj8VEhOqNYd, Feb 2024) kept as a mock fixture in a public testcontainers suite; content type as in simonw/llm's 2024 capture (no charset)",
+        note="verbatim",
+    ),
+    WireCase(
+        id="openai-completions-json",
+        provider="openai", operation="completions", method="POST", path="/v1/completions",
+        request_body=_req({"model": "gpt-3.5-turbo-instruct", "prompt": "Invent a new holiday and describe its traditions.", "max_tokens": 16}),
+        content_type=_JSON, body_file="openai-completions-json.json",
+        prompt_tokens=14, completion_tokens=16, total_tokens=30,
+        model="gpt-3.5-turbo-instruct:20230824-v2",
+        source="vercel/ai packages/openai/src/completion/__fixtures__/openai-completion-text.json",
+        note="verbatim",
+    ),
+    WireCase(
+        id="openai-embeddings-json",
+        provider="openai", operation="embeddings", method="POST", path="/v1/embeddings",
+        request_body=_req({"model": "text-embedding-3-small", "input": ["sunny day at the beach", "rainy day in the city"], "encoding_format": "float"}),
+        content_type=_JSON, body_file="openai-embeddings-json.json",
+        prompt_tokens=12, completion_tokens=0, total_tokens=12,
+        model="text-embedding-3-small",
+        source="vercel/ai packages/openai/src/embedding/__fixtures__/openai-embedding.json",
+        note="verbatim (the fixture keeps 5 dimensions per vector)",
+    ),
+    WireCase(
+        id="openai-responses-json",
+        provider="openai", operation="responses", method="POST", path="/v1/responses",
+        request_body=_req({"model": "gpt-4o-mini", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Reply with OK."}]}]}),
+        content_type=_JSON, body_file="openai-responses-json.json",
+        prompt_tokens=12, completion_tokens=2, total_tokens=14,
+        model="gpt-4o-mini-2024-07-18",
+        source="vercel/ai packages/openai/src/responses/__fixtures__/issue-20047-openai-responses.json",
+        note="verbatim; note the nested tool_usage.image_gen input/output/total_tokens before the real usage",
+    ),
+    WireCase(
+        id="openai-responses-json-o3-mini-reasoning",
+        provider="openai", operation="responses", method="POST", path="/v1/responses",
+        request_body=_req({"include": ["reasoning.encrypted_content"], "input": [{"content": "How do I cross the street?", "role": "user"}], "model": "o3-mini", "reasoning": {"effort": "high", "summary": "detailed"}, "stream": False}),
+        content_type=_JSON, body_file="openai-responses-json-o3-mini-reasoning.json",
+        prompt_tokens=13, completion_tokens=1915, total_tokens=1928, reasoning_tokens=1600,
+        model="o3-mini-2025-01-31",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_openai_model_thinking_part.yaml (1st interaction)",
+        note="cassette stores the parsed body; re-serialised in the Responses API field order; summary and text shortened",
+    ),
+    WireCase(
+        id="openai-responses-stream",
+        provider="openai", operation="responses", method="POST", path="/v1/responses",
+        request_body=_req({"model": "gpt-4o-mini", "input": [{"role": "user", "content": [{"type": "input_text", "text": "Reply with OK."}]}], "stream": True}),
+        content_type=_SSE_UTF8, body_file="openai-responses-stream.sse",
+        prompt_tokens=12, completion_tokens=2, total_tokens=14,
+        model="gpt-4o-mini-2024-07-18",
+        source="vercel/ai packages/openai/src/responses/__fixtures__/issue-20047-openai-responses.chunks.txt",
+        note="payloads verbatim; framed as the Responses API sends them (event: <type> + data:, no [DONE])",
+    ),
+    WireCase(
+        id="openrouter-chat-stream-comments",
+        provider="openai", operation="chat.completions", method="POST", path="/api/v1/chat/completions",
+        request_body=_req({"model": "anthropic/claude-haiku-4-5", "messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 50, "stream": True}),
+        content_type=_SSE, body_file="openrouter-chat-stream-comments.sse",
+        prompt_tokens=8, completion_tokens=24, total_tokens=32,
+        model="anthropic/claude-4.5-haiku-20251001",
+        source="raw OpenRouter stream capture in a public repo probe report (PROBE-VAL-01, gen-1778084973-hMXUx2DWmurqwHonRCcn); comment lines per OpenRouter's streaming docs",
+        note="verbatim (': OPENROUTER PROCESSING' comments, usage on the last chunk that still has choices)",
+    ),
+    # ------------------------------------------------------------------ Azure OpenAI
+    WireCase(
+        id="azure-chat-json-cached-tool-call",
+        provider="azure.ai.openai", operation="chat.completions", method="POST",
+        path="/openai/deployments/gpt-4o/chat/completions", query="api-version=2024-10-21",
+        request_body=_req({"messages": [{"role": "user", "content": "List the repositories of chaozai0304"}], "tools": [{"type": "function", "function": {"name": "search_repositories", "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]}),
+        content_type=_JSON, body_file="azure-chat-json-cached-tool-call.json",
+        prompt_tokens=2012, completion_tokens=23, total_tokens=2035, cached_tokens=1920,
+        model="gpt-4o-2024-11-20",
+        source="recorded Azure OpenAI gpt-4o-2024-11-20 response (chatcmpl-BMTWfxTMiqoJFie4RuxDfx0c7eXOw) in a public MCP demo README",
+        note="the README pretty-printed it; written compact with Azure's (sorted) key order",
+    ),
+    WireCase(
+        id="azure-chat-stream-content-filter",
+        provider="azure.ai.openai", operation="chat.completions", method="POST",
+        path="/openai/deployments/model-router/chat/completions", query="api-version=2025-01-01-preview",
+        request_body=_req({"messages": [{"role": "user", "content": "What is the capital of Denmark?"}], "stream": True, "stream_options": {"include_usage": True}}),
+        content_type=_SSE_UTF8, body_file="azure-chat-stream.sse",
+        prompt_tokens=15, completion_tokens=78, total_tokens=93, reasoning_tokens=64,
+        model="gpt-5-nano-2025-08-07",
+        source="vercel/ai packages/openai/src/chat/__fixtures__/azure-model-router.1.chunks.txt",
+        note="payloads verbatim (leading prompt_filter_results chunk with empty choices and model \"\"), framed data: + [DONE]",
+    ),
+    # ------------------------------------------------------------------ Anthropic
+    WireCase(
+        id="anthropic-messages-json-cache",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        request_body=_req({"max_tokens": 4096, "messages": [{"role": "user", "content": [{"type": "text", "text": "Can you summarize that in one sentence?"}]}], "model": "claude-sonnet-4-5", "system": "You are a helpful assistant.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}),
+        content_type=_JSON, body_file="anthropic-messages-json-cache.json",
+        prompt_tokens=3 + 418 + 1111, completion_tokens=33, total_tokens=3 + 418 + 1111 + 33, cached_tokens=1111,
+        model="claude-sonnet-4-5-20250929",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_real_api.yaml (2nd interaction)",
+        note="cassette stores the parsed body; written compact in Anthropic's field order",
+        request_headers=_ANTHROPIC_HEADERS,
+    ),
+    WireCase(
+        id="anthropic-messages-stream",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        request_body=_req({"model": "claude-sonnet-4-5", "max_tokens": 1024, "messages": [{"role": "user", "content": "Hello, how are you?"}], "stream": True}),
+        content_type=_SSE_UTF8, body_file="anthropic-messages-stream.sse",
+        prompt_tokens=12, completion_tokens=30, total_tokens=42,
+        model="claude-sonnet-4-5-20250929",
+        source="vercel/ai packages/anthropic/src/__fixtures__/anthropic-text.chunks.txt",
+        note="payloads verbatim, framed event:/data:; the ping payload written as Anthropic sends it ({\"type\": \"ping\"})",
+        request_headers=_ANTHROPIC_HEADERS,
+    ),
+    WireCase(
+        id="anthropic-messages-stream-cache",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        request_body=_req({"model": "claude-opus-4-7", "max_tokens": 256, "system": [{"type": "text", "text": "Summarise the service notes.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}], "messages": [{"role": "user", "content": "Summarise the notes."}], "stream": True}),
+        content_type=_SSE_UTF8, body_file="anthropic-messages-stream-cache.sse",
+        prompt_tokens=5 + 9165 + 6025, completion_tokens=15, total_tokens=5 + 9165 + 6025 + 15, cached_tokens=6025,
+        model="claude-opus-4-7",
+        source="real probe stream of claude-opus-4-7 (msg_01Jh7SDewyGoAtTkU72DkSVA) kept in a public Go test (TestExtractUsageFromSSEHandlesRealProbeStreamShape)",
+        note="verbatim as kept by that test (no ping); message_start has Anthropic's padding before the closing brace; message_delta usage repeats input/cache and nests an 'iterations' list",
+        request_headers=_ANTHROPIC_HEADERS,
+    ),
+    WireCase(
+        id="anthropic-messages-stream-thinking",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        query="beta=true",
+        request_body=_req({"max_tokens": 4096, "messages": [{"content": [{"text": "How do I cross the street?", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-0", "stream": True, "thinking": {"budget_tokens": 1024, "type": "enabled"}}),
+        content_type=_SSE_UTF8, body_file="anthropic-messages-stream-thinking.sse",
+        prompt_tokens=43, completion_tokens=277, total_tokens=320,
+        model="claude-sonnet-4-20250514",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_model_thinking_part_stream.yaml",
+        note="raw body from the cassette; most thinking/text deltas dropped; whitespace padding of each kept event preserved",
+        request_headers=_ANTHROPIC_HEADERS,
+    ),
+    # ------------------------------------------------------------------ Google Gemini API
+    WireCase(
+        id="gemini-generate-json-thinking",
+        provider="gcp.gemini", operation="generateContent", method="POST",
+        path="/v1beta/models/gemini-3-pro-preview:generateContent",
+        request_body=_req({"contents": [{"role": "user", "parts": [{"text": "How many \"r\"s are in strawberry?"}]}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-generate-json-thinking.json",
+        prompt_tokens=9, completion_tokens=29 + 282, total_tokens=320, reasoning_tokens=282,
+        model="gemini-3-pro-preview",
+        source="vercel/ai packages/google/src/__fixtures__/google-reasoning.json",
+        note="verbatim (the fixture already shortened thoughtSignature)",
+    ),
+    WireCase(
+        id="gemini-stream-sse-crlf",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-2.5-flash:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "Say hi in five languages"}]}]}),
+        content_type="text/event-stream", body_file="gemini-stream-sse-crlf.sse",
+        prompt_tokens=5, completion_tokens=44 + 186, total_tokens=235, reasoning_tokens=186,
+        model="models/gemini-2.5-flash-preview-05-20",
+        source="https://github.com/simonw/llm-gemini/issues/97 (curl capture); CRLF framing per google-gemini/cookbook quickstarts/rest/Streaming_REST.ipynb output",
+        note="payloads verbatim; each event ends \\r\\n\\r\\n as the Gemini API sends it; no [DONE]",
+    ),
+    WireCase(
+        id="gemini-stream-sse-function-call",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-2.5-flash:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"role": "user", "parts": [{"text": "What's the weather in Tokyo?"}]}], "tools": [{"functionDeclarations": [{"name": "getWeather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}]}]}),
+        content_type="text/event-stream", body_file="gemini-stream-sse-function-call.sse",
+        prompt_tokens=83, completion_tokens=14 + 104, total_tokens=201, reasoning_tokens=104,
+        model="gemini-2.5-flash",
+        source="junjihashimoto/louter test-data/gemini/streaming_function_calling/response_0.json",
+        note="payload verbatim; framed with \\r\\n\\r\\n like the Gemini API",
+    ),
+    WireCase(
+        id="gemini-stream-json-array",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+        request_body=_req({"contents": [{"parts": [{"text": "Explain how AI works in a few words"}]}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-stream-json-array.json",
+        prompt_tokens=8, completion_tokens=12, total_tokens=20,
+        model="gemini-2.0-flash",
+        source="curl capture of streamGenerateContent without alt=sse in a public repo's notes (responseId md2UaLXRCaKTmNAPrsSpgAo)",
+        note="verbatim: a JSON array whose elements are separated by '\\n,\\n'",
+    ),
+    # ------------------------------------------------------------------ Vertex AI
+    WireCase(
+        id="vertex-generate-json",
+        provider="gcp.vertex_ai", operation="generateContent", method="POST",
+        path="/v1/projects/my-project/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent",
+        request_body=_req({"contents": [{"role": "user", "parts": [{"text": "What is the capital of France"}]}], "generationConfig": {"responseModalities": ["TEXT"], "temperature": 0.2, "maxOutputTokens": 1024, "topP": 0.8}}),
+        content_type=_GOOGLE_JSON, body_file="vertex-generate-json.json",
+        prompt_tokens=7, completion_tokens=158 + 712, total_tokens=877, reasoning_tokens=712,
+        model="gemini-2.5-flash",
+        source="curl output in a public Vertex AI Model Armor floor-setting example README (responseId lHuaaKrAM63zgLUPu77m6Ao)",
+        note="verbatim",
+    ),
+    WireCase(
+        id="vertex-stream-json-array",
+        provider="gcp.vertex_ai", operation="streamGenerateContent", method="POST",
+        path="/v1/projects/my-project/locations/global/publishers/google/models/gemini-2.5-flash-lite:streamGenerateContent",
+        request_body=_req({"contents": [{"role": "user", "parts": [{"text": "Explain how AI works in a few words"}]}]}),
+        content_type=_GOOGLE_JSON, body_file="vertex-stream-json-array.json",
+        prompt_tokens=8, completion_tokens=11, total_tokens=19,
+        model="gemini-2.5-flash-lite",
+        source="curl capture of Vertex AI streamGenerateContent in a public repo's notes (responseId -r-eadKbBvyqmecP9-mOMA)",
+        note="body verbatim (first element's usageMetadata holds only trafficType); the capture used the express-mode path /v1/publishers/google/models/..., written here with a project path",
+    ),
+    # ------------------------------------------------------------------ OpenAI-compatible servers
+    WireCase(
+        id="mistral-chat-json",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"content": [{"text": "Correct only the math, respond with no explanation, no formatting.", "type": "text"}, {"text": "The result of 21+21=99", "type": "text"}], "role": "user"}], "model": "mistral-small-latest", "n": 1, "stream": False, "top_p": 1.0}),
+        content_type=_JSON, body_file="mistral-chat-json.json",
+        prompt_tokens=28, completion_tokens=13, total_tokens=41,
+        model="mistral-small-latest",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_mistral/test_mistral_chat_with_prediction.yaml",
+        note="cassette stores the parsed body; written compact in Mistral's field order",
+    ),
+    WireCase(
+        id="mistral-chat-stream-usage-last-chunk",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"content": "How do I cross the street?", "role": "user"}], "model": "magistral-medium-latest", "stream": True}),
+        content_type=_SSE_UTF8, body_file="mistral-chat-stream.sse",
+        prompt_tokens=10, completion_tokens=275, total_tokens=285,
+        model="magistral-medium-latest",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_mistral/test_mistral_model_thinking_part_iter.yaml",
+        note="raw body; most thinking/text chunks dropped; usage rides on the finish_reason chunk (no separate usage chunk); thinking deltas are content arrays",
+    ),
+    WireCase(
+        id="vllm-chat-stream-continuous-usage",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"model": "meta-llama/Meta-Llama-3.1-70B-Instruct", "messages": [{"role": "user", "content": "say hello"}], "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}}),
+        content_type=_SSE_UTF8, body_file="vllm-chat-stream-continuous-usage.sse",
+        prompt_tokens=46, completion_tokens=26, total_tokens=72,
+        model="meta-llama/Meta-Llama-3.1-70B-Instruct",
+        source="discourse/discourse-ai spec for the vLLM endpoint ('can properly include usage in streaming mode'), a recorded vLLM payload",
+        note="eleven middle chunks dropped (cumulative usage jumps 10 -> 22); every chunk carries cumulative usage, then a usage-only chunk",
+    ),
+    # ------------------------------------------------------------------ Ollama
+    WireCase(
+        id="ollama-chat-ndjson-stream",
+        provider="ollama", operation="chat", method="POST", path="/api/chat",
+        request_body=_req({"model": "gemma:2b", "messages": [{"role": "user", "content": "10 * 10"}]}),
+        content_type="application/x-ndjson", body_file="ollama-chat-stream.ndjson",
+        prompt_tokens=33, completion_tokens=24, total_tokens=57,
+        model="gemma:2b",
+        source="DataTalksClub/llm-zoomcamp cohorts/2024 02-open-source homework (curl output of /api/chat)",
+        note="verbatim",
+    ),
+    WireCase(
+        id="ollama-generate-json",
+        provider="ollama", operation="generate", method="POST", path="/api/generate",
+        request_body=_req({"model": "llama3.2", "prompt": "helo", "stream": False}),
+        content_type="application/json; charset=utf-8", body_file="ollama-generate-json.json",
+        prompt_tokens=81, completion_tokens=23, total_tokens=104,
+        model="llama3.2",
+        source="terminal log of a C++ client calling Ollama /api/generate with stream false, in a public repo README; field order per ollama/ollama docs/api.md",
+        note="verbatim",
+    ),
+    # ------------------------------------------------------------------ Cohere
+    WireCase(
+        id="cohere-chat-json",
+        provider="cohere", operation="chat", method="POST", path="/v2/chat",
+        request_body=_req({"messages": [{"content": "hello", "role": "user"}], "model": "command-r7b-12-2024", "stream": False}),
+        content_type=_JSON, body_file="cohere-chat-json.json",
+        prompt_tokens=496, completion_tokens=11, total_tokens=507,
+        model="command-r7b-12-2024",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_cohere/test_request_simple_success_with_vcr.yaml",
+        note="cassette stores the parsed body; written compact in Cohere's field order; the body names no model (expected model is the request's)",
+    ),
+    WireCase(
+        id="cohere-chat-stream",
+        provider="cohere", operation="chat", method="POST", path="/v2/chat",
+        request_body=_req({"model": "command-a-03-2025", "messages": [{"role": "user", "content": "What is the capital of France?"}], "stream": True}),
+        content_type=_SSE, body_file="cohere-chat-stream.sse",
+        prompt_tokens=507, completion_tokens=10, total_tokens=517, cached_tokens=448,
+        model="command-a-03-2025",
+        source="vercel/ai packages/cohere/src/__fixtures__/cohere-text.chunks.txt",
+        note="payloads verbatim, framed event:/data: with a closing data: [DONE]; usage in message-end delta.usage (tokens, billed_units and cached_tokens, a part of tokens.input_tokens)",
+    ),
+    # ------------------------------------------------------------------ AWS Bedrock
+    WireCase(
+        id="bedrock-converse-json-cache",
+        provider="aws.bedrock", operation="converse", method="POST",
+        path="/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/converse",
+        request_body=_req({"messages": [{"role": "user", "content": [{"text": "ONLY SINGLE NUMBER IN RESPONSE\n"}, {"cachePoint": {"type": "default"}}, {"text": "Response only number What is 2 + 3"}]}], "system": [{"text": "YOU MUST RESPONSE ONLY WITH SINGLE NUMBER\n"}, {"cachePoint": {"type": "default"}}], "inferenceConfig": {}}),
+        content_type=_JSON, body_file="bedrock-converse-json-cache.json",
+        prompt_tokens=13 + 1504 + 0, completion_tokens=5, total_tokens=1522, cached_tokens=1504,
+        model="us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_bedrock/test_bedrock_cache_usage_includes_cache_tokens.yaml",
+        note="cassette stores the parsed body; written compact; path is the decoded form of .../v1%3A0/converse; request prompt shortened",
+    ),
+]
+
+NON_LLM_CASES: list[WireCase] = [
+    WireCase(
+        id="non-llm-health-json", provider="", operation="", method="GET", path="/health",
+        request_body=b"", content_type=_JSON, body_file="non-llm-health.json",
+        prompt_tokens=0, completion_tokens=0, total_tokens=0,
+    ),
+    WireCase(
+        id="non-llm-items-list-json", provider="", operation="", method="GET", path="/api/items",
+        request_body=b"", content_type=_JSON, body_file="non-llm-items-list.json",
+        prompt_tokens=0, completion_tokens=0, total_tokens=0,
+    ),
+    WireCase(
+        id="non-llm-html-page", provider="", operation="", method="GET", path="/",
+        request_body=b"", content_type="text/html; charset=utf-8", body_file="non-llm-page.html",
+        prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        note="mentions prompt_tokens/completion_tokens in its text; it is still not an LLM response",
+    ),
+]
+
+NON_LLM_STATUS: list[tuple[WireCase, int]] = [
+    (
+        WireCase(
+            id="openai-error-429-rate-limit", provider="openai", operation="chat.completions", method="POST",
+            path="/v1/chat/completions",
+            request_body=_req({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Explain this chess move."}]}),
+            content_type=_JSON, body_file="error-openai-429-rate-limit.json",
+            prompt_tokens=0, completion_tokens=0, total_tokens=0,
+            source="message, type, param and code of a real OpenAI 429 (RateLimitError logged in a public chess-coach report); OpenAI's 4-space error layout",
+            note="the log had the Python repr of the body; written back as OpenAI's JSON",
+        ),
+        429,
+    ),
+    (
+        WireCase(
+            id="anthropic-error-529-overloaded", provider="anthropic", operation="messages", method="POST",
+            path="/v1/messages",
+            request_body=_req({"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
+            content_type=_JSON, body_file="error-anthropic-529-overloaded.json",
+            prompt_tokens=0, completion_tokens=0, total_tokens=0,
+            source="HTTP 529 body with request_id logged verbatim in a public request-log report; error shape per Anthropic's API errors docs",
+            request_headers=_ANTHROPIC_HEADERS,
+        ),
+        529,
+    ),
+    (
+        WireCase(
+            id="gemini-error-400-invalid-argument", provider="gcp.gemini", operation="generateContent", method="POST",
+            path="/v1beta/models/gemini-2.5-flash:generateContent",
+            request_body=_req({"contents": [{"role": "user", "parts": [{"text": "Hello"}]}], "generationConfig": {"presencePenalty": 0.5}}),
+            content_type=_GOOGLE_JSON, body_file="error-gemini-400-invalid-argument.json",
+            prompt_tokens=0, completion_tokens=0, total_tokens=0,
+            source="vercel/ai packages/google/src/__fixtures__/issue-8943-gemini-2.5-flash-error.json",
+            note="verbatim",
+        ),
+        400,
+    ),
+]
