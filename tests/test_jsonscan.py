@@ -124,3 +124,15 @@ def test_big_body_constant_state() -> None:
         scanner.feed(chunk)
     scanner.feed(b'{}], "usage": {"prompt_tokens": 1}}')
     assert not scanner.failed and scanner.idle
+
+
+def test_strings_full_of_escapes_at_every_split() -> None:
+    text = 'say \\"hi\\" \\\\ back\\\\\\"slash \\n end \\\\' * 40
+    body = ('{"choices": [{"message": {"content": "' + text + '"}}], "model": "m\\\\", "usage": {"x": "\\\\\\""}}').encode()
+    expected = [{"model": "m\\", "usage": {"x": '\\"'}}]
+    assert json.loads(body)["model"] == "m\\"
+    for i in range(0, len(body) + 1, 7):
+        records, scanner = scan(body, [i])
+        assert records == expected, i
+    records, _ = scan(body, [1] * len(body))
+    assert records == expected
