@@ -97,7 +97,7 @@ def sanitize(value: object) -> str:
     return text or UNKNOWN
 
 
-@dataclass
+@dataclass(slots=True)
 class CallContext:
     """What the middleware learnt about the call, for the built-in sources."""
 

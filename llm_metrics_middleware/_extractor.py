@@ -99,7 +99,7 @@ def body_format(content_type: str | None) -> str:
     return NONE
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Extraction:
     """What one response body said about its tokens."""
 
@@ -209,10 +209,7 @@ class UsageExtractor:
         self._format = fmt
         self._decompressor = decompressor
         self._custom = custom
-        paths: list[Path] = list(RECORD_PATHS)
-        if custom is not None:
-            paths.extend(custom.scan_paths())
-        self._paths = paths
+        self._paths: Sequence[Path] = RECORD_PATHS if custom is None else [*RECORD_PATHS, *custom.scan_paths()]
         self._acc = UsageAccumulator()
         self._model: str | None = None
         self._family: str | None = None
@@ -362,7 +359,7 @@ class UsageExtractor:
         if not data.strip():
             return
         try:
-            value = json.loads(data)
+            value = json.loads(data.decode("utf-8"))
         except (ValueError, RecursionError):
             # NDJSON, or not JSON at all: the scanner reads the first and judges the second.
             scanner = self._scanner = self._new_scanner()

@@ -55,8 +55,26 @@ _OPERATION_OF_AZURE_TAIL = {
 }
 
 
+_CACHE: dict[str, Route] = {}
+_CACHE_SIZE = 1024
+
+
 def route_of(path: str) -> Route:
-    """Provider, operation and path model for a request path (no query string)."""
+    """Provider, operation and path model for a request path (no query string).
+
+    Cached: an app serves few distinct paths. Paths come from clients, so the cache is
+    emptied whenever it fills.
+    """
+    route = _CACHE.get(path)
+    if route is None:
+        route = _route_of(path)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        _CACHE[path] = route
+    return route
+
+
+def _route_of(path: str) -> Route:
     m = _AZURE.search(path)
     if m:
         operation = _OPERATION_OF_AZURE_TAIL.get(m.group(2), m.group(2).replace("/", "."))
@@ -102,7 +120,7 @@ def _parse_pointer(pointer: str) -> tuple[str, ...]:
 def _resolve(record: Any, path: tuple[str, ...]) -> Any:
     node = record
     for part in path:
-        if isinstance(node, Mapping):
+        if isinstance(node, dict):
             if part in node:
                 node = node[part]
             elif part.isdigit() and int(part) in node:

@@ -27,9 +27,11 @@ ESTIMATED = "estimated"  # the response had none; counted from the streamed text
 NO_USAGE = "none"  # nothing counted (error status, unreadable body, estimates off)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CallRecord:
-    """One metered LLM call."""
+    """One metered LLM call. Exporters read it and must not change it (it is shared
+    by every exporter of the middleware; not frozen only because frozen dataclasses are
+    slow to build on the request path)."""
 
     #: Dimension values, in the order of ``schema.names``; sanitised and capped.
     dimensions: tuple[str, ...]

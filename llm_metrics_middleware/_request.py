@@ -47,6 +47,10 @@ def _string_bytes(value: Any) -> int:
     return 0
 
 
+def _scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, (dict, list))
+
+
 class BodyPeek:
     """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
 
@@ -87,21 +91,17 @@ class BodyPeek:
         self._small = None
         self._fields = {}
         try:
-            value = json.loads(data) if data.strip() else None
+            value = json.loads(data.decode("utf-8")) if data.strip() else None
         except (ValueError, RecursionError):
             return
         if not isinstance(value, dict):
             return
-        fields: Record = {}
-        for path in _BODY_PATHS:
-            node: Any = value
-            for key in path:
-                node = node.get(key) if isinstance(node, dict) else None
-            if node is not None and not isinstance(node, (dict, list)):
-                target = fields
-                for key in path[:-1]:
-                    target = target.setdefault(key, {})
-                target[path[-1]] = node
+        # The same sparse record the scanner builds from _BODY_PATHS, without its loops.
+        fields: Record = {key: value[key] for key in ("model", "stream", "user") if _scalar(value.get(key))}
+        for parent, key in (("stream_options", "include_usage"), ("metadata", "user_id")):
+            node = value.get(parent)
+            if type(node) is dict and _scalar(node.get(key)):
+                fields[parent] = {key: node[key]}
         self._fields = fields
         self._value = value  # at most SMALL_REQUEST bytes' worth, until the call ends
 

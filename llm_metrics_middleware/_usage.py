@@ -56,7 +56,7 @@ def as_count(value: Any) -> int | None:
 
 def _get(obj: Any, *keys: str) -> Any:
     for key in keys:
-        if not isinstance(obj, Mapping):
+        if not isinstance(obj, dict):
             return None
         obj = obj.get(key)
     return obj
@@ -68,6 +68,8 @@ def _sum(*values: int | None) -> int | None:
 
 
 # (prompt, completion, total, cached, reasoning); None where the record does not say.
+# Records are plain dicts (from json.loads or the scanner): isinstance(x, dict) is far
+# cheaper than an ABC check on the hot path.
 Counts = tuple[int | None, int | None, int | None, int | None, int | None]
 
 
@@ -75,13 +77,18 @@ class Invalid(Exception):
     """A usage object was found but holds values we refuse to count."""
 
 
-def _count(obj: Any, *keys: str) -> int | None:
-    value = _get(obj, *keys)
+def _count(obj: Any, key: str, sub: str | None = None) -> int | None:
+    """The count at ``obj[key]`` (or ``obj[key][sub]``); raises :class:`Invalid` if absurd."""
+    value = obj.get(key) if type(obj) is dict else None
+    if sub is not None:
+        value = value.get(sub) if type(value) is dict else None
     if value is None:
         return None
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value  # the usual case, without as_count's checks
     count = as_count(value)
     if count is None:
-        raise Invalid(f"{'.'.join(keys)}={value!r}")
+        raise Invalid(f"{key}{'.' + sub if sub else ''}={value!r}")
     return count
 
 
@@ -128,10 +135,10 @@ def counts_from_usage(usage: Mapping[str, Any]) -> tuple[Counts, str] | None:
         return (prompt, completion, total, read, None), "aws.bedrock"
     tokens = usage.get("tokens")
     billed = usage.get("billed_units")
-    if isinstance(tokens, Mapping) or isinstance(billed, Mapping):
+    if isinstance(tokens, dict) or isinstance(billed, dict):
         # Cohere v2: actual token counts in "tokens", billed ones in "billed_units".
-        source = tokens if isinstance(tokens, Mapping) else billed
-        assert isinstance(source, Mapping)
+        source = tokens if isinstance(tokens, dict) else billed
+        assert isinstance(source, dict)
         prompt = _count(source, "input_tokens")
         completion = _count(source, "output_tokens")
         cached = _count(usage, "cached_tokens")
@@ -158,17 +165,17 @@ def counts_from_usage_metadata(meta: Mapping[str, Any]) -> Counts:
 def counts_from_record(record: Mapping[str, Any]) -> tuple[Counts, str] | None:
     """Find usage anywhere a known provider puts it in one JSON record."""
     usage = record.get("usage")
-    if isinstance(usage, Mapping):
+    if isinstance(usage, dict):
         found = counts_from_usage(usage)
         if found is not None:
             return found
     meta = record.get("usageMetadata")
-    if isinstance(meta, Mapping):
+    if isinstance(meta, dict):
         return counts_from_usage_metadata(meta), "gemini"
     for parent in ("message", "response", "delta"):
         # Anthropic message_start, Responses API events, Cohere v2 message-end.
         nested = _get(record, parent, "usage")
-        if isinstance(nested, Mapping):
+        if isinstance(nested, dict):
             found = counts_from_usage(nested)
             if found is not None:
                 return found

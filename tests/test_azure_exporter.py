@@ -8,6 +8,7 @@ off by environment variables, and a guard fails any test that resolves a host ot
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -328,7 +329,7 @@ def test_record_never_raises(make_exporter: MakeExporter, caplog: pytest.LogCapt
     app, memory = wrap(exporter, dimensions=["User ID"])
     drive(app, [("/v1/chat/completions", chat("erin"), {})])
     sink = app.meter.sinks[0]
-    bad = memory.calls[0].__class__(**{**memory.calls[0].__dict__, "dimensions": ("a", "b", "c")})
+    bad = dataclasses.replace(memory.calls[0], dimensions=("a", "b", "c"))
     with caplog.at_level(logging.ERROR, logger="llm_metrics_middleware"):
         sink.record(bad)
     assert "failed to record a call" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import Any
 
@@ -221,7 +222,7 @@ def test_record_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     app = LLMMetricsMiddleware(SimulatedLLM().asgi, exporters=[OpenTelemetryExporter(provider), memory],
                                dimensions=["User ID"])
     asyncio.run(drive(app, [("/v1/chat/completions", chat("ivan"))]))
-    bad = memory.calls[0].__class__(**{**memory.calls[0].__dict__, "dimensions": ("too", "many")})
+    bad = dataclasses.replace(memory.calls[0], dimensions=("too", "many"))
     with caplog.at_level("ERROR", logger="llm_metrics_middleware"):
         app.meter.sinks[0].record(bad)
     assert "failed to record a call" in caplog.text
