@@ -11,6 +11,7 @@ gzip and deflate use the standard library; ``br`` needs ``brotli`` (or ``brotlic
 
 from __future__ import annotations
 
+import importlib
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -46,6 +47,8 @@ class Decompressor:
                     self.error = "decompression_bomb"
                     return
                 yield piece
+        except _Bomb:
+            self.error = "decompression_bomb"
         except Exception:
             self.error = "bad_compression"
 
@@ -84,40 +87,78 @@ def _zlib_engine(wbits: int | None) -> tuple[Any, Any]:
     return run, lambda: state["d"] is not None and state["d"].eof
 
 
-def _brotli_engine() -> tuple[Any, Any] | None:
+class _Bomb(Exception):
+    pass
+
+
+def _optional(name: str) -> Any:
+    """An optional library, or None (typed Any: its stubs may or may not be installed)."""
     try:
-        import brotli  # type: ignore[import-not-found]
+        return importlib.import_module(name)
     except ImportError:
-        try:
-            import brotlicffi as brotli  # type: ignore[import-not-found]
-        except ImportError:
-            return None
+        return None
+
+
+def _brotli_engine() -> tuple[Any, Any] | None:
+    brotli = _optional("brotli") or _optional("brotlicffi")
+    if brotli is None:
+        return None
     d = brotli.Decompressor()
 
     def run(chunk: bytes) -> Iterator[bytes]:
-        # brotli has no output cap per call; feed small slices so each output stays small.
-        for i in range(0, len(chunk), 4096):
-            piece = d.process(chunk[i : i + 4096])
-            if piece:
-                yield piece
+        try:
+            # brotli >= 1.2: output in steps of at most STEP bytes.
+            piece = d.process(chunk, output_buffer_limit=STEP)
+        except TypeError:
+            # Older brotli has no output cap: feed tiny slices so each output stays small.
+            for i in range(0, len(chunk), 256):
+                piece = d.process(chunk[i : i + 256])
+                if piece:
+                    yield piece
+            return
+        if piece:
+            yield piece
+        while not d.can_accept_more_data():
+            piece = d.process(b"", output_buffer_limit=STEP)
+            if not piece:
+                break
+            yield piece
 
     return run, d.is_finished
 
 
 def _zstd_engine() -> tuple[Any, Any] | None:
-    try:
-        import zstandard  # type: ignore[import-not-found]
-    except ImportError:
+    zstandard = _optional("zstandard")
+    if zstandard is None:
         return None
-    d = zstandard.ZstdDecompressor().decompressobj()
+    pieces: list[bytes] = []
+    totals = {"in": 0, "out": 0}
+
+    class _Sink:
+        # zstandard pushes output in pieces of at most write_size; the limits are checked
+        # here, as it pushes, so a bomb is stopped before it piles up.
+        def write(self, data: bytes) -> int:
+            totals["out"] += len(data)
+            if totals["out"] > MAX_OUTPUT or (
+                totals["out"] > RATIO_GRACE and totals["out"] > MAX_RATIO * totals["in"]
+            ):
+                raise _Bomb
+            pieces.append(bytes(data))
+            return len(data)
+
+    writer = zstandard.ZstdDecompressor().stream_writer(_Sink(), write_size=STEP)
 
     def run(chunk: bytes) -> Iterator[bytes]:
         for i in range(0, len(chunk), 4096):
-            piece = d.decompress(chunk[i : i + 4096])
-            if piece:
-                yield piece
+            part = chunk[i : i + 4096]
+            totals["in"] += len(part)
+            writer.write(part)
+            while pieces:
+                yield pieces.pop(0)
 
-    return run, lambda: d.eof
+    # zstandard's writer does not say when the frame ended; a truncated zstd body is
+    # simply read as far as it goes.
+    return run, lambda: True
 
 
 def decompressor_for(content_encoding: str | None) -> Decompressor | None:

@@ -301,3 +301,28 @@ def test_no_secret_or_text_in_labels_or_logs(caplog: pytest.LogCaptureFixture) -
 
     digest = hmac.new(b"k", secret.encode(), hashlib.sha256).hexdigest()[:16]
     assert f'subscription_id="{digest}"' in text
+
+
+@pytest.mark.parametrize("encoding,module", [("br", "brotli"), ("zstd", "zstandard")])
+@pytest.mark.parametrize("size", [1, 100, 8192])
+def test_brotli_and_zstd_when_installed(encoding: str, module: str, size: int) -> None:
+    lib = pytest.importorskip(module)
+    compress = lib.compress if module == "brotli" else lib.ZstdCompressor().compress
+    for body, content_type, expected in ((JSON_BODY, "application/json", 112), (OPENAI_STREAM, "text/event-stream", 11)):
+        chunks = split(compress(body), size)
+        app, exporter = wrapped_asgi(200, [("content-type", content_type), ("content-encoding", encoding)], chunks)
+        sent = run_asgi(app, body=request_json(model="gpt-4o"))
+        assert body_of(sent)[:-1] == chunks
+        assert exporter.calls[0].usage.total_tokens == expected
+
+
+@pytest.mark.parametrize("encoding,module", [("br", "brotli"), ("zstd", "zstandard")])
+def test_brotli_and_zstd_bombs_are_refused(encoding: str, module: str) -> None:
+    lib = pytest.importorskip(module)
+    payload = b'{"pad": "' + b"a" * 60_000_000 + b'", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}'
+    bomb = lib.compress(payload) if module == "brotli" else lib.ZstdCompressor().compress(payload)
+    chunks = split(bomb, 16384)
+    app, exporter = wrapped_asgi(200, [("content-type", "application/json"), ("content-encoding", encoding)], chunks)
+    sent = run_asgi(app, body=request_json(model="m"))
+    assert body_of(sent)[:-1] == chunks
+    assert exporter.calls[0].usage is None and exporter.calls[0].parse_error == "decompression_bomb"
