@@ -326,3 +326,37 @@ def test_brotli_and_zstd_bombs_are_refused(encoding: str, module: str) -> None:
     sent = run_asgi(app, body=request_json(model="m"))
     assert body_of(sent)[:-1] == chunks
     assert exporter.calls[0].usage is None and exporter.calls[0].parse_error == "decompression_bomb"
+
+
+@pytest.mark.slow
+def test_a_million_distinct_users_make_a_bounded_number_of_series() -> None:
+    registry = CollectorRegistry()
+    app = LLMMetricsMiddleware(
+        chunk_app(200, [("content-type", "application/json")], [JSON_BODY]),
+        exporters=[PrometheusExporter(registry)], dimensions=["User ID"],
+    )
+    n = 1_000_000
+    bodies = [request_json(model="m", user=f"user-{i}") for i in range(1000)]
+
+    async def main() -> None:
+        for i in range(n):
+            body = bodies[i % 1000] if i < 1000 else b'{"model": "m", "user": "user-%d"}' % i
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+            async def receive() -> Any:
+                return messages.pop() if messages else {"type": "http.disconnect"}
+
+            async def send(message: Any) -> None:
+                pass
+
+            scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"",
+                     "root_path": "", "headers": [(b"content-type", b"application/json")]}
+            await app(scope, receive, send)
+
+    asyncio.run(main())
+    text = generate_latest(registry).decode()
+    series = [line for line in text.splitlines() if line.startswith("llm_tokens_total{")]
+    assert len(series) == 2001  # the default max_series and the overflow series
+    assert app.meter.limiter.overflowed == n - 2000
+    counted = sum(float(line.rsplit(" ", 1)[1]) for line in series)
+    assert counted == 112 * n  # nothing lost to the cap
