@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._asgi import LLMMetricsMiddleware
 from ._dimensions import Dimension
-from ._prometheus import PrometheusExporter
 from ._providers import UsagePointers
 from ._record import CallRecord
 from ._request import RequestView
@@ -21,6 +20,7 @@ from ._wsgi import LLMMetricsWSGIMiddleware
 if TYPE_CHECKING:
     from ._azure import AzureMonitorExporter
     from ._otel import OpenTelemetryExporter
+    from ._prometheus import PrometheusExporter
 
 __all__ = [
     "AzureMonitorExporter",
@@ -39,7 +39,13 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # The OpenTelemetry SDK and the Azure exporter are imported only when asked for.
+    # Exporters are imported when first asked for: the middlewares themselves need only the
+    # standard library and werkzeug, and the OpenTelemetry SDK and the Azure exporter are
+    # heavy imports that most apps use one of at most.
+    if name == "PrometheusExporter":
+        from ._prometheus import PrometheusExporter
+
+        return PrometheusExporter
     if name == "AzureMonitorExporter":
         from ._azure import AzureMonitorExporter
 
