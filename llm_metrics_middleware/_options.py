@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from ._dimensions import Dimension
+from ._estimate import TokenCounter
+from ._meter import DEFAULT_MAX_SERIES, Meter
+from ._providers import UsagePointers
 from ._record import Exporter
+
+AppT = TypeVar("AppT")
 
 
 def metrics_exporter(exporters: Sequence[Exporter], metrics_path: str | None) -> Any:
@@ -21,3 +27,61 @@ def metrics_exporter(exporters: Sequence[Exporter], metrics_path: str | None) ->
         f"metrics_path={metrics_path!r} needs a PrometheusExporter among exporters= to serve; "
         "add one or drop metrics_path"
     )
+
+
+class MiddlewareBase(Generic[AppT]):
+    """The options both middlewares take (keyword-only, so typed ``add_middleware`` checks them).
+
+    - ``exporters``: where the counts go (at least one).
+    - ``dimensions``: names of default dimensions and/or :class:`Dimension` objects;
+      default: the seven Azure API Management defaults plus ``"Model"``.
+    - ``namespace``: metric namespace (Prometheus prefix, Azure namespace); ``"llm"``.
+    - ``provider``: force the provider name instead of detecting it (``"mistral"``).
+    - ``custom_usage``: a :class:`UsagePointers` for a usage format of your own.
+    - ``estimate``: estimate tokens of streams that report no usage (default True).
+    - ``token_counter``: ``Callable[[str], int]`` used for estimates.
+    - ``max_series``: cap on distinct dimension combinations (default 2000).
+    - ``location``, ``gateway_id``: fixed values for those default dimensions.
+    - ``subscription_secret``: key of the Subscription ID hash.
+    - ``metrics_path``: serve the Prometheus exporter's metrics at this path.
+    """
+
+    #: The exporter method that builds the app serving ``metrics_path``.
+    _metrics_app_factory = "asgi_app"
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        exporters: Sequence[Exporter],
+        dimensions: Sequence[Dimension | str] | None = None,
+        namespace: str = "llm",
+        provider: str | None = None,
+        custom_usage: UsagePointers | None = None,
+        estimate: bool = True,
+        token_counter: TokenCounter | None = None,
+        max_series: int = DEFAULT_MAX_SERIES,
+        location: str | None = None,
+        gateway_id: str | None = None,
+        subscription_secret: bytes | str | None = None,
+        metrics_path: str | None = None,
+    ) -> None:
+        self.app = app
+        self.meter = Meter(
+            exporters=exporters,
+            dimensions=dimensions,
+            namespace=namespace,
+            provider=provider,
+            custom_usage=custom_usage,
+            estimate=estimate,
+            token_counter=token_counter,
+            max_series=max_series,
+            location=location,
+            gateway_id=gateway_id,
+            subscription_secret=subscription_secret,
+        )
+        # Two stacked copies with one namespace would count every call twice.
+        self._marker = "llm_metrics_middleware:" + namespace
+        self._metrics_path = metrics_path
+        exporter = metrics_exporter(self.meter.exporters, metrics_path)
+        self._metrics_app: Any = getattr(exporter, self._metrics_app_factory)() if exporter is not None else None

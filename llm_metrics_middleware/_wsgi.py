@@ -8,20 +8,17 @@ closed in ``try`` and our accounting finished in ``finally``, as werkzeug's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._dimensions import Dimension
-from ._estimate import TokenCounter
-from ._meter import DEFAULT_MAX_SERIES, CallMeter, Meter
-from ._options import metrics_exporter
-from ._providers import UsagePointers
-from ._record import COMPLETED, DISCONNECTED, ERROR, Exporter
+from ._meter import CallMeter
+from ._options import MiddlewareBase
+from ._record import COMPLETED, DISCONNECTED, ERROR
 from ._request import RequestView
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401
 
 
 class _TeeInput:
@@ -115,7 +112,7 @@ class _MeteredIterable:
             self._call.finish(outcome)
 
 
-class LLMMetricsWSGIMiddleware:
+class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
     """Counts the LLM tokens of every response that passes, by dimension (WSGI).
 
     ``flask_app.wsgi_app = LLMMetricsWSGIMiddleware(flask_app.wsgi_app, exporters=[...])``,
@@ -123,45 +120,12 @@ class LLMMetricsWSGIMiddleware:
     :class:`LLMMetricsMiddleware`.
     """
 
-    def __init__(
-        self,
-        app: WSGIApplication,
-        *,
-        exporters: Sequence[Exporter],
-        dimensions: Sequence[Dimension | str] | None = None,
-        namespace: str = "llm",
-        provider: str | None = None,
-        custom_usage: UsagePointers | None = None,
-        estimate: bool = True,
-        token_counter: TokenCounter | None = None,
-        max_series: int = DEFAULT_MAX_SERIES,
-        location: str | None = None,
-        gateway_id: str | None = None,
-        subscription_secret: bytes | str | None = None,
-        metrics_path: str | None = None,
-    ) -> None:
-        self.app = app
-        self.meter = Meter(
-            exporters=exporters,
-            dimensions=dimensions,
-            namespace=namespace,
-            provider=provider,
-            custom_usage=custom_usage,
-            estimate=estimate,
-            token_counter=token_counter,
-            max_series=max_series,
-            location=location,
-            gateway_id=gateway_id,
-            subscription_secret=subscription_secret,
-        )
-        self._marker = "llm_metrics_middleware:" + namespace
-        self._metrics_path = metrics_path
-        exporter = metrics_exporter(self.meter.exporters, metrics_path)
-        self._metrics_app = exporter.wsgi_app() if exporter is not None else None
+    _metrics_app_factory = "wsgi_app"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._metrics_app is not None and environ.get("PATH_INFO") == self._metrics_path:
-            return self._metrics_app(environ, start_response)  # type: ignore[no-any-return]
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
         if environ.get(self._marker):
             return self.app(environ, start_response)
         environ[self._marker] = True
