@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._record import CallRecord
+from ._totals import CallTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[azure]'"
 
@@ -212,7 +213,6 @@ class _ReaderPort(MetricExporter):
 #: Timings kept per export interval before the request path records them into the SDK
 #: histograms itself (memory bound for very high request rates).
 _MAX_PENDING_TIMINGS = 100_000
-_CACHE_LIMIT = 10_000
 
 
 class _Namespace:
@@ -231,13 +231,9 @@ class _Namespace:
 
         self.names = names
         self.provider = provider
-        self._lock = threading.Lock()
-        # dims -> [prompt, completion, total, cached, reasoning, estimated prompt, estimated completion]
-        self._tokens: dict[tuple[str, ...], list[int]] = {}
-        self._requests: dict[tuple[tuple[str, ...], int, str], int] = {}
+        self.totals = CallTotals(names)
+        self._timing_lock = threading.Lock()
         self._timings: list[tuple[tuple[str, ...], float, float | None]] = []
-        self._errors: dict[str, int] = {}
-        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
         meter = provider.get_meter(namespace, __version__)
         self.prompt = meter.create_counter("prompt_tokens", "{token}")
         self.completion = meter.create_counter("completion_tokens", "{token}")
@@ -255,47 +251,21 @@ class _Namespace:
     # -- request path ----------------------------------------------------------------------
 
     def add(self, call: CallRecord) -> None:
-        dims = call.dimensions
-        if len(dims) != len(self.names):
-            raise ValueError(f"{len(dims)} dimension values for {len(self.names)} dimensions")
-        usage = call.usage
+        self.totals.add(call)
         ttfc = call.time_to_first_chunk_s if call.streamed else None
-        with self._lock:
-            if usage is not None:
-                sums = self._tokens.get(dims)
-                if sums is None:
-                    sums = self._tokens[dims] = [0, 0, 0, 0, 0, 0, 0]
-                sums[0] += usage.prompt_tokens
-                sums[1] += usage.completion_tokens
-                sums[2] += usage.total_tokens
-                sums[3] += usage.cached_tokens
-                sums[4] += usage.reasoning_tokens
-                if usage.estimated:
-                    sums[5] += usage.prompt_tokens
-                    sums[6] += usage.completion_tokens
-            key = (dims, call.status, call.outcome)
-            self._requests[key] = self._requests.get(key, 0) + 1
+        with self._timing_lock:
             if len(self._timings) < _MAX_PENDING_TIMINGS:
-                self._timings.append((dims, call.duration_s, ttfc))
+                self._timings.append((call.dimensions, call.duration_s, ttfc))
                 return
-        attrs = self._attributes(dims)  # very busy interval: record directly
+        attrs = self.totals.attributes(call.dimensions)  # very busy interval: record directly
         self.duration.record(call.duration_s, attrs)
         if ttfc is not None:
             self.first_chunk.record(ttfc, attrs)
 
     def add_error(self, kind: str) -> None:
-        with self._lock:
-            self._errors[kind] = self._errors.get(kind, 0) + 1
+        self.totals.add_error(kind)
 
     # -- collection ------------------------------------------------------------------------
-
-    def _attributes(self, dims: tuple[str, ...]) -> dict[str, str]:
-        attrs = self._attrs.get(dims)
-        if attrs is None:
-            attrs = dict(zip(self.names, dims, strict=True))
-            if len(self._attrs) < _CACHE_LIMIT:
-                self._attrs[dims] = attrs
-        return attrs
 
     def _drain_callback(self, options: CallbackOptions) -> Iterable[Observation]:
         try:
@@ -306,13 +276,12 @@ class _Namespace:
 
     def drain(self) -> None:
         """Move the interval's sums into the SDK instruments (runs in the export thread)."""
-        with self._lock:
-            tokens, self._tokens = self._tokens, {}
-            requests, self._requests = self._requests, {}
+        tokens, requests, errors = self.totals.take()
+        with self._timing_lock:
             timings, self._timings = self._timings, []
-            errors, self._errors = self._errors, {}
+        attributes = self.totals.attributes
         for dims, (prompt, completion, total, cached, reasoning, est_prompt, est_completion) in tokens.items():
-            attrs = self._attributes(dims)
+            attrs = attributes(dims)
             if prompt:
                 self.prompt.add(prompt, attrs)
             if completion:
@@ -327,10 +296,11 @@ class _Namespace:
                 self.estimated.add(est_prompt, {**attrs, TOKEN_TYPE: "prompt"})
             if est_completion:
                 self.estimated.add(est_completion, {**attrs, TOKEN_TYPE: "completion"})
-        for (dims, status, outcome), count in requests.items():
-            self.requests.add(count, {**self._attributes(dims), STATUS_CODE: str(status), OUTCOME: outcome})
+        # Requests are summed by (dims, status, outcome): the usage source is not a dimension here.
+        for (dims, status, outcome, _usage), count in requests.items():
+            self.requests.add(count, {**attributes(dims), STATUS_CODE: status, OUTCOME: outcome})
         for dims, duration, ttfc in timings:
-            attrs = self._attributes(dims)
+            attrs = attributes(dims)
             self.duration.record(duration, attrs)
             if ttfc is not None:
                 self.first_chunk.record(ttfc, attrs)

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._record import COMPLETED, DISCONNECTED, CallRecord
+from ._totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
 
@@ -131,12 +132,6 @@ def _error_type(call: CallRecord) -> str | None:
     return None
 
 
-#: Attribute dicts cached per dimension tuple, up to this many (the middleware caps the
-#: tuples with ``max_series``; past this we build a fresh dict each time).
-_CACHE_LIMIT = 10_000
-
-# Positions in the per-dimension-tuple list of running totals.
-_PROMPT, _COMPLETION, _TOTAL, _CACHED, _REASONING, _EST_PROMPT, _EST_COMPLETION = range(7)
 
 
 class _Namespace:
@@ -152,18 +147,14 @@ class _Namespace:
     def __init__(self, meter: Meter, prefix: str, labels: tuple[str, ...], semconv: bool) -> None:
         self.labels = labels
         self.semconv = semconv
-        self._lock = threading.Lock()
-        self._tokens: dict[tuple[str, ...], list[int]] = {}
-        self._requests: dict[tuple[tuple[str, ...], str, str, str], int] = {}
-        self._errors: dict[str, int] = {}
-        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
+        self.totals = CallTotals(labels)
         token = "{token}"
         counters = (
-            ("prompt_tokens", "Prompt (input) tokens, cached included.", _PROMPT),
-            ("completion_tokens", "Completion (output) tokens, reasoning included.", _COMPLETION),
-            ("total_tokens", "Total tokens.", _TOTAL),
-            ("cached_tokens", "Prompt tokens read from the provider's cache.", _CACHED),
-            ("reasoning_tokens", "Completion tokens spent on reasoning.", _REASONING),
+            ("prompt_tokens", "Prompt (input) tokens, cached included.", PROMPT),
+            ("completion_tokens", "Completion (output) tokens, reasoning included.", COMPLETION),
+            ("total_tokens", "Total tokens.", TOTAL),
+            ("cached_tokens", "Prompt tokens read from the provider's cache.", CACHED),
+            ("reasoning_tokens", "Completion tokens spent on reasoning.", REASONING),
         )
         for name, description, index in counters:
             meter.create_observable_counter(f"{prefix}.{name}", [self._token_callback(index)], token, description)
@@ -208,73 +199,50 @@ class _Namespace:
     # -- request path ----------------------------------------------------------------------
 
     def add(self, call: CallRecord) -> None:
-        dims = call.dimensions
-        if len(dims) != len(self.labels):
-            raise ValueError(f"{len(dims)} dimension values for {len(self.labels)} dimensions")
-        usage = call.usage
-        key = (dims, str(call.status), call.outcome, call.usage_source)
-        with self._lock:
-            if usage is not None:
-                totals = self._tokens.get(dims)
-                if totals is None:
-                    totals = self._tokens[dims] = [0, 0, 0, 0, 0, 0, 0]
-                totals[_PROMPT] += usage.prompt_tokens
-                totals[_COMPLETION] += usage.completion_tokens
-                totals[_TOTAL] += usage.total_tokens
-                totals[_CACHED] += usage.cached_tokens
-                totals[_REASONING] += usage.reasoning_tokens
-                if usage.estimated:
-                    totals[_EST_PROMPT] += usage.prompt_tokens
-                    totals[_EST_COMPLETION] += usage.completion_tokens
-            self._requests[key] = self._requests.get(key, 0) + 1
+        self.totals.add(call)
 
     def add_error(self, kind: str) -> None:
-        with self._lock:
-            self._errors[kind] = self._errors.get(kind, 0) + 1
+        self.totals.add_error(kind)
 
     # -- collection (the SDK's thread) -----------------------------------------------------
 
-    def _attributes(self, dims: tuple[str, ...]) -> dict[str, str]:
-        attrs = self._attrs.get(dims)
-        if attrs is None:
-            attrs = dict(zip(self.labels, dims, strict=True))
-            if len(self._attrs) < _CACHE_LIMIT:
-                self._attrs[dims] = attrs
-        return attrs
-
     def _token_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        totals = self.totals
+
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with self._lock:
-                items = [(dims, totals[index]) for dims, totals in self._tokens.items() if totals[index]]
-            return [Observation(value, self._attributes(dims)) for dims, value in items]
+            with totals.lock:
+                items = [(dims, sums[index]) for dims, sums in totals.tokens.items() if sums[index]]
+            return [Observation(value, totals.attributes(dims)) for dims, value in items]
 
         return observe
 
     def _observe_estimated(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
+        totals = self.totals
+        with totals.lock:
             items = [
-                (dims, totals[_EST_PROMPT], totals[_EST_COMPLETION])
-                for dims, totals in self._tokens.items()
-                if totals[_EST_PROMPT] or totals[_EST_COMPLETION]
+                (dims, sums[EST_PROMPT], sums[EST_COMPLETION])
+                for dims, sums in totals.tokens.items()
+                if sums[EST_PROMPT] or sums[EST_COMPLETION]
             ]
         out = []
         for dims, prompt, completion in items:
-            attrs = self._attributes(dims)
+            attrs = totals.attributes(dims)
             out.append(Observation(prompt, {**attrs, "type": "prompt"}))
             out.append(Observation(completion, {**attrs, "type": "completion"}))
         return out
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            items = list(self._requests.items())
+        totals = self.totals
+        with totals.lock:
+            items = list(totals.requests.items())
         return [
-            Observation(count, {**self._attributes(dims), "status": status, "outcome": outcome, "usage": source})
+            Observation(count, {**totals.attributes(dims), "status": status, "outcome": outcome, "usage": source})
             for (dims, status, outcome, source), count in items
         ]
 
     def _observe_errors(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self._lock:
-            items = list(self._errors.items())
+        with self.totals.lock:
+            items = list(self.totals.errors.items())
         return [Observation(count, {"kind": kind}) for kind, count in items]
 
 

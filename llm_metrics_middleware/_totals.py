@@ -1,0 +1,79 @@
+"""Running token and request sums per dimension tuple, shared by the OpenTelemetry-based
+exporters.
+
+A synchronous OpenTelemetry ``Counter.add`` with ten attributes costs the SDK 10-15 µs and
+a call needs six of them; adding to plain dicts under one lock costs about a microsecond.
+The exporters hand these sums to the SDK at collection time, in the SDK's thread: the
+OpenTelemetry exporter reads them cumulatively from observable counters, the Azure exporter
+takes them as deltas.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from ._record import CallRecord
+
+#: Attribute dicts cached per dimension tuple, up to this many (the middleware caps the
+#: tuples with ``max_series``; past this a fresh dict is built each time).
+CACHE_LIMIT = 10_000
+
+# Positions in the per-dimension-tuple list of token sums.
+PROMPT, COMPLETION, TOTAL, CACHED, REASONING, EST_PROMPT, EST_COMPLETION = range(7)
+
+Dims = tuple[str, ...]
+#: (dimension values, HTTP status, outcome, usage source)
+RequestKey = tuple[Dims, str, str, str]
+
+
+class CallTotals:
+    """Sums of calls by dimension tuple; ``lock`` guards ``tokens``, ``requests``, ``errors``."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        #: Attribute keys, in the order of the dimension values.
+        self.keys = keys
+        self.lock = threading.Lock()
+        self.tokens: dict[Dims, list[int]] = {}
+        self.requests: dict[RequestKey, int] = {}
+        self.errors: dict[str, int] = {}
+        self._attrs: dict[Dims, dict[str, str]] = {}
+
+    def add(self, call: CallRecord) -> None:
+        dims = call.dimensions
+        if len(dims) != len(self.keys):
+            raise ValueError(f"{len(dims)} dimension values for {len(self.keys)} dimensions")
+        usage = call.usage
+        key = (dims, str(call.status), call.outcome, call.usage_source)
+        with self.lock:
+            if usage is not None:
+                sums = self.tokens.get(dims)
+                if sums is None:
+                    sums = self.tokens[dims] = [0, 0, 0, 0, 0, 0, 0]
+                sums[PROMPT] += usage.prompt_tokens
+                sums[COMPLETION] += usage.completion_tokens
+                sums[TOTAL] += usage.total_tokens
+                sums[CACHED] += usage.cached_tokens
+                sums[REASONING] += usage.reasoning_tokens
+                if usage.estimated:
+                    sums[EST_PROMPT] += usage.prompt_tokens
+                    sums[EST_COMPLETION] += usage.completion_tokens
+            self.requests[key] = self.requests.get(key, 0) + 1
+
+    def add_error(self, kind: str) -> None:
+        with self.lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def take(self) -> tuple[dict[Dims, list[int]], dict[RequestKey, int], dict[str, int]]:
+        """The sums so far, and start again from zero (for delta export)."""
+        with self.lock:
+            taken = self.tokens, self.requests, self.errors
+            self.tokens, self.requests, self.errors = {}, {}, {}
+        return taken
+
+    def attributes(self, dims: Dims) -> dict[str, str]:
+        attrs = self._attrs.get(dims)
+        if attrs is None:
+            attrs = dict(zip(self.keys, dims, strict=True))
+            if len(self._attrs) < CACHE_LIMIT:
+                self._attrs[dims] = attrs
+        return attrs
