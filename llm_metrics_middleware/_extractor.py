@@ -115,8 +115,6 @@ class Extraction:
     text_tokens: int
     #: Why counting failed (``malformed``, ``invalid_usage``, ``too_large``), or None.
     error: str | None
-    #: Whether the body looked like an LLM response (usage, model or text seen).
-    llm_like: bool
 
 
 class _TextMeter:
@@ -191,7 +189,6 @@ class UsageExtractor:
         "_want_text",
         "_error",
         "_triggers",
-        "_llm_like",
         "_decompressor",
         "_small",
         "_fast",
@@ -226,7 +223,6 @@ class UsageExtractor:
         self._text = _TextMeter(token_counter) if want_text else None
         self._error: str | None = None
         self._triggers: tuple[bytes, ...] = custom.triggers if custom is not None else ()
-        self._llm_like = False
         if fmt == SSE:
             self._start_sse()
         elif fmt == JSON:
@@ -325,7 +321,6 @@ class UsageExtractor:
             format=self._format if self._format != SNIFF else NONE,
             text_tokens=text_tokens,
             error=self._error,
-            llm_like=self._llm_like or usage is not None or self._model is not None or text_tokens > 0,
         )
 
     # -- formats ------------------------------------------------------------------------
@@ -448,7 +443,6 @@ class UsageExtractor:
             if self._model is None:
                 self._model = model_from_record(record)
                 if self._model is not None:
-                    self._llm_like = True
                     self._fast = self._sse is not None and self._decompressor is None and not self._triggers
         except Invalid:
             self._error = "invalid_usage"

@@ -16,6 +16,7 @@ one token each, streamed one word per chunk.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -248,8 +249,6 @@ class SimulatedLLM:
             "headers": [(k.encode(), v.encode()) for k, v in response.headers],
             "trailers": False,
         })
-        import asyncio
-
         for chunk in response.chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if self.chunk_delay:
