@@ -810,7 +810,7 @@ def run_large_child(kind: str, variant: str, size: int) -> dict[str, Any]:
 
 def core_scan(kind: str, size: int) -> tuple[float, int, Any]:
     """Seconds and bytes for the sans-IO extractor alone on a large body, and its result."""
-    from llm_metrics_middleware._extractor import JSON, SSE, UsageExtractor
+    from llm_metrics_middleware._core.extractor import JSON, SSE, UsageExtractor
 
     extractor = UsageExtractor(SSE if kind == "sse" else JSON)
     nbytes = 0
@@ -1190,9 +1190,9 @@ def profile(cfg: Config) -> None:
     import cProfile
     import pstats
 
-    from llm_metrics_middleware._extractor import JSON, SSE, UsageExtractor
-    from llm_metrics_middleware._record import COMPLETED
-    from llm_metrics_middleware._request import RequestView
+    from llm_metrics_middleware._core.extractor import JSON, SSE, UsageExtractor
+    from llm_metrics_middleware._metering.call import COMPLETED
+    from llm_metrics_middleware._metering.request import RequestView
 
     n, streams, chunks_n = cfg.json_requests, cfg.streams, cfg.stream_chunks
     pc = time.perf_counter
@@ -1201,7 +1201,7 @@ def profile(cfg: Config) -> None:
     scope = asgi_scope(CHAT_PATH, body)
     base = asgi_json_app(COMPLETION_BODY)
     ours, _ = ours_asgi(base)
-    meter = ours.meter
+    meter = ours.metering
 
     def best(fn: Callable[[], float], repeat: int = 5) -> float:
         fn()
@@ -1220,10 +1220,10 @@ def profile(cfg: Config) -> None:
 
     tick = best(empty) / n
     steps = ("RequestView.from_scope + Meter.begin (route_of, start_peek)",
-             "CallMeter.request_body (the peek keeps the bytes)",
-             "CallMeter.response_start (request json.loads, UsageExtractor)",
-             "CallMeter.body (1 KB, kept for json.loads)",
-             "CallMeter.finish (extract, dimensions, Prometheus)")
+             "MeteredCall.request_body (the peek keeps the bytes)",
+             "MeteredCall.response_start (request json.loads, UsageExtractor)",
+             "MeteredCall.body (1 KB, kept for json.loads)",
+             "MeteredCall.finish (extract, dimensions, Prometheus)")
 
     def sequential() -> list[float]:
         acc = [0.0] * len(steps)
@@ -1300,7 +1300,7 @@ def profile(cfg: Config) -> None:
             gc.collect()
             total = 0.0
             for _ in range(streams):
-                call = wrapped.meter.begin(RequestView.from_scope(dict(sscope)))  # type: ignore[arg-type]
+                call = wrapped.metering.begin(RequestView.from_scope(dict(sscope)))  # type: ignore[arg-type]
                 call.request_body(req)
                 call.response_start(200, "text/event-stream; charset=utf-8", None)
                 start = pc()
@@ -1316,7 +1316,7 @@ def profile(cfg: Config) -> None:
         print(f"| {case} | ours, whole stream | {ours_c:.2f} |")
         print(f"| {case} | **added by ours** | **{ours_c - bare_c:.2f}** |")
         print(f"| {case} | UsageExtractor(SSE).feed alone (incl. per-stream setup and close) | {feed:.2f} |")
-        print(f"| {case} | CallMeter.body (feed + first-chunk time check) | {meter_body:.2f} |")
+        print(f"| {case} | MeteredCall.body (feed + first-chunk time check) | {meter_body:.2f} |")
         print(f"| {case} | ASGI glue (metered_send: await, type checks, message.get): the rest | "
               f"{ours_c - bare_c - meter_body:.2f} |")
     print()

@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._asgi import LLMMetricsMiddleware
-from ._dimensions import Dimension
-from ._providers import UsagePointers
-from ._record import CallRecord
-from ._request import RequestView
-from ._usage import Usage
-from ._wsgi import LLMMetricsWSGIMiddleware
+from ._core.providers import UsagePointers
+from ._core.usage import Usage
+from ._drivers.asgi import LLMMetricsMiddleware
+from ._drivers.wsgi import LLMMetricsWSGIMiddleware
+from ._metering.call import CallRecord
+from ._metering.dimensions import Dimension
+from ._metering.request import RequestView
 
 if TYPE_CHECKING:
-    from ._azure import AzureMonitorExporter
-    from ._otel import OpenTelemetryExporter
-    from ._prometheus import PrometheusExporter
+    from ._exporters.azure import AzureMonitorExporter
+    from ._exporters.otel import OpenTelemetryExporter
+    from ._exporters.prometheus import PrometheusExporter
 
 __all__ = [
     "AzureMonitorExporter",
@@ -43,15 +43,15 @@ def __getattr__(name: str) -> Any:
     # standard library and werkzeug, and the OpenTelemetry SDK and the Azure exporter are
     # heavy imports that most apps use one of at most.
     if name == "PrometheusExporter":
-        from ._prometheus import PrometheusExporter
+        from ._exporters.prometheus import PrometheusExporter
 
         return PrometheusExporter
     if name == "AzureMonitorExporter":
-        from ._azure import AzureMonitorExporter
+        from ._exporters.azure import AzureMonitorExporter
 
         return AzureMonitorExporter
     if name == "OpenTelemetryExporter":
-        from ._otel import OpenTelemetryExporter
+        from ._exporters.otel import OpenTelemetryExporter
 
         return OpenTelemetryExporter
     raise AttributeError(f"module 'llm_metrics_middleware' has no attribute {name!r}")

@@ -20,8 +20,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 
-from ._prometheus import PrometheusExporter
-from ._wsgi import LLMMetricsWSGIMiddleware
+from ._drivers.wsgi import LLMMetricsWSGIMiddleware
+from ._exporters.prometheus import PrometheusExporter
 from .testing import SimulatedLLM
 
 

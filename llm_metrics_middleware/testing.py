@@ -24,13 +24,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ._record import CallRecord
+from ._metering.call import CallRecord
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-    from ._dimensions import Schema
+    from ._metering.dimensions import Schema
 
 _WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "every", "one", "of", "them", "as", "it", "streams", "past", "without", "holding", "the", "body", "and", "without", "slowing", "the", "answer", "down"]
 

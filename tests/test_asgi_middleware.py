@@ -194,7 +194,7 @@ def test_exporter_failure_never_reaches_the_app() -> None:
     sent = run_asgi(app, body=request_json(model="m"))
     assert b"".join(body_of(sent)) == OPENAI_STREAM
     assert len(good.calls) == 1
-    assert app.meter.errors["export"] == 1
+    assert app.metering.errors["export"] == 1
 
 
 def test_compressed_or_binary_bodies_pass_without_reading() -> None:

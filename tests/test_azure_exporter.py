@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from llm_metrics_middleware import AzureMonitorExporter, Dimension, LLMMetricsMiddleware, PrometheusExporter
-from llm_metrics_middleware._azure import (
+from llm_metrics_middleware._exporters.azure import (
     COMPLETION_TOKENS,
     LLM_REQUESTS,
     METERING_ERRORS,
@@ -283,8 +283,8 @@ def test_cloud_role_and_instance_from_the_otel_environment(
 def test_metering_errors_metric(make_exporter: MakeExporter, capture: CaptureServer) -> None:
     exporter = make_exporter()
     app, _ = wrap(exporter, dimensions=["User ID"])
-    app.meter.count_error("malformed")
-    app.meter.count_error("malformed")
+    app.metering.count_error("malformed")
+    app.metering.count_error("malformed")
     assert exporter.force_flush() is True
     assert capture.sums(METERING_ERRORS, Kind="malformed") == 2
 
@@ -328,7 +328,7 @@ def test_record_never_raises(make_exporter: MakeExporter, caplog: pytest.LogCapt
     exporter = make_exporter()
     app, memory = wrap(exporter, dimensions=["User ID"])
     drive(app, [("/v1/chat/completions", chat("erin"), {})])
-    sink = app.meter.sinks[0]
+    sink = app.metering.sinks[0]
     bad = dataclasses.replace(memory.calls[0], dimensions=("a", "b", "c"))
     with caplog.at_level(logging.ERROR, logger="llm_metrics_middleware"):
         sink.record(bad)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
-from llm_metrics_middleware._dimensions import DEFAULT_NAMES, build_schema, label_name
+from llm_metrics_middleware._metering.dimensions import DEFAULT_NAMES, build_schema, label_name
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import chunk_app, request_json, run_asgi, run_wsgi, wsgi_chunk_app

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from llm_metrics_middleware import UsagePointers
-from llm_metrics_middleware._extractor import JSON, NONE, SNIFF, SSE, UsageExtractor, body_format
+from llm_metrics_middleware._core.extractor import JSON, NONE, SNIFF, SSE, UsageExtractor, body_format
 
 from .drive import split
 
@@ -110,7 +110,7 @@ def test_large_sse_event_with_usage_is_scanned_not_kept() -> None:
 
 
 def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    import llm_metrics_middleware._extractor as extractor_module
+    import llm_metrics_middleware._core.extractor as extractor_module
 
     calls = []
     real_loads = json.loads

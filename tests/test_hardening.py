@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
-from llm_metrics_middleware._usage import MAX_TOKENS
+from llm_metrics_middleware._core.usage import MAX_TOKENS
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import body_of, chunk_app, request_json, run_asgi, run_wsgi, split, wsgi_chunk_app
@@ -193,7 +193,7 @@ def test_many_distinct_users_are_capped() -> None:
     series = [line for line in text.splitlines() if line.startswith("llm_tokens_total{")]
     assert len(series) == 101  # 100 users and the overflow series
     assert f'llm_tokens_total{{user_id="__overflow__"}} {float(112 * (n - 100))}' in text
-    assert app.meter.limiter.overflowed == n - 100
+    assert app.metering.limiter.overflowed == n - 100
     assert f'llm_metering_errors_total{{kind="series_overflow"}} {float(n - 100)}' in text
 
 
@@ -357,6 +357,6 @@ def test_a_million_distinct_users_make_a_bounded_number_of_series() -> None:
     text = generate_latest(registry).decode()
     series = [line for line in text.splitlines() if line.startswith("llm_tokens_total{")]
     assert len(series) == 2001  # the default max_series and the overflow series
-    assert app.meter.limiter.overflowed == n - 2000
+    assert app.metering.limiter.overflowed == n - 2000
     counted = sum(float(line.rsplit(" ", 1)[1]) for line in series)
     assert counted == 112 * n  # nothing lost to the cap

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from llm_metrics_middleware._jsonscan import CAPTURE_LIMIT, JSONScanner
+from llm_metrics_middleware._core.jsonscan import CAPTURE_LIMIT, JSONScanner
 
 PATHS = [("usage",), ("model",), ("message", "usage"), ("a", 1)]
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 
 from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, OpenTelemetryExporter
-from llm_metrics_middleware._otel import (
+from llm_metrics_middleware._exporters.otel import (
     DURATION_BUCKETS,
     SCHEMA_URL,
     SEMCONV_VERSION,
@@ -139,7 +139,7 @@ def test_estimated_tokens_and_metering_errors() -> None:
                                dimensions=["User ID"])
     # A stream without include_usage reports no usage: the middleware estimates it.
     asyncio.run(drive(app, [("/v1/chat/completions", chat("dave", stream=True, include_usage=False))]))
-    sink = app.meter.sinks[0]
+    sink = app.metering.sinks[0]
     sink.on_error("malformed")  # type: ignore[attr-defined]
     [call] = memory.calls
     assert call.usage is not None and call.usage.estimated
@@ -224,7 +224,7 @@ def test_record_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     asyncio.run(drive(app, [("/v1/chat/completions", chat("ivan"))]))
     bad = dataclasses.replace(memory.calls[0], dimensions=("too", "many"))
     with caplog.at_level("ERROR", logger="llm_metrics_middleware"):
-        app.meter.sinks[0].record(bad)
+        app.metering.sinks[0].record(bad)
     assert "failed to record a call" in caplog.text
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from llm_metrics_middleware._sse import EVENT_LIMIT, SSEDecoder
+from llm_metrics_middleware._core.sse import EVENT_LIMIT, SSEDecoder
 
 
 def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, bytes]]:

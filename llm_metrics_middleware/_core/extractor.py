@@ -8,7 +8,7 @@ raises: a body we cannot read ends with ``error`` set and no usage.
 The body format comes from the Content-Type (parameters and vendor ``+json`` types
 allowed); when that says nothing useful (missing, ``text/plain``,
 ``application/octet-stream``) the first significant byte decides. JSON, NDJSON and a
-top-level JSON array of records all go through the same incremental scanner; SSE goes
+top-level JSON array of objects all go through the same incremental scanner; SSE goes
 through the SSE decoder, and each small event's data is parsed only when it can hold usage.
 """
 
@@ -21,12 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._decompress import Decompressor
-from ._estimate import TokenCounter
-from ._jsonscan import JSONScanner, Path
-from ._providers import PROVIDER_OF_FAMILY, UsagePointers
-from ._sse import SSEDecoder
-from ._usage import RECORD_PATHS, Invalid, Usage, UsageAccumulator, counts_from_record, model_from_record
+from .decoders import Decompressor
+from .estimate import TokenCounter
+from .jsonscan import JSONScanner, Path
+from .providers import PROVIDER_OF_FAMILY, UsagePointers
+from .sse import SSEDecoder
+from .usage import OBJECT_PATHS, Invalid, Usage, UsageAccumulator, counts_from_object, model_from_object
 
 # Body formats.
 NONE = "none"
@@ -206,7 +206,7 @@ class UsageExtractor:
         self._format = fmt
         self._decompressor = decompressor
         self._custom = custom
-        self._paths: Sequence[Path] = RECORD_PATHS if custom is None else [*RECORD_PATHS, *custom.scan_paths()]
+        self._paths: Sequence[Path] = OBJECT_PATHS if custom is None else [*OBJECT_PATHS, *custom.scan_paths()]
         self._acc = UsageAccumulator()
         self._model: str | None = None
         self._family: str | None = None
@@ -346,7 +346,7 @@ class UsageExtractor:
 
     def _new_scanner(self) -> JSONScanner:
         roots: Sequence[str] = _RESPONSE_TEXT_ROOTS if self._want_text else ()
-        return JSONScanner(self._paths, self._on_record, text_roots=roots)
+        return JSONScanner(self._paths, self._on_object, text_roots=roots)
 
     def _close_small(self) -> None:
         data = bytes(self._small or b"")
@@ -360,13 +360,13 @@ class UsageExtractor:
             scanner = self._scanner = self._new_scanner()
             scanner.feed(data)
             return
-        records = value if isinstance(value, list) else [value]
-        for record in records:
-            if isinstance(record, dict):
-                self._on_record(record)
+        objects = value if isinstance(value, list) else [value]
+        for obj in objects:
+            if isinstance(obj, dict):
+                self._on_object(obj)
         if self._text is not None and not self._acc.seen:
             self._text.add_bytes(
-                sum(_string_bytes(r.get(root)) for r in records if isinstance(r, dict) for root in _RESPONSE_TEXT_ROOTS)
+                sum(_string_bytes(r.get(root)) for r in objects if isinstance(r, dict) for root in _RESPONSE_TEXT_ROOTS)
             )
 
     def _start_sse(self) -> None:
@@ -400,20 +400,20 @@ class UsageExtractor:
             if data == b"[DONE]":
                 return
             try:
-                record = json.loads(data)
+                obj = json.loads(data)
             except ValueError:
                 self._error = self._error or "malformed"
                 return
-            if isinstance(record, dict):
-                self._on_record(record)
-            elif isinstance(record, list):  # a batch of records in one event
-                for item in record:
+            if isinstance(obj, dict):
+                self._on_object(obj)
+            elif isinstance(obj, list):  # a batch of objects in one event
+                for item in obj:
                     if isinstance(item, dict):
-                        self._on_record(item)
+                        self._on_object(item)
 
     def _on_large_data(self, piece: bytes) -> None:
         if self._large is None:
-            self._large = JSONScanner(self._paths, self._on_record)
+            self._large = JSONScanner(self._paths, self._on_object)
         self._large.feed(piece)
 
     def _on_large_end(self, event: bytes) -> None:
@@ -422,26 +422,26 @@ class UsageExtractor:
         if large is not None and large.failed:
             self._error = self._error or "malformed"
 
-    # -- records ------------------------------------------------------------------------
+    # -- JSON objects -------------------------------------------------------------------
 
-    def _on_record(self, record: Mapping[str, Any]) -> None:
+    def _on_object(self, obj: Mapping[str, Any]) -> None:
         try:
             custom = self._custom
             if custom is not None:
-                counts = custom.counts(record)
+                counts = custom.counts(obj)
                 if counts is not None:
                     self._acc.update(counts)
                     self._family = "custom"
                 if self._model is None:
-                    self._model = custom.model_of(record)
-            found = counts_from_record(record)
+                    self._model = custom.model_of(obj)
+            found = counts_from_object(obj)
             if found is not None:
                 counts, family = found
                 self._acc.update(counts)
                 if self._family is None:
                     self._family = family
             if self._model is None:
-                self._model = model_from_record(record)
+                self._model = model_from_object(obj)
                 if self._model is not None:
                     self._fast = self._sse is not None and self._decompressor is None and not self._triggers
         except Invalid:

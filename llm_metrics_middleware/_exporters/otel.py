@@ -36,8 +36,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._record import COMPLETED, DISCONNECTED, CallRecord
-from ._totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals
+from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
+from .totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
 
@@ -54,7 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"OpenTelemetryExporter needs the OpenTelemetry API and SDK: {_IMPORT_HINT}") from exc
 
 if TYPE_CHECKING:
-    from ._dimensions import Schema
+    from .._metering.dimensions import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -346,7 +346,7 @@ class OpenTelemetryExporter:
         with self._lock:
             namespace = self._namespaces.get(schema.namespace)
             if namespace is None:
-                from . import __version__
+                from .. import __version__
 
                 meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
                 namespace = _Namespace(meter, prefix, labels, self._semconv)

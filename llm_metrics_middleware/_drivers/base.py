@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Generic, TypeVar
 
-from ._dimensions import Dimension
-from ._estimate import TokenCounter
-from ._meter import DEFAULT_MAX_SERIES, Meter
-from ._providers import UsagePointers
-from ._record import Exporter
+from .._core.estimate import TokenCounter
+from .._core.providers import UsagePointers
+from .._metering.call import Exporter
+from .._metering.dimensions import Dimension
+from .._metering.metering import DEFAULT_MAX_SERIES, Metering
 
 AppT = TypeVar("AppT")
 
@@ -67,7 +67,7 @@ class MiddlewareBase(Generic[AppT]):
         metrics_path: str | None = None,
     ) -> None:
         self.app = app
-        self.meter = Meter(
+        self.metering = Metering(
             exporters=exporters,
             dimensions=dimensions,
             namespace=namespace,
@@ -83,5 +83,5 @@ class MiddlewareBase(Generic[AppT]):
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace
         self._metrics_path = metrics_path
-        exporter = metrics_exporter(self.meter.exporters, metrics_path)
+        exporter = metrics_exporter(self.metering.exporters, metrics_path)
         self._metrics_app: Any = getattr(exporter, self._metrics_app_factory)() if exporter is not None else None

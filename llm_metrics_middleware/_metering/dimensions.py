@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
-from ._request import RequestView
+from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
 

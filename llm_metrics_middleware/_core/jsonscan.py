@@ -8,8 +8,8 @@ copies out only the values whose path we asked for; everything else is skipped w
 
 Input may be one JSON value, several (NDJSON or any whitespace-separated sequence), or a
 top-level array. Each object at the top level, and each object directly inside a top-level
-array, is a *record*: paths are relative to it, and a finished record is handed to the
-``on_record`` callback as a sparse nested ``dict`` that holds only the captured values.
+array, is a *root*: paths are relative to it, and a finished object is handed to the
+``on_object`` callback as a sparse nested ``dict`` that holds only the captured values.
 Gemini's non-SSE ``streamGenerateContent`` (a JSON array of responses) and Ollama's NDJSON
 are therefore read by the same code as a plain JSON body.
 
@@ -26,7 +26,7 @@ from typing import Any, Union
 
 PathItem = Union[str, int]
 Path = tuple[PathItem, ...]
-Record = dict[str, Any]
+JSONObject = dict[str, Any]
 
 #: Largest captured value kept, in bytes. A usage object is well under 1 KB; a bigger value
 #: at a captured path is not what we are looking for and is dropped (``overflowed`` is set).
@@ -55,40 +55,40 @@ _BACKSLASH = 0x5C
 
 
 class _Frame:
-    """A container on the way to a captured path (or the record / top-level array)."""
+    """A container on the way to a captured path (or the object / top-level array)."""
 
-    __slots__ = ("is_object", "path", "index", "is_record", "is_top_array")
+    __slots__ = ("is_object", "path", "index", "is_object_root", "is_top_array")
 
     def __init__(
         self,
         is_object: bool,
         path: Path | None,
-        is_record: bool = False,
+        is_object_root: bool = False,
         is_top_array: bool = False,
     ) -> None:
         self.is_object = is_object
         self.path = path
         self.index = 0
-        self.is_record = is_record
+        self.is_object_root = is_object_root
         self.is_top_array = is_top_array
 
 
 class JSONScanner:
-    """Feed bytes with :meth:`feed`; records arrive through ``on_record``.
+    """Feed bytes with :meth:`feed`; objects arrive through ``on_object``.
 
-    ``paths`` are the record-relative paths to capture, as tuples of keys (``str``) and
-    array indices (``int``). ``text_roots`` names top-level record keys whose string
+    ``paths`` are the object-relative paths to capture, as tuples of keys (``str``) and
+    array indices (``int``). ``text_roots`` names top-level object keys whose string
     values are measured (total byte length) into :attr:`text_bytes`, for estimating
     prompt tokens from a request without keeping it.
     """
 
     __slots__ = (
         "_trie",
-        "_on_record",
+        "_on_object",
         "_text_roots",
         "_state",
         "_frames",
-        "_record",
+        "_object",
         "_pending",
         "_skip_depth",
         "_string_kind",
@@ -103,13 +103,13 @@ class JSONScanner:
         "text_bytes",
         "failed",
         "overflowed",
-        "records",
+        "objects",
     )
 
     def __init__(
         self,
         paths: Iterable[Path],
-        on_record: Callable[[Record], None],
+        on_object: Callable[[JSONObject], None],
         text_roots: Iterable[str] = (),
     ) -> None:
         trie: dict[Path, int] = {}
@@ -119,11 +119,11 @@ class JSONScanner:
                 trie.setdefault(path[:i], _DESCEND)
             trie[path] = _CAPTURE
         self._trie = trie
-        self._on_record = on_record
+        self._on_object = on_object
         self._text_roots = frozenset(text_roots)
         self._state = _VALUE
         self._frames: list[_Frame] = []
-        self._record: Record | None = None
+        self._object: JSONObject | None = None
         # Path of the value about to start (None: skip it).
         self._pending: Path | None = None
         self._skip_depth = 0
@@ -140,7 +140,7 @@ class JSONScanner:
         self.text_bytes = 0
         self.failed = False
         self.overflowed = False
-        self.records = 0
+        self.objects = 0
 
     # -- public -------------------------------------------------------------------------
 
@@ -288,7 +288,7 @@ class JSONScanner:
 
     def _set_pending_element(self, frame: _Frame) -> None:
         if frame.is_top_array:
-            self._pending = ()  # an element of a top-level array: a record if an object
+            self._pending = ()  # an element of a top-level array: a JSON object if an object
         elif frame.path is None:
             self._pending = None
         else:
@@ -302,8 +302,8 @@ class JSONScanner:
         if not frames or (frames[-1].is_top_array and pending == ()):
             # A top-level value, or an element of a top-level array.
             if c == 0x7B:
-                frames.append(_Frame(True, (), is_record=True))
-                self._record = {}
+                frames.append(_Frame(True, (), is_object_root=True))
+                self._object = {}
                 self._state = _KEY
                 return 0
             if c == 0x5B and not frames:
@@ -429,28 +429,28 @@ class JSONScanner:
         cap, path = self._capture, self._capture_path
         self._capture = None
         self._capture_path = None
-        if cap is None or path is None or self._record is None:
+        if cap is None or path is None or self._object is None:
             return
         try:
             value = json.loads(bytes(cap))
         except ValueError:
             return
-        _put(self._record, path, value)
+        _put(self._object, path, value)
 
     def _close(self) -> None:
         frame = self._frames.pop()
         self._state = _AFTER
-        if frame.is_record:
-            record = self._record
-            self._record = None
-            self.records += 1
-            if record is not None:
-                self._on_record(record)
+        if frame.is_object_root:
+            obj = self._object
+            self._object = None
+            self.objects += 1
+            if obj is not None:
+                self._on_object(obj)
 
 
-def _put(record: Record, path: Path, value: Any) -> None:
+def _put(obj: JSONObject, path: Path, value: Any) -> None:
     """Store ``value`` at ``path`` in a sparse nested dict (list indices become dict keys)."""
-    node: Any = record
+    node: Any = obj
     for item in path[:-1]:
         child = node.get(item)
         if not isinstance(child, dict):

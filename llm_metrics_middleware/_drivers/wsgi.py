@@ -1,4 +1,4 @@
-"""WSGI middleware (PEP 3333): a short driver of :class:`~._meter.CallMeter`.
+"""WSGI middleware (PEP 3333): a short driver of :class:`~.._metering.metering.MeteredCall`.
 
 The response iterable is wrapped in a class with an explicit ``close()`` (a generator
 closed before its first ``next()`` would skip its ``finally``); the inner iterable is
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._meter import CallMeter
-from ._options import MiddlewareBase
-from ._record import COMPLETED, DISCONNECTED, ERROR
-from ._request import RequestView
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
+from .._metering.metering import MeteredCall
+from .._metering.request import RequestView
+from .base import MiddlewareBase
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -72,7 +72,7 @@ class _MeteredIterable:
 
     __slots__ = ("_iterable", "_iterator", "_call", "_done", "_failed")
 
-    def __init__(self, iterable: Iterable[bytes], call: CallMeter) -> None:
+    def __init__(self, iterable: Iterable[bytes], call: MeteredCall) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._call = call
@@ -103,6 +103,7 @@ class _MeteredIterable:
             if close is not None:
                 close()
         finally:
+            outcome: Outcome
             if self._done:
                 outcome = COMPLETED
             elif self._failed:
@@ -130,7 +131,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
             return self.app(environ, start_response)
         environ[self._marker] = True
 
-        call = self.meter.begin(RequestView.from_environ(environ))
+        call = self.metering.begin(RequestView.from_environ(environ))
         if call.peek is not None and environ.get("wsgi.input") is not None:
             environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.request_body)
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._usage import Counts, as_count
+from .usage import Counts, as_count
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ PROVIDER_OF_FAMILY = {
 
 def _parse_pointer(pointer: str) -> tuple[str, ...]:
     if pointer == "":
-        raise ValueError("an empty JSON pointer points at the whole record; name a field such as '/usage/input'")
+        raise ValueError("an empty JSON pointer points at the whole object; name a field such as '/usage/input'")
     if not pointer.startswith("/"):
         raise ValueError(
             f"JSON pointer {pointer!r} must start with '/', as in '/usage/prompt_tokens' (RFC 6901)"
@@ -117,8 +117,8 @@ def _parse_pointer(pointer: str) -> tuple[str, ...]:
     return tuple(part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/"))
 
 
-def _resolve(record: Any, path: tuple[str, ...]) -> Any:
-    node = record
+def _resolve(obj: Any, path: tuple[str, ...]) -> Any:
+    node = obj
     for part in path:
         if isinstance(node, dict):
             if part in node:
@@ -140,9 +140,9 @@ class UsagePointers:
 
     Use it when an upstream (or your own endpoint) reports usage in a shape none of the
     built-in providers use, like Gravitee's CUSTOM provider type. Pointers are relative to
-    each JSON record: the body of a JSON response, each NDJSON line, each SSE event's data.
+    each JSON obj: the body of a JSON response, each NDJSON line, each SSE event's data.
     ``total_tokens`` defaults to prompt + completion. The built-in shapes are still tried
-    when a record has none of these fields.
+    when an object has none of these fields.
     """
 
     prompt_tokens: str
@@ -181,14 +181,14 @@ class UsagePointers:
             path[-1].encode() for name, path in self._paths.items() if name != "model"
         )
 
-    def counts(self, record: Mapping[str, Any]) -> Counts | None:
-        values = {name: _resolve(record, path) for name, path in self._paths.items() if name != "model"}
+    def counts(self, obj: Mapping[str, Any]) -> Counts | None:
+        values = {name: _resolve(obj, path) for name, path in self._paths.items() if name != "model"}
         if values.get("prompt_tokens") is None and values.get("completion_tokens") is None:
             return None
         counts = {name: as_count(value) for name, value in values.items()}
         for name, value in values.items():
             if value is not None and counts[name] is None:
-                return None  # present but not a sane count: refuse the record
+                return None  # present but not a sane count: refuse the object
         return (
             counts.get("prompt_tokens"),
             counts.get("completion_tokens"),
@@ -197,9 +197,9 @@ class UsagePointers:
             counts.get("reasoning_tokens"),
         )
 
-    def model_of(self, record: Mapping[str, Any]) -> str | None:
+    def model_of(self, obj: Mapping[str, Any]) -> str | None:
         path = self._paths.get("model")
         if path is None:
             return None
-        value = _resolve(record, path)
+        value = _resolve(obj, path)
         return value if isinstance(value, str) and value else None

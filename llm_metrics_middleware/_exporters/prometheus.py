@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ._record import CallRecord
+from .._metering.call import CallRecord
 
 if TYPE_CHECKING:
-    from ._dimensions import Schema
+    from .._metering.dimensions import Schema
 
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)

@@ -1,6 +1,6 @@
 """The framework-free middle of both middlewares: options, per-call state, delivery.
 
-:class:`Meter` holds what one middleware was configured with. :class:`CallMeter` is the
+:class:`Metering` holds what one middleware was configured with. :class:`MeteredCall` is the
 per-request state (never on the middleware instance): the ASGI and WSGI adapters drive it
 with ``request_body``, ``response_start``, ``body`` and ``finish`` and nothing else.
 """
@@ -13,14 +13,15 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ._decompress import decompressor_for, is_identity
-from ._dimensions import OVERFLOW, CallContext, Dimension, build_schema
-from ._estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
-from ._extractor import JSON, NONE, SSE, UsageExtractor, body_format
-from ._providers import Route, UsagePointers, route_of
-from ._record import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Sink
-from ._request import BodyPeek, RequestView
-from ._usage import MAX_TOKENS, Usage
+from .._core.decoders import decompressor_for, is_identity
+from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
+from .._core.extractor import JSON, NONE, SSE, UsageExtractor, body_format
+from .._core.peek import BodyPeek
+from .._core.providers import Route, UsagePointers, route_of
+from .._core.usage import MAX_TOKENS, Usage
+from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
+from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -72,7 +73,7 @@ class SeriesLimiter:
         return (OVERFLOW,) * len(values), True
 
 
-class Meter:
+class Metering:
     """One middleware's configuration and sinks. Built once, shared by all requests."""
 
     def __init__(
@@ -124,8 +125,8 @@ class Meter:
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[str] = collections.Counter()
 
-    def begin(self, view: RequestView) -> CallMeter:
-        return CallMeter(self, view)
+    def begin(self, view: RequestView) -> MeteredCall:
+        return MeteredCall(self, view)
 
     def count_error(self, kind: str) -> None:
         self.errors[kind] += 1
@@ -146,11 +147,11 @@ class Meter:
                 self.errors["export"] += 1
 
 
-class CallMeter:
+class MeteredCall:
     """Per-request state. Every method is safe to call: none raises."""
 
     __slots__ = (
-        "meter",
+        "metering",
         "view",
         "route",
         "peek",
@@ -163,8 +164,8 @@ class CallMeter:
         "fmt",
     )
 
-    def __init__(self, meter: Meter, view: RequestView) -> None:
-        self.meter = meter
+    def __init__(self, metering: Metering, view: RequestView) -> None:
+        self.metering = metering
         self.view = view
         self.started = time.perf_counter()
         self.route: Route = route_of(view.path)
@@ -197,14 +198,14 @@ class CallMeter:
             fmt = body_format(content_type)
             if fmt == NONE:
                 return
-            meter = self.meter
+            metering = self.metering
             route = self.route
             body = self.view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = meter.provider or route.provider
+            provider = metering.provider or route.provider
             self.want_text = (
-                meter.estimate
+                metering.estimate
                 and not include_usage
                 and provider not in _ALWAYS_REPORTS
                 and route.operation not in _NO_TEXT_OPERATIONS
@@ -212,14 +213,14 @@ class CallMeter:
             self.fmt = fmt
             self.extractor = UsageExtractor(
                 fmt,
-                custom=meter.custom,
+                custom=metering.custom,
                 want_text=self.want_text,
-                token_counter=meter.token_counter,
+                token_counter=metering.token_counter,
                 decompressor=decompressor,
             )
         except Exception:
             logger.exception("llm-metrics: could not start reading a response; it is not counted")
-            self.meter.count_error("internal")
+            self.metering.count_error("internal")
 
     def body(self, chunk: bytes) -> None:
         if self.first_chunk is None and chunk:
@@ -228,7 +229,7 @@ class CallMeter:
         if extractor is not None:
             extractor.feed(chunk)
 
-    def finish(self, outcome: str) -> None:
+    def finish(self, outcome: Outcome) -> None:
         if self.finished:
             return
         self.finished = True
@@ -236,23 +237,23 @@ class CallMeter:
             self._finish(outcome)
         except Exception:
             logger.exception("llm-metrics: failed to record a call; the request is unaffected")
-            self.meter.count_error("internal")
+            self.metering.count_error("internal")
 
-    def _finish(self, outcome: str) -> None:
-        meter = self.meter
+    def _finish(self, outcome: Outcome) -> None:
+        metering = self.metering
         route = self.route
         extraction = self.extractor.close() if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
         # Only LLM calls are counted: a known LLM path, or a body that reported usage.
         if route.operation is None and usage is None:
-            if extraction is not None and extraction.error is not None and self.meter.custom is not None:
-                meter.count_error(extraction.error)
+            if extraction is not None and extraction.error is not None and self.metering.custom is not None:
+                metering.count_error(extraction.error)
             return
         if extraction is not None and extraction.error is not None:
-            meter.count_error(extraction.error)
+            metering.count_error(extraction.error)
             logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
         body = self.view.body
-        source = NO_USAGE
+        source: UsageSource = NO_USAGE
         if self.status >= 400:
             usage = None
         elif usage is not None:
@@ -261,7 +262,7 @@ class CallMeter:
             self.want_text
             and extraction is not None
             and extraction.text_tokens > 0
-            and meter.estimate
+            and metering.estimate
         ):
             prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
@@ -272,15 +273,15 @@ class CallMeter:
             request_model = route.model
         response_model = extraction.model if extraction is not None else None
         provider = (
-            meter.provider
+            metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = meter.limiter.admit(meter.schema.values(self.view, ctx))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
         if overflowed:
-            meter.count_error("series_overflow")
+            metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
         now = time.perf_counter()
         call = CallRecord(
@@ -298,5 +299,5 @@ class CallMeter:
             time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
             parse_error=extraction.error if extraction is not None else None,
         )
-        meter.deliver(call)
+        metering.deliver(call)
 

@@ -1,8 +1,8 @@
-"""Pure ASGI 3 middleware: a short driver of :class:`~._meter.CallMeter`.
+"""Pure ASGI 3 middleware: a short driver of :class:`~.._metering.metering.MeteredCall`.
 
 ``send`` is awaited first and the message looked at afterwards, so the client gets every
 message as the app produced it, when it produced it. All per-request state lives in the
-``CallMeter`` and in locals of ``__call__``.
+``MeteredCall`` and in locals of ``__call__``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from ._options import MiddlewareBase
-from ._record import COMPLETED, DISCONNECTED, ERROR
-from ._request import RequestView
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR
+from .._metering.request import RequestView
+from .base import MiddlewareBase
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -30,7 +30,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
 
     ``app.add_middleware(LLMMetricsMiddleware, exporters=[PrometheusExporter()])`` in
     Starlette or FastAPI, or ``LLMMetricsMiddleware(app, exporters=[...])`` around any ASGI
-    3 app. Options: see :class:`~._options.MiddlewareBase` and the README.
+    3 app. Options: see :class:`~.._drivers.base.MiddlewareBase` and the README.
     """
 
     _metrics_app_factory = "asgi_app"
@@ -48,7 +48,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             return
         state[self._marker] = True
 
-        call = self.meter.begin(RequestView.from_scope(scope))
+        call = self.metering.begin(RequestView.from_scope(scope))
         disconnected = False
 
         async def metered_receive() -> ASGIReceiveEvent:

@@ -38,8 +38,8 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._record import CallRecord
-from ._totals import CallTotals
+from .._metering.call import CallRecord
+from .totals import CallTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[azure]'"
 
@@ -72,7 +72,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from ._dimensions import Schema
+    from .._metering.dimensions import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -227,7 +227,7 @@ class _Namespace:
     """
 
     def __init__(self, namespace: str, names: tuple[str, ...], provider: MeterProvider) -> None:
-        from . import __version__
+        from .. import __version__
 
         self.names = names
         self.provider = provider

@@ -10,7 +10,7 @@ Every provider is normalised to one meaning, so that sums across providers add u
 - ``cached_tokens`` and ``reasoning_tokens``: the subsets, 0 when not reported.
 
 Streams repeat usage cumulatively (Gemini, vLLM's continuous usage stats, Anthropic's
-``message_delta``), so records are merged field by field, the last value winning; nothing
+``message_delta``), so objects are merged field by field, the last value winning; nothing
 is ever summed across events.
 """
 
@@ -67,7 +67,7 @@ def _sum(*values: int | None) -> int | None:
     return sum(present) if present else None
 
 
-# (prompt, completion, total, cached, reasoning); None where the record does not say.
+# (prompt, completion, total, cached, reasoning); None where the object does not say.
 # Records are plain dicts (from json.loads or the scanner): isinstance(x, dict) is far
 # cheaper than an ABC check on the hot path.
 Counts = tuple[int | None, int | None, int | None, int | None, int | None]
@@ -162,41 +162,41 @@ def counts_from_usage_metadata(meta: Mapping[str, Any]) -> Counts:
     return prompt, completion, total, cached, thoughts
 
 
-def counts_from_record(record: Mapping[str, Any]) -> tuple[Counts, str] | None:
-    """Find usage anywhere a known provider puts it in one JSON record."""
-    usage = record.get("usage")
+def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
+    """Find usage anywhere a known provider puts it in one JSON obj."""
+    usage = obj.get("usage")
     if isinstance(usage, dict):
         found = counts_from_usage(usage)
         if found is not None:
             return found
-    meta = record.get("usageMetadata")
+    meta = obj.get("usageMetadata")
     if isinstance(meta, dict):
         return counts_from_usage_metadata(meta), "gemini"
     for parent in ("message", "response", "delta"):
         # Anthropic message_start, Responses API events, Cohere v2 message-end.
-        nested = _get(record, parent, "usage")
+        nested = _get(obj, parent, "usage")
         if isinstance(nested, dict):
             found = counts_from_usage(nested)
             if found is not None:
                 return found
-    if "eval_count" in record or "prompt_eval_count" in record:
+    if "eval_count" in obj or "prompt_eval_count" in obj:
         # Ollama: counts only on the final ``"done": true`` object.
-        prompt = _count(record, "prompt_eval_count")
-        completion = _count(record, "eval_count")
+        prompt = _count(obj, "prompt_eval_count")
+        completion = _count(obj, "eval_count")
         return (prompt, completion if completion is not None else 0, None, None, None), "ollama"
     return None
 
 
-def model_from_record(record: Mapping[str, Any]) -> str | None:
+def model_from_object(obj: Mapping[str, Any]) -> str | None:
     for keys in (("model",), ("modelVersion",), ("message", "model"), ("response", "model")):
-        value = _get(record, *keys)
+        value = _get(obj, *keys)
         if isinstance(value, str) and value:
             return value
     return None
 
 
-#: Record-relative paths the JSON scanner must capture for the functions above.
-RECORD_PATHS: Sequence[tuple[str, ...]] = (
+#: JSONObject-relative paths the JSON scanner must capture for the functions above.
+OBJECT_PATHS: Sequence[tuple[str, ...]] = (
     ("usage",),
     ("usageMetadata",),
     ("model",),
@@ -212,7 +212,7 @@ RECORD_PATHS: Sequence[tuple[str, ...]] = (
 
 
 class UsageAccumulator:
-    """Merges the usage seen in a response's records: per field, the last value wins."""
+    """Merges the usage seen in a response's objects: per field, the last value wins."""
 
     __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "seen")
 
@@ -233,7 +233,7 @@ class UsageAccumulator:
             self.prompt = prompt
         if completion is not None:
             self.completion = completion
-        # A total belongs to the record that reported it; a later record that moves the
+        # A total belongs to the object that reported it; a later object that moves the
         # counts without a total makes it stale.
         self.total = total
         if cached is not None:

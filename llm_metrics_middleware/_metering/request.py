@@ -1,126 +1,22 @@
-"""The request as dimension callables see it, and the peek at its JSON body.
+"""The request as dimension callables see it: method, path, headers, the peeked body fields.
 
-Dimension values are resolved when the response ends, so by then the app has read the
-request body and the peek has seen the fields we want (``model``, ``stream``, ``user``...).
-The peek tees the app's own reads: it never reads ahead, never changes what the app gets,
-and keeps only those few fields (plus a byte count of the prompt text for estimates).
+Built by each driver from its own request type (an ASGI scope, a WSGI environ); everything
+after that sees only this view.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from werkzeug.datastructures import EnvironHeaders, Headers
 
-from ._jsonscan import JSONScanner, Record
+from .._core.peek import BodyPeek
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from asgiref.typing import HTTPScope
-
-_BODY_PATHS = (
-    ("model",),
-    ("stream",),
-    ("user",),
-    ("stream_options", "include_usage"),
-    ("metadata", "user_id"),
-)
-# Request fields whose strings are the prompt, across providers.
-_PROMPT_ROOTS = ("messages", "prompt", "input", "system", "contents", "instructions", "systemInstruction", "message")
-
-
-#: Request bodies up to this size are kept and parsed with json.loads when first needed;
-#: larger ones stream through the incremental scanner and only the fields are kept.
-SMALL_REQUEST = 16 * 1024
-
-
-def _string_bytes(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + _string_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_string_bytes(v) for v in value)
-    return 0
-
-
-def _scalar(value: Any) -> bool:
-    return value is not None and not isinstance(value, (dict, list))
-
-
-class BodyPeek:
-    """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
-
-    __slots__ = ("_scanner", "_small", "_fields", "_prompt_bytes", "_value", "done")
-
-    def __init__(self) -> None:
-        self._small: bytearray | None = bytearray()
-        self._scanner: JSONScanner | None = None
-        self._fields: Record | None = None
-        self._prompt_bytes: int | None = None
-        self._value: Any = None
-        self.done = False
-
-    def feed(self, chunk: bytes) -> None:
-        if self.done or not chunk:
-            return
-        small = self._small
-        if small is not None:
-            if len(small) + len(chunk) <= SMALL_REQUEST:
-                small += chunk
-                return
-            self._small = None
-            self._scanner = JSONScanner(_BODY_PATHS, self._on_record, text_roots=_PROMPT_ROOTS)
-            self._scanner.feed(bytes(small))
-        scanner = self._scanner
-        if scanner is not None:
-            scanner.feed(chunk)
-            if scanner.failed:
-                self.done = True
-
-    def _on_record(self, record: Record) -> None:
-        if self._fields is None:
-            self._fields = record
-        self.done = True
-
-    def _parse_small(self) -> None:
-        data = bytes(self._small or b"")
-        self._small = None
-        self._fields = {}
-        try:
-            value = json.loads(data.decode("utf-8")) if data.strip() else None
-        except (ValueError, RecursionError):
-            return
-        if not isinstance(value, dict):
-            return
-        # The same sparse record the scanner builds from _BODY_PATHS, without its loops.
-        fields: Record = {key: value[key] for key in ("model", "stream", "user") if _scalar(value.get(key))}
-        for parent, key in (("stream_options", "include_usage"), ("metadata", "user_id")):
-            node = value.get(parent)
-            if type(node) is dict and _scalar(node.get(key)):
-                fields[parent] = {key: node[key]}
-        self._fields = fields
-        self._value = value  # at most SMALL_REQUEST bytes' worth, until the call ends
-
-    @property
-    def fields(self) -> Record:
-        if self._small is not None:
-            self._parse_small()
-        return self._fields or {}
-
-    @property
-    def prompt_bytes(self) -> int:
-        if self._small is not None:
-            self._parse_small()
-        if self._scanner is not None:
-            return self._scanner.text_bytes
-        if self._prompt_bytes is None:
-            value = self._value
-            self._prompt_bytes = sum(_string_bytes(value.get(root)) for root in _PROMPT_ROOTS) if isinstance(value, dict) else 0
-        return self._prompt_bytes
 
 
 class RequestView:

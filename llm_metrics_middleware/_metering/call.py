@@ -9,22 +9,31 @@ cheap and in-memory (add to counters); shipping happens in the exporter's backgr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol, get_args
 
-from ._usage import Usage
+from .._core.usage import Usage
 
 if TYPE_CHECKING:
-    from ._dimensions import Schema
+    from .dimensions import Schema
+    from .request import RequestView
 
-#: Outcomes of a metered request.
-COMPLETED = "completed"
-DISCONNECTED = "disconnected"
-ERROR = "error"
+#: How a metered call ended (the ``outcome`` label).
+Outcome = Literal["completed", "disconnected", "error"]
+COMPLETED: Final = "completed"
+DISCONNECTED: Final = "disconnected"
+ERROR: Final = "error"
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 
-#: How the token counts of a call were obtained.
-REPORTED = "reported"  # the provider reported usage in the response
-ESTIMATED = "estimated"  # the response had none; counted from the streamed text
-NO_USAGE = "none"  # nothing counted (error status, unreadable body, estimates off)
+#: How the token counts of a call were obtained (the ``usage`` label).
+UsageSource = Literal["reported", "estimated", "none"]
+REPORTED: Final = "reported"  # the provider reported usage in the response
+ESTIMATED: Final = "estimated"  # the response had none; counted from the streamed text
+NO_USAGE: Final = "none"  # nothing counted (error status, unreadable body, estimates off)
+USAGE_SOURCES: tuple[UsageSource, ...] = get_args(UsageSource)
+
+#: Where a call was read: the incoming response (the app proxies or answers with the
+#: provider's body) or an outgoing call the app made itself through an instrumented client.
+Origin = Literal["incoming", "outgoing"]
 
 
 @dataclass(slots=True)
@@ -36,21 +45,26 @@ class CallRecord:
     #: Dimension values, in the order of ``schema.names``; sanitised and capped.
     dimensions: tuple[str, ...]
     usage: Usage | None
-    #: :data:`REPORTED`, :data:`ESTIMATED` or :data:`NO_USAGE`.
-    usage_source: str
+    usage_source: UsageSource
     provider: str | None
     operation: str | None
     request_model: str | None
     response_model: str | None
     status: int
-    #: :data:`COMPLETED`, :data:`DISCONNECTED` or :data:`ERROR`.
-    outcome: str
+    outcome: Outcome
     streamed: bool
     duration_s: float
     #: Seconds from the request to the first body bytes of a streamed response.
     time_to_first_chunk_s: float | None
     #: Why the body could not be read (``malformed``, ``invalid_usage``...), or None.
     parse_error: str | None = None
+    #: Where the call was read.
+    origin: Origin = "incoming"
+    #: The incoming request the call belongs to, for sinks that read their own keys from
+    #: it (a 3scale credential); None for a call made outside any request.
+    request: RequestView | None = None
+    #: Price of the call in USD when ``pricing=`` knows the model, else None.
+    cost_usd: float | None = None
 
 
 class Sink(Protocol):

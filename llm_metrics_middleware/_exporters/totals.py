@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 
-from ._record import CallRecord
+from .._metering.call import CallRecord
 
 #: Attribute dicts cached per dimension tuple, up to this many (the middleware caps the
 #: tuples with ``max_series``; past this a fresh dict is built each time).

@@ -1,0 +1,1 @@
+"""Thin drivers that feed the metering layer: ASGI and WSGI middlewares."""

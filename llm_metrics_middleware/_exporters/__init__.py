@@ -1,0 +1,1 @@
+"""Sinks that turn metered calls into metrics: Prometheus, OpenTelemetry, Azure Monitor."""
