@@ -298,6 +298,7 @@ class MeteredCall:
             duration_s=now - self.started,
             time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
             parse_error=extraction.error if extraction is not None else None,
+            request=self.view,
         )
         metering.deliver(call)
 
