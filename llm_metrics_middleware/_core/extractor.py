@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 from .decoders import Decompressor
 from .estimate import TokenCounter
@@ -28,11 +28,14 @@ from .providers import PROVIDER_OF_FAMILY, UsagePointers
 from .sse import SSEDecoder
 from .usage import OBJECT_PATHS, Invalid, Usage, UsageAccumulator, counts_from_object, model_from_object
 
-# Body formats.
-NONE = "none"
-SSE = "sse"
-JSON = "json"
-SNIFF = "sniff"
+#: How a response body is read: not at all, as SSE, as JSON (one value, NDJSON or a JSON
+#: array of objects), or "sniff" (the Content-Type says nothing: the first byte decides).
+BodyFormat = Literal["none", "sse", "json", "sniff"]
+NONE: Final = "none"
+SSE: Final = "sse"
+JSON: Final = "json"
+SNIFF: Final = "sniff"
+BODY_FORMATS: tuple[BodyFormat, ...] = get_args(BodyFormat)
 
 _JSON_TYPES = frozenset(
     {
@@ -85,7 +88,7 @@ def _string_bytes(value: Any) -> int:
     return 0
 
 
-def body_format(content_type: str | None) -> str:
+def body_format(content_type: str | None) -> BodyFormat:
     """The format to read for a response Content-Type; :data:`SNIFF` when it says nothing."""
     if not content_type:
         return SNIFF
@@ -109,7 +112,7 @@ class Extraction:
     #: Provider inferred from the usage shape (``openai``, ``anthropic``...), if any.
     provider: str | None
     #: Body format that was read: ``sse``, ``json`` or ``none``.
-    format: str
+    format: BodyFormat
     #: Bytes of generated text seen, or tokens when a token counter was given;
     #: used to estimate completion tokens when ``usage`` is None.
     text_tokens: int
@@ -196,7 +199,7 @@ class UsageExtractor:
 
     def __init__(
         self,
-        fmt: str,
+        fmt: BodyFormat,
         *,
         custom: UsagePointers | None = None,
         want_text: bool = False,
