@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +110,18 @@ def test_on_error_is_optional() -> None:
     app = LLMMetricsMiddleware(chunk_app(200, JSON_HEADERS, [b"{not json"]), exporters=[plain])
     run_asgi(app, path="/v1/chat/completions", body=request_json(model="m"))
     assert app.metering.errors["malformed"] == 1 and len(plain.calls) == 1
+
+
+def test_the_readme_example_exporter_runs_and_prints_what_it_says(capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"^## Writing an exporter\n.*?```python\n(.*?)```", readme, re.S | re.M)
+    assert match, "README has no 'Writing an exporter' section with a python block"
+    code = match.group(1)
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(code, "README.md#writing-an-exporter", "exec"), namespace)
+    printed = capsys.readouterr().out.strip()
+    promised = re.search(r"^print\(per_user\.tokens\)\s*# (.*)$", code, re.M)
+    assert promised and printed == promised.group(1).strip()
+    per_user = namespace["per_user"]
+    assert per_user.tokens == {"alice": 18, "bob": 9}  # 2 calls and 1 call of 4 prompt + 5 completion tokens
+    assert sum(per_user.errors.values()) == 0
