@@ -3,22 +3,15 @@
 One run measures every variant of a case in interleaved rounds (each round runs every
 variant once, in a shuffled order), so drift and noise on a shared machine hit all of
 them alike; figures are medians over rounds, and "added" costs are medians of the
-per-round differences to the bare app of the same round. The sections (``sections.py``):
+per-round differences to the bare app of the same round.
 
-1. ASGI, non-streamed ~1 KB chat completion, in-process: bare app, ours,
-   prometheus-fastapi-instrumentator, OpenTelemetry ASGI.
-2. ASGI, a 2,000-chunk SSE stream, with and without ``stream_options.include_usage``.
-3. WSGI, the same two, bare, ours and OpenTelemetry WSGI.
-4. Large bodies (200 MB JSON of numbers, 200 MB JSON of text, 1,000,000 SSE events)
-   through both middlewares: MB/s and peak memory growth per variant, each in a fresh
-   subprocess (``large.py``, the one memory measurement); plus the scan rate of the
-   sans-IO core alone.
-5. uvicorn on 127.0.0.1 serving the simulated LLM, bare and wrapped, under 50 concurrent
-   streaming clients (wrk if installed, else a raw-socket asyncio client; ``load.py``).
-
-The rest: ``workloads.py`` (the bodies), ``drivers.py`` (in-process ASGI and WSGI),
-``variants.py`` (the middlewares compared), ``profiling.py`` (``--profile``),
-``common.py`` (targets, medians, rounds).
+``sections.py`` holds the five sections (ASGI non-streamed, ASGI SSE, WSGI, large bodies
+and memory, uvicorn under load) and says what each measures; ``large.py`` is the one
+memory measurement (a large body through either middleware in a fresh process),
+``load.py`` the uvicorn server and its load clients (wrk if installed, else a raw-socket
+asyncio client). The rest: ``workloads.py`` (the bodies), ``drivers.py`` (in-process
+ASGI and WSGI), ``variants.py`` (the middlewares compared), ``profiling.py``
+(``--profile``), ``common.py`` (targets, medians, rounds).
 
     bench/run                          # installs the peers, then runs this
     python bench/bench.py              # full run, about 4 minutes on 2 cores
