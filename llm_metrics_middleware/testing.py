@@ -76,12 +76,16 @@ class SimulatedResponse:
 class SimulatedLLM:
     """A deterministic OpenAI- and Anthropic-compatible upstream, as ASGI and WSGI apps.
 
-    ``chunk_delay`` seconds pass between streamed chunks (0 by default).
+    ``chunk_delay`` seconds pass between streamed chunks (0 by default). ``cached_tokens``
+    and ``reasoning_tokens`` (0 by default) are reported as that many of the prompt tokens
+    read from the cache and of the completion tokens spent reasoning (at most all of them).
     """
 
     model: str = "sim-gpt-1"
     anthropic_model: str = "sim-claude-1"
     chunk_delay: float = 0.0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     requests: int = field(default=0, init=False)
 
     # -- sans-IO core ---------------------------------------------------------------------
@@ -129,7 +133,8 @@ class SimulatedLLM:
         words = _answer(self._max_tokens(req))
         prompt = prompt_tokens_of(req)
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
-                 "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+                 "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt)},
+                 "completion_tokens_details": {"reasoning_tokens": min(self.reasoning_tokens, len(words))}}
         model = req.get("model") or self.model
         created = 1_700_000_000
         cid = f"chatcmpl-sim{self.requests}"
@@ -184,6 +189,8 @@ class SimulatedLLM:
     def _messages(self, req: dict[str, Any]) -> SimulatedResponse:
         words = _answer(self._max_tokens(req))
         prompt = prompt_tokens_of(req)
+        # Anthropic's input_tokens leave out cache reads; the two add up to the prompt.
+        cached = min(self.cached_tokens, prompt)
         model = req.get("model") or self.anthropic_model
         mid = f"msg_sim{self.requests}"
         if not req.get("stream"):
@@ -191,16 +198,16 @@ class SimulatedLLM:
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "".join(words)}],
                 "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": len(words),
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                "usage": {"input_tokens": prompt - cached, "output_tokens": len(words),
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
             })
 
         def chunks() -> Iterator[bytes]:
             yield _sse({"type": "message_start", "message": {
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": 1,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}, "message_start")
+                "usage": {"input_tokens": prompt - cached, "output_tokens": 1,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}}, "message_start")
             yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
                        "content_block_start")
             yield _sse({"type": "ping"}, "ping")
