@@ -43,7 +43,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``max_series``: cap on distinct dimension combinations (default 2000).
     - ``location``, ``gateway_id``: fixed values for those default dimensions.
     - ``subscription_secret``: key of the Subscription ID hash.
-    - ``metrics_path``: serve the Prometheus exporter's metrics at this path.
+    - ``metrics_path``: serve the Prometheus exporter's metrics at this path (GET, HEAD).
+    - ``metrics_auth``: credentials ``metrics_path`` asks for: ``"Bearer <token>"``,
+      ``"Basic <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``.
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
@@ -65,6 +67,7 @@ class MiddlewareBase(Generic[AppT]):
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         metrics_path: str | None = None,
+        metrics_auth: str | tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self.metering = Metering(
@@ -83,5 +86,10 @@ class MiddlewareBase(Generic[AppT]):
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace
         self._metrics_path = metrics_path
+        if metrics_auth is not None and metrics_path is None:
+            raise ValueError("metrics_auth= protects metrics_path=, which is not set; set both, or pass auth= to "
+                             "PrometheusExporter.asgi_app() / wsgi_app() where you mount the metrics yourself")
         exporter = metrics_exporter(self.metering.exporters, metrics_path)
-        self._metrics_app: Any = getattr(exporter, self._metrics_app_factory)() if exporter is not None else None
+        self._metrics_app: Any = (
+            getattr(exporter, self._metrics_app_factory)(auth=metrics_auth) if exporter is not None else None
+        )

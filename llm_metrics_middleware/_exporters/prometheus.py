@@ -30,6 +30,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
 
 if TYPE_CHECKING:
     from .._metering.dimensions import Schema
@@ -209,22 +210,30 @@ class PrometheusExporter:
             return registry
         return self.registry
 
-    def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def asgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        It answers GET and HEAD only; ``auth`` (``"Bearer <token>"``, ``"Basic
+        <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``) makes
+        it refuse scrapes without those credentials. The metrics show per-user usage.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
-            return app
-        return make_asgi_app(self.registry)
+            return guard_asgi(app, metrics_auth(auth))
+        return guard_asgi(make_asgi_app(self.registry), metrics_auth(auth))
 
-    def wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def wsgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        GET and HEAD only, and ``auth`` as for :meth:`asgi_app`.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             def app(environ: Any, start_response: Any) -> Any:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
-            return app
-        return make_wsgi_app(self.registry)
+            return guard_wsgi(app, metrics_auth(auth))
+        return guard_wsgi(make_wsgi_app(self.registry), metrics_auth(auth))
