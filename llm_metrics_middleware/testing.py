@@ -7,7 +7,11 @@ our tests and your own tests can run offline against real HTTP traffic::
     from llm_metrics_middleware.testing import SimulatedLLM, InMemoryExporter
 
     upstream = SimulatedLLM()
-    app = LLMMetricsMiddleware(upstream.asgi, exporters=[exporter := InMemoryExporter()])
+    app = LLMMetricsMiddleware(upstream, exporters=[exporter := InMemoryExporter()])  # or upstream.wsgi
+
+``SimulatedLLM()`` is an ASGI 3 app (``uvicorn myapp:upstream`` serves it), its ``.wsgi``
+a WSGI one. With the package installed, pytest has the fixtures ``llm_metrics_exporter``,
+``simulated_llm`` and ``simulated_llm_url`` (see :mod:`llm_metrics_middleware.pytest_plugin`).
 
 Counts are deterministic: the prompt costs one token per whitespace-separated word of
 the messages' text plus 3 per message; the answer is ``max_tokens`` words (default 16),
@@ -21,6 +25,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +160,6 @@ class SimulatedLLM:
             yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                              "logprobs": None, "finish_reason": None}], **extra})
             for word in words:
-                self._pause()
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "logprobs": None,
                                                  "finish_reason": None}], **extra})
             yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], **extra})
@@ -212,7 +216,6 @@ class SimulatedLLM:
                        "content_block_start")
             yield _sse({"type": "ping"}, "ping")
             for word in words:
-                self._pause()
                 yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
                            "content_block_delta")
             yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
@@ -221,10 +224,6 @@ class SimulatedLLM:
             yield _sse({"type": "message_stop"}, "message_stop")
 
         return self._stream(chunks())
-
-    def _pause(self) -> None:
-        if self.chunk_delay:
-            time.sleep(self.chunk_delay)
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -256,11 +255,16 @@ class SimulatedLLM:
             "headers": [(k.encode(), v.encode()) for k, v in response.headers],
             "trailers": False,
         })
-        for chunk in response.chunks:
+        for i, chunk in enumerate(response.chunks):
+            if i and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)  # never time.sleep: the event loop serves others meanwhile
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if self.chunk_delay:
-                await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        """The simulator is itself an ASGI 3 app: ``uvicorn mymodule:upstream`` serves
+        ``upstream = SimulatedLLM()`` as it is."""
+        await self.asgi(scope, receive, send)
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """The simulator as a WSGI app."""
@@ -273,7 +277,16 @@ class SimulatedLLM:
         response = self.respond(environ.get("REQUEST_METHOD", "GET"), path, body)
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(response.status, "")
         start_response(f"{response.status} {reason}", response.headers)
-        return response.chunks
+        if not self.chunk_delay:
+            return response.chunks
+        return self._paced(response.chunks)
+
+    def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        # A WSGI worker is a thread of its own: sleeping here blocks only this response.
+        for i, chunk in enumerate(chunks):
+            if i:
+                time.sleep(self.chunk_delay)
+            yield chunk
 
 
 class InMemoryExporter:
@@ -324,3 +337,56 @@ class InMemoryExporter:
 
     def shutdown(self) -> None:
         pass
+
+
+@contextmanager
+def serve(llm: SimulatedLLM | None = None, *, timeout: float = 10.0) -> Iterator[str]:
+    """Serve ``llm`` (a new :class:`SimulatedLLM` by default) on a free port of 127.0.0.1,
+    in a thread; yields its base URL (``http://127.0.0.1:PORT``), stops it on exit.
+
+    Uses uvicorn (the ASGI app, delays on the event loop) when it is installed, else
+    werkzeug's threaded WSGI server, which the package depends on anyway. A server that has
+    not started, or not stopped, within ``timeout`` seconds raises instead of hanging.
+    """
+    llm = llm if llm is not None else SimulatedLLM()
+    try:
+        import uvicorn
+    except ImportError:
+        uvicorn = None  # type: ignore[assignment]
+    if uvicorn is not None:
+        config = uvicorn.Config(llm, host="127.0.0.1", port=0, lifespan="on", log_config=None,
+                                log_level="warning", access_log=False, ws="none")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="simulated-llm", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not server.started:
+                if not thread.is_alive():
+                    raise RuntimeError("uvicorn stopped before serving the simulated LLM; see its log")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the simulated LLM did not start within {timeout} s")
+                time.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"the simulated LLM did not stop within {timeout} s")
+        return
+
+    from werkzeug.serving import make_server
+
+    wsgi_server = make_server("127.0.0.1", 0, llm.wsgi, threaded=True)
+    wsgi_thread = threading.Thread(target=wsgi_server.serve_forever, kwargs={"poll_interval": 0.05},
+                                   name="simulated-llm", daemon=True)
+    wsgi_thread.start()
+    try:
+        yield f"http://127.0.0.1:{wsgi_server.server_port}"
+    finally:
+        wsgi_server.shutdown()
+        wsgi_thread.join(timeout)
+        wsgi_server.server_close()
+        if wsgi_thread.is_alive():
+            raise TimeoutError(f"the simulated LLM did not stop within {timeout} s")
