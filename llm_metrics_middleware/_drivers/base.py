@@ -10,6 +10,7 @@ from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
+from . import environment
 
 AppT = TypeVar("AppT")
 
@@ -36,6 +37,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``dimensions``: names of default dimensions and/or :class:`Dimension` objects;
       default: the seven Azure API Management defaults plus ``"Model"``.
     - ``namespace``: metric namespace (Prometheus prefix, Azure namespace); ``"llm"``.
+    - Not given, ``dimensions`` and ``namespace`` come from ``LLM_METRICS_DIMENSIONS`` and
+      ``LLM_METRICS_NAMESPACE``; ``LLM_METRICS_ENABLED=false`` turns metering off
+      (see ``environment.py``).
     - ``provider``: force the provider name instead of detecting it (``"mistral"``).
     - ``custom_usage``: a :class:`UsagePointers` for a usage format of your own.
     - ``estimate``: estimate tokens of streams that report no usage (default True).
@@ -57,7 +61,7 @@ class MiddlewareBase(Generic[AppT]):
         *,
         exporters: Sequence[Exporter],
         dimensions: Sequence[Dimension | str] | None = None,
-        namespace: str = "llm",
+        namespace: str | None = None,
         provider: str | None = None,
         custom_usage: UsagePointers | None = None,
         estimate: bool = True,
@@ -70,9 +74,14 @@ class MiddlewareBase(Generic[AppT]):
         metrics_auth: str | tuple[str, str] | None = None,
     ) -> None:
         self.app = app
+        # Options not given come from LLM_METRICS_* variables (environment.py), then defaults.
+        settings = environment.read(dimensions=dimensions, namespace=namespace)
+        namespace = settings.namespace
+        #: False when LLM_METRICS_ENABLED=false: every request goes straight to the app.
+        self.enabled = settings.enabled
         self.metering = Metering(
             exporters=exporters,
-            dimensions=dimensions,
+            dimensions=settings.dimensions,
             namespace=namespace,
             provider=provider,
             custom_usage=custom_usage,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
+
+# Registry -> metric prefix -> family, shared by every exporter of that registry.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Family]] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
 
 
 def metric_prefix(namespace: str) -> str:
@@ -174,8 +179,13 @@ class PrometheusExporter:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
+        # The families belong to the registry, not to this exporter: a second
+        # PrometheusExporter() on the same registry (an app factory called twice, a test per
+        # app, a reloaded module) reuses them instead of failing with prometheus_client's
+        # "Duplicated timeseries in CollectorRegistry".
+        with _REGISTRIES_LOCK:
+            self._families = _FAMILIES.setdefault(self.registry, {})
+        self._lock = _REGISTRIES_LOCK
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
@@ -192,8 +202,9 @@ class PrometheusExporter:
                 family = self._families[prefix] = _Family(self.registry, prefix, labels)
             elif family.labels != labels:
                 raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
-                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
+                    f"namespace {schema.namespace!r} already has metrics in this registry with the labels "
+                    f"{family.labels}, and this middleware's dimensions give {labels}; give this middleware another "
+                    "namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())"
                 )
         return _PrometheusSink(family)
 
