@@ -124,6 +124,7 @@ class Metering:
         self.limiter = SeriesLimiter(max_series)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[str] = collections.Counter()
+        self._failed_sinks: set[int] = set()
 
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
@@ -143,8 +144,12 @@ class Metering:
             try:
                 sink.record(call)
             except Exception:
-                logger.exception("exporter %r failed to record a call; the request is unaffected", sink)
-                self.errors["export"] += 1
+                # Logged once per sink (a broken exporter fails on every call), always counted.
+                if id(sink) not in self._failed_sinks:
+                    self._failed_sinks.add(id(sink))
+                    logger.exception("exporter %r failed to record a call; the request is unaffected (logged once, "
+                                     'counted in llm_metering_errors_total{kind="export"})', sink)
+                self.count_error("export")
 
 
 class MeteredCall:
@@ -279,7 +284,7 @@ class MeteredCall:
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
