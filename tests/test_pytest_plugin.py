@@ -197,3 +197,7 @@ def test_a_fresh_venv_with_only_the_package_lists_and_runs_the_fixtures(tmp_path
     ran = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
                          capture_output=True, text=True, timeout=120, env=env)
     assert ran.returncode == 0 and "1 passed" in ran.stdout, ran.stdout + ran.stderr
+    # The README's demo, with only the package installed.
+    demo = subprocess.run([python, "-m", "llm_metrics_middleware"], cwd=project, capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert demo.returncode == 0 and "llm_tokens_total" in demo.stdout, demo.stdout + demo.stderr
