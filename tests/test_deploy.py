@@ -236,6 +236,8 @@ def test_every_panel_query_parses_and_token_panels_show_tokens(scraped: Scraped)
         result = scraped.query(expr)
         if not target["instant"]:
             scraped.query_range(expr)
+        # A multi-value selection, as Grafana formats it for a regex matcher, parses too.
+        scraped.query(substitute(target["expr"], user_id="(ada|grace)", model="sim-gpt-1", api_id="/v1"))
         metrics = set(re.findall(r"\b(llm_\w+)", target["expr"]))
         # A panel over metrics this build exposes shows data; the others (cost, limits: off
         # in this app) must still parse.
