@@ -140,3 +140,18 @@ def test_two_default_exporters_in_one_process() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
                             env=python_env())
     assert result.returncode == 0 and result.stdout == "ok\n", result.stderr
+
+
+def test_path_patterns_from_the_environment() -> None:
+    import re
+
+    settings = read(dimensions=None, namespace=None,
+                    environ={"LLM_METRICS_EXCLUDE_PATHS": " /health, ,^/admin/.*/usage$ ",
+                             "LLM_METRICS_INCLUDE_PATHS": "/chat"})
+    assert settings.exclude_paths == ["/health", re.compile("^/admin/.*/usage$")]
+    assert settings.include_paths == ["/chat"]
+    given = ["/mine"]
+    assert read(dimensions=None, namespace=None, exclude_paths=given,
+                environ={"LLM_METRICS_EXCLUDE_PATHS": "/health"}).exclude_paths is given
+    with pytest.raises(ValueError, match=r"LLM_METRICS_EXCLUDE_PATHS: '\(unclosed' is neither a path prefix"):
+        read(dimensions=None, namespace=None, environ={"LLM_METRICS_EXCLUDE_PATHS": "(unclosed"})

@@ -12,6 +12,11 @@ instrumentation and its shape without a code change; these do the same for ours:
                                not given: ``"API ID, User ID, Model"``; ``name=value`` is a
                                fixed custom dimension (``"User ID, region=eu"``)
 ``LLM_METRICS_NAMESPACE``      the namespace when ``namespace=`` is not given
+``LLM_METRICS_EXCLUDE_PATHS``  comma-separated, when ``exclude_paths=`` is not given: paths
+                               never metered; ``/prefix`` entries are path prefixes, any
+                               other entry a regular expression (``OTEL_PYTHON_*_EXCLUDED_URLS``
+                               style): ``"/health, /internal, ^/admin/.*/usage$"``
+``LLM_METRICS_INCLUDE_PATHS``  the same for ``include_paths=`` (more paths to read)
 ``LLM_METRICS_AUTH``           credentials for ``/metrics`` (see ``_exporters/endpoint.py``)
 =============================  ==============================================================
 
@@ -23,14 +28,18 @@ when the middleware is built, never per request. A value we cannot read is a
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .._metering.dimensions import Dimension
 
 ENABLED = "LLM_METRICS_ENABLED"
 DIMENSIONS = "LLM_METRICS_DIMENSIONS"
 NAMESPACE = "LLM_METRICS_NAMESPACE"
+EXCLUDE_PATHS = "LLM_METRICS_EXCLUDE_PATHS"
+INCLUDE_PATHS = "LLM_METRICS_INCLUDE_PATHS"
 DEFAULT_NAMESPACE = "llm"
 
 _TRUE = ("1", "true", "yes", "on")
@@ -42,12 +51,16 @@ class Settings:
     enabled: bool
     dimensions: Sequence[Dimension | str] | None
     namespace: str
+    include_paths: Any = None
+    exclude_paths: Any = None
 
 
 def read(
     *,
     dimensions: Sequence[Dimension | str] | None,
     namespace: str | None,
+    include_paths: Any = None,
+    exclude_paths: Any = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """The options as given, with what was not given taken from the environment."""
@@ -59,7 +72,30 @@ def read(
         dimensions = _dimensions(env[DIMENSIONS])
     if namespace is None:
         namespace = env.get(NAMESPACE, "").strip() or DEFAULT_NAMESPACE
-    return Settings(enabled=flag not in _FALSE, dimensions=dimensions, namespace=namespace)
+    if include_paths is None and env.get(INCLUDE_PATHS, "").strip():
+        include_paths = path_patterns(INCLUDE_PATHS, env[INCLUDE_PATHS])
+    if exclude_paths is None and env.get(EXCLUDE_PATHS, "").strip():
+        exclude_paths = path_patterns(EXCLUDE_PATHS, env[EXCLUDE_PATHS])
+    return Settings(enabled=flag not in _FALSE, dimensions=dimensions, namespace=namespace,
+                    include_paths=include_paths, exclude_paths=exclude_paths)
+
+
+def path_patterns(variable: str, value: str) -> list[str | re.Pattern[str]]:
+    """``"/health, ^/admin/.*$"`` -> ``["/health", re.compile("^/admin/.*$")]``."""
+    out: list[str | re.Pattern[str]] = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("/"):
+            out.append(item)
+            continue
+        try:
+            out.append(re.compile(item))
+        except re.error as error:
+            raise ValueError(f"{variable}: {item!r} is neither a path prefix starting with '/' nor a regular "
+                             f"expression ({error})") from None
+    return out
 
 
 def _dimensions(value: str) -> list[Dimension | str]:
