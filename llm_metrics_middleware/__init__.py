@@ -15,6 +15,7 @@ from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._metering.call import CallRecord
 from ._metering.dimensions import Dimension
+from ._metering.limits import TokenLimit
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ __all__ = [
     "OpenTelemetryExporter",
     "PrometheusExporter",
     "RequestView",
+    "TokenLimit",
     "Usage",
     "UsagePointers",
 ]

@@ -13,6 +13,7 @@ def test_exported_members_are_pinned() -> None:
         "OpenTelemetryExporter",
         "PrometheusExporter",
         "RequestView",
+        "TokenLimit",
         "Usage",
         "UsagePointers",
     ]

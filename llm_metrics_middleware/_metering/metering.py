@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.usage import MAX_TOKENS, Usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
+from .limits import HeaderNames, TokenLimit, TokenLimiter
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -125,6 +127,76 @@ class Metering:
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[str] = collections.Counter()
 
+    #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
+    limits: TokenLimiter | None = None
+
+    def enable_limits(
+        self,
+        limits: Sequence[TokenLimit],
+        *,
+        storage: str,
+        asynchronous: bool,
+        fail_closed: bool,
+        timeout: float,
+        headers: HeaderNames,
+        location: str | None,
+        gateway_id: str | None,
+        subscription_secret: bytes | str | None,
+    ) -> None:
+        """Check ``limits`` and connect their store; sinks learn the configured limits."""
+        schema = self.schema
+
+        def source(name: str) -> Source | None:
+            for dim in schema.dimensions:
+                if dim.name == name:
+                    return dim.source
+            try:  # a default name the middleware does not export: its documented source
+                built = build_schema(
+                    schema.namespace, [name], location=location, gateway_id=gateway_id,
+                    subscription_secret=subscription_secret,
+                )
+            except (TypeError, ValueError):
+                return None
+            return built.dimensions[0].source
+
+        self.limits = TokenLimiter(
+            limits,
+            storage=storage,
+            asynchronous=asynchronous,
+            namespace=schema.namespace,
+            sources=source,
+            fail_closed=fail_closed,
+            timeout=timeout,
+            headers=headers,
+            count_error=self.count_error,
+            on_limit=self._on_limit,
+            subscription_secret_set=bool(subscription_secret or os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")),
+        )
+        described = self.limits.describe()
+        for sink in self.sinks:
+            configured = getattr(sink, "limits_configured", None)
+            if configured is not None:
+                configured(described)
+
+    def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        for sink in self.sinks:
+            on_limit = getattr(sink, "on_limit", None)
+            if on_limit is not None:
+                try:
+                    on_limit(name, authorized, limited, tokens)
+                except Exception:
+                    logger.exception("exporter failed to count a limit event")
+
+    def limit_context(self, view: RequestView) -> CallContext:
+        """What the built-in key sources know at the start of a request."""
+        route = route_of(view.path)
+        model = view.body.get("model")
+        return CallContext(
+            provider=self.provider or route.provider,
+            operation=route.operation,
+            model=model if isinstance(model, str) and model else route.model,
+        )
+
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
@@ -139,6 +211,8 @@ class Metering:
                     logger.exception("exporter failed to count an error")
 
     def deliver(self, call: CallRecord) -> None:
+        if self.limits is not None:
+            self.limits.charge(call)
         for sink in self.sinks:
             try:
                 sink.record(call)
