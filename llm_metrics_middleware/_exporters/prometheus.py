@@ -11,7 +11,11 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``.
+  exporter failures, dimension combinations that overflowed ``max_series``;
+- with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
+  ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
+  ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
+  window_seconds}: each configured budget, to draw usage against.
 
 Under gunicorn and other pre-fork servers, set ``PROMETHEUS_MULTIPROC_DIR`` before Python
 starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_app` and
@@ -26,7 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
@@ -163,6 +167,57 @@ class _PrometheusSink:
         self._family.errors.labels(kind).inc()
 
 
+# -- token limits (kept apart from the token families: created only when limits= is used) ----
+
+
+class _LimitMetrics:
+    """The ``{prefix}_limit_*`` metrics of one namespace in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.authorized = Counter(
+            f"{prefix}_limit_authorized_calls", "Requests a token limit let through, by limit.", ["limit"], registry=registry
+        )
+        self.limited = Counter(
+            f"{prefix}_limit_limited_calls", "Requests a token limit refused with 429, by limit.", ["limit"], registry=registry
+        )
+        self.tokens = Counter(
+            f"{prefix}_limit_authorized_tokens", "Tokens charged to a token limit, by limit.", ["limit"], registry=registry
+        )
+        self.budget = Gauge(
+            f"{prefix}_limit_tokens",
+            "Configured token budget of a limit per window.",
+            ["limit", "window_seconds"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+
+class _LimitedPrometheusSink(_PrometheusSink):
+    """The sink with the two token-limit hooks (``limits_configured``, ``on_limit``)."""
+
+    def __init__(self, family: _Family, limit_metrics: Callable[[], _LimitMetrics]) -> None:
+        super().__init__(family)
+        self._limit_metrics = limit_metrics
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        metrics = self._limit_metrics()
+        for name, tokens, window in limits:
+            metrics.budget.labels(name, str(window)).set(tokens)
+            # Zero series from the start, so rate() and ratios see the limit before its first event.
+            metrics.authorized.labels(name)
+            metrics.limited.labels(name)
+            metrics.tokens.labels(name)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        metrics = self._limit_metrics()
+        if authorized:
+            metrics.authorized.labels(name).inc(authorized)
+        if limited:
+            metrics.limited.labels(name).inc(limited)
+        if tokens:
+            metrics.tokens.labels(name).inc(tokens)
+
+
 class PrometheusExporter:
     """Token counters in a Prometheus registry (default ``prometheus_client.REGISTRY``).
 
@@ -174,6 +229,7 @@ class PrometheusExporter:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self._families: dict[str, _Family] = {}
+        self._limit_families: dict[str, _LimitMetrics] = {}
         self._lock = threading.Lock()
 
     def bind(self, schema: Schema) -> _PrometheusSink:
@@ -194,7 +250,16 @@ class PrometheusExporter:
                     f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
                     f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
                 )
-        return _PrometheusSink(family)
+        return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
+
+    def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
+        metrics = self._limit_families.get(prefix)
+        if metrics is None:
+            with self._lock:
+                metrics = self._limit_families.get(prefix)
+                if metrics is None:
+                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
+        return metrics
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.
