@@ -241,6 +241,7 @@ class TokenLimiter:
         self.shared = scheme != "memory"
         self.limits = self._bind(list(limits), sources, subscription_secret_set)
         self.storage_uri = storage
+        self._scheme = scheme
         self._strategy = self._build_strategy(storage, scheme)
         self._down_until = 0.0
         self._outage = False
@@ -438,8 +439,13 @@ class TokenLimiter:
 
     async def acheck(self, view: RequestView, plan: list[Applied]) -> Verdict:
         """:meth:`check` for the ``limits.aio`` store, bounded by the timeout; never raises."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            if self._loop is not None and self.shared:
+                # redis.asyncio connections belong to the loop that opened them: a new loop
+                # (a server restarted in process, tests) needs its own client.
+                self._strategy = self._build_strategy(self.storage_uri, self._scheme)
+            self._loop = loop
         if not self._store_available():
             self._failed("answer", None)
             return self._unavailable()
@@ -592,6 +598,21 @@ class TokenLimiter:
         """Wait for the charges still on their way to the store (tests, shutdown)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Close the asynchronous store's connections (call it in the loop that used them)."""
+        await self.drain()
+        client = getattr(getattr(self._strategy.storage, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            await close()
+
+    def close(self) -> None:
+        """Close the synchronous store's connections."""
+        client = getattr(self._strategy.storage, "storage", None)
+        close = getattr(client, "close", None)
+        if close is not None and not self.asynchronous:
+            close()
 
     def describe(self) -> list[tuple[str, int, int]]:
         """``(name, tokens, window seconds)`` of every limit: the ``llm_limit_tokens`` gauge."""

@@ -1,0 +1,74 @@
+"""A real ``redis-server`` for the token-limit tests, on 127.0.0.1 with its own port and data dir.
+
+Started with persistence off (``--save '' --appendonly no``), waited for until it answers
+PING (or fails within ``timeout``), and killed in teardown, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from .servers import HOST, free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (.ci/run installs the Debian package)"
+)
+
+
+class RedisProcess:
+    def __init__(self, popen: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.popen = popen
+        self.port = port
+        self.log = log
+        self.url = f"redis://{HOST}:{port}/0"
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait(10)
+
+
+@contextmanager
+def redis_server(workdir: Path, timeout: float = 10.0) -> Iterator[RedisProcess]:
+    assert REDIS_SERVER is not None
+    port = free_port()
+    data = workdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / "redis.log"
+    popen = subprocess.Popen(
+        [
+            REDIS_SERVER, "--bind", HOST, "--port", str(port), "--dir", str(data),
+            "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no",
+        ],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    server = RedisProcess(popen, port, log)
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.ping():
+            if popen.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {popen.returncode}:\n{log.read_text(errors='replace') if log.exists() else ''}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis-server did not answer PING within {timeout} s")
+            time.sleep(0.02)
+        yield server
+    finally:
+        server.kill()
