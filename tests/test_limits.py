@@ -11,6 +11,8 @@ import asyncio
 import json
 import logging
 import math
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -607,3 +609,28 @@ def test_retry_after_is_whole_seconds_of_the_window_left() -> None:
     d.post(chat("ada"))
     retry = assert_refused(d.post(chat("ada")), "t")
     assert 3590 <= retry <= 3600 and retry == math.floor(retry)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (.ci/run installs prometheus)")
+def test_the_readme_promql_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Token limits"):]
+    block = section[section.index("```promql") + len("```promql"):]
+    block = block[: block.index("```")]
+    expressions: list[str] = []
+    current: list[str] = []
+    for line in block.splitlines() + [""]:
+        if line.startswith("#") or not line.strip():
+            if current:
+                expressions.append(" ".join(part.strip() for part in current))
+                current = []
+            continue
+        current.append(line)
+    assert len(expressions) == 3
+    rules = {"groups": [{"name": "readme", "rules": [
+        {"record": f"readme:expr{i}", "expr": expr} for i, expr in enumerate(expressions)
+    ]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
