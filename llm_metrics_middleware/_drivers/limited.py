@@ -57,7 +57,7 @@ async def asgi_check(
             call.request_body(chunk)
             if not message.get("more_body", False):
                 break
-    plan = limiter.plan(view, metering.limit_context(view))
+    plan = limiter.plan(view, metering.limit_context(view, call.route))
     if not plan:
         return buffered, []
     view.limits = plan
@@ -160,7 +160,7 @@ def wsgi_check(
         if length > 0:
             prefix = stream.read(min(length, PREREAD_LIMIT))  # through the tee: the peek sees it
             environ["wsgi.input"] = _PrefixedInput(prefix, stream)
-    plan = limiter.plan(view, metering.limit_context(view))
+    plan = limiter.plan(view, metering.limit_context(view, call.route))
     if not plan:
         return [], None
     view.limits = plan

@@ -198,6 +198,8 @@ class _LimitedPrometheusSink(_PrometheusSink):
     def __init__(self, family: _Family, limit_metrics: Callable[[], _LimitMetrics]) -> None:
         super().__init__(family)
         self._limit_metrics = limit_metrics
+        # limit name -> (authorized, limited, tokens) children; one per configured limit.
+        self._limit_children: dict[str, tuple[Any, Any, Any]] = {}
 
     def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
         metrics = self._limit_metrics()
@@ -209,13 +211,17 @@ class _LimitedPrometheusSink(_PrometheusSink):
             metrics.tokens.labels(name)
 
     def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
-        metrics = self._limit_metrics()
+        children = self._limit_children.get(name)
+        if children is None:
+            metrics = self._limit_metrics()
+            children = (metrics.authorized.labels(name), metrics.limited.labels(name), metrics.tokens.labels(name))
+            self._limit_children[name] = children
         if authorized:
-            metrics.authorized.labels(name).inc(authorized)
+            children[0].inc(authorized)
         if limited:
-            metrics.limited.labels(name).inc(limited)
+            children[1].inc(limited)
         if tokens:
-            metrics.tokens.labels(name).inc(tokens)
+            children[2].inc(tokens)
 
 
 class PrometheusExporter:

@@ -187,9 +187,8 @@ class Metering:
                 except Exception:
                     logger.exception("exporter failed to count a limit event")
 
-    def limit_context(self, view: RequestView) -> CallContext:
+    def limit_context(self, view: RequestView, route: Route) -> CallContext:
         """What the built-in key sources know at the start of a request."""
-        route = route_of(view.path)
         model = view.body.get("model")
         return CallContext(
             provider=self.provider or route.provider,
