@@ -31,6 +31,7 @@ from llm_metrics_middleware import (
     PrometheusExporter,
     TokenLimit,
 )
+from llm_metrics_middleware._core.providers import route_of
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM, prompt_tokens_of
 
 from .redis_server import RedisProcess, needs_redis, redis_server
@@ -577,8 +578,13 @@ def test_opentelemetry_exporter_has_the_limit_instruments() -> None:
     provider.shutdown()
 
 
-def test_azure_exporter_sends_the_limit_metrics() -> None:
+def test_azure_exporter_sends_the_limit_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     from llm_metrics_middleware import AzureMonitorExporter
+
+    # As in test_azure_exporter: the exporter's own calls to Microsoft endpoints, off.
+    for name in ("APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED", "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL",
+                 "APPLICATIONINSIGHTS_SDKSTATS_DISABLED"):
+        monkeypatch.setenv(name, "true")
 
     from .azure_capture import CaptureServer
 
@@ -634,3 +640,58 @@ def test_the_readme_promql_is_valid(tmp_path: Path) -> None:
     path.write_text(json.dumps(rules))  # JSON is YAML
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_failing_when_or_key_does_not_limit_and_is_counted(kind: str) -> None:
+    def broken(r: Any) -> bool:
+        raise RuntimeError("bug in the tier lookup")
+
+    d = Driver(kind, limits=[
+        TokenLimit("broken", tokens=1, per="minute", when=broken),
+        TokenLimit("ok", tokens=1000, per="minute"),
+    ])
+    for _ in range(2):
+        assert d.post(chat("ada")).status_code == 200
+    assert d.samples()[("llm_metering_errors_total", "limit_key")] == 2
+    assert d.samples()[("llm_limit_authorized_calls_total", "ok")] == 2
+
+
+def test_other_stores_are_refused_and_passwords_not_quoted() -> None:
+    limit = [TokenLimit("a", tokens=1, per=1)]
+    with pytest.raises(ValueError, match="memory://' or a Redis URI") as caught:
+        LLMMetricsWSGIMiddleware(
+            SimulatedLLM().wsgi, exporters=[InMemoryExporter()], limits=limit,
+            limit_storage="memcached://user:s3cret@127.0.0.1:11211",
+        )
+    assert "s3cret" not in str(caught.value)
+
+
+@needs_redis
+def test_a_call_counted_in_a_worker_thread_is_charged_on_the_servers_loop(redis: RedisProcess) -> None:
+    """The outgoing-call path: a sync client in a thread pool counts a call for the request;
+    the ASGI middleware's charge goes to the event loop that owns the Redis connections."""
+    from llm_metrics_middleware import CallRecord, RequestView, Usage
+
+    d = Driver("asgi", limits=[TokenLimit("per-user", tokens=1000, per="minute")], limit_storage=redis.url)
+    assert d.post(chat("ada")).status_code == 200  # binds the limiter to the driver's loop
+    limiter = d.middleware.metering.limits
+    metering = d.middleware.metering
+    view = RequestView("POST", "/v1/chat/completions", "", "", raw_headers=[(b"x-user-id", b"ada")])
+    view.limits = limiter.plan(view, metering.limit_context(view, route_of(view.path)))
+    assert view.limits
+
+    record = CallRecord(
+        dimensions=(), usage=Usage(100, 50, 150), usage_source="reported", provider="openai",
+        operation="chat.completions", request_model="gpt-sim", response_model="gpt-sim", status=200,
+        outcome="completed", streamed=False, duration_s=0.1, time_to_first_chunk_s=None,
+        origin="outgoing", request=view,
+    )
+
+    async def from_a_thread() -> None:
+        await asyncio.to_thread(metering.deliver, record)
+        await limiter.drain()
+
+    assert d.loop is not None
+    d.loop.run_until_complete(from_a_thread())
+    assert d.samples()[("llm_limit_authorized_tokens_total", "per-user")] == CALL_TOKENS + 150

@@ -33,6 +33,7 @@ is not asked again for :data:`RETRY_AFTER_FAILURE` seconds, so an outage adds no
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import math
@@ -66,6 +67,8 @@ PERIODS: Mapping[str, int] = {
 RETRY_AFTER_FAILURE = 1.0
 #: Default timeout of every store call, in seconds.
 DEFAULT_TIMEOUT = 0.25
+#: Store schemes accepted by ``limit_storage`` (the Redis family has socket timeouts).
+_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 #: Key values longer than this are cut (they come from requests: a key is a store key).
 MAX_KEY_LENGTH = 128
 
@@ -127,6 +130,14 @@ def _window_seconds(limit: TokenLimit) -> int:
     if per < 1:
         raise ValueError(f"TokenLimit({limit.name!r}) per={per!r}: a window is at least 1 second")
     return per
+
+
+def _display(uri: str) -> str:
+    """The store URI without its password, for logs and errors."""
+    scheme, sep, rest = uri.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
 
 
 def _escape(part: str) -> str:
@@ -243,12 +254,24 @@ class TokenLimiter:
         self.limits = self._bind(list(limits), sources, subscription_secret_set)
         self.storage_uri = storage
         self._scheme = scheme
-        self._strategy = self._build_strategy(storage, scheme)
+        if scheme not in _SCHEMES:
+            raise ValueError(
+                f"limit_storage={_display(storage)!r}: use 'memory://' or a Redis URI ({', '.join(s + '://' for s in _SCHEMES[1:])}); "
+                "other stores of the limits library have no bounded timeout here"
+            )
         self._down_until = 0.0
         self._outage = False
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._thread_charges: set[concurrent.futures.Future[Any]] = set()
+        self._strategy: Any = None
+        try:
+            self._strategy = self._build_strategy(storage, scheme)
+        except ImportError as exc:
+            raise ImportError(f"limit_storage={_display(storage)!r} needs redis-py: {_IMPORT_HINT}") from exc
+        except Exception as exc:  # a cluster client connects when built: try again on use
+            self._failed("connect", exc)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -388,7 +411,7 @@ class TokenLimiter:
         if first:
             logger.warning(
                 "llm-metrics: the limit store %s failed to %s (%s); requests %s until it answers again",
-                self.storage_uri.split("@")[-1],
+                _display(self.storage_uri),
                 what,
                 exc.__class__.__name__ if exc is not None else "skipped",
                 "are refused with 503" if self.fail_closed else "pass unlimited",
@@ -399,7 +422,7 @@ class TokenLimiter:
             with self._lock:
                 was, self._outage = self._outage, False
             if was:
-                logger.warning("llm-metrics: the limit store %s answers again", self.storage_uri.split("@")[-1])
+                logger.warning("llm-metrics: the limit store %s answers again", _display(self.storage_uri))
 
     def _unavailable(self) -> Verdict:
         if not self.fail_closed:
@@ -424,9 +447,9 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("answer", None)
             return self._unavailable()
-        strategy = self._strategy
         item_ids = [(a, a.bound.item, self._ids(a)) for a in plan]
         try:
+            strategy = self._store()
             used = [strategy.storage.get(item.key_for(*ids)) for _a, item, ids in item_ids]
             resets: list[float | None] = [None] * len(plan)
             exhausted = self._exhausted(view, plan, used)
@@ -449,16 +472,16 @@ class TokenLimiter:
             if self._loop is not None and self.shared:
                 # redis.asyncio connections belong to the loop that opened them: a new loop
                 # (a server restarted in process, tests) needs its own client.
-                self._strategy = self._build_strategy(self.storage_uri, self._scheme)
+                self._strategy = None
             self._loop = loop
         if not self._store_available():
             self._failed("answer", None)
             return self._unavailable()
-        storage = self._strategy.storage
         keys = [a.bound.item.key_for(*self._ids(a)) for a in plan]
         need_reset = self._need_reset()
 
         async def ask() -> tuple[list[int], set[int], list[float | None]]:
+            storage = self._store().storage
             if len(keys) == 1:  # the usual case: no gather, no task
                 used = [await storage.get(keys[0])]
             else:
@@ -479,6 +502,13 @@ class TokenLimiter:
             return self._unavailable()
         self._recovered()
         return self._decide(plan, used, resets, exhausted)
+
+    def _store(self) -> Any:
+        """The strategy over the store, built now if building it failed before (raises then)."""
+        strategy = self._strategy
+        if strategy is None:
+            strategy = self._strategy = self._build_strategy(self.storage_uri, self._scheme)
+        return strategy
 
     async def _bounded(self, awaitable: Any) -> Any:
         # The socket timeouts bound every Redis call; this bounds the whole exchange too
@@ -565,8 +595,9 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("add tokens", None)
             return
+        strategy = self._store()
         for applied in plan:
-            self._strategy.hit(applied.bound.item, *self._ids(applied), cost=tokens)
+            strategy.hit(applied.bound.item, *self._ids(applied), cost=tokens)
             self._emit(applied.bound.name, 0, 0, tokens)
         self._recovered()
 
@@ -580,7 +611,10 @@ class TokenLimiter:
             task: asyncio.Future[Any] = loop.create_task(coro)
         elif self._loop is not None and not self._loop.is_closed():
             # An outgoing call counted in a worker thread: hand the charge to the server's loop.
-            task = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop), loop=self._loop)
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+            self._thread_charges.add(future)
+            future.add_done_callback(self._thread_charges.discard)
+            return
         else:
             coro.close()
             self._failed("add tokens", None)
@@ -592,8 +626,8 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("add tokens", None)
             return
-        strategy = self._strategy
         try:
+            strategy = self._store()
             if len(plan) == 1:
                 await self._bounded(strategy.hit(plan[0].bound.item, *self._ids(plan[0]), cost=tokens))
             else:
@@ -609,20 +643,21 @@ class TokenLimiter:
 
     async def drain(self) -> None:
         """Wait for the charges still on their way to the store (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._thread_charges:
+            pending = [*self._tasks, *(asyncio.wrap_future(f) for f in list(self._thread_charges))]
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Close the asynchronous store's connections (call it in the loop that used them)."""
         await self.drain()
-        client = getattr(getattr(self._strategy.storage, "bridge", None), "storage", None)
+        client = getattr(getattr(getattr(self._strategy, "storage", None), "bridge", None), "storage", None)
         close = getattr(client, "aclose", None)
         if close is not None:
             await close()
 
     def close(self) -> None:
         """Close the synchronous store's connections."""
-        client = getattr(self._strategy.storage, "storage", None)
+        client = getattr(getattr(self._strategy, "storage", None), "storage", None)
         close = getattr(client, "close", None)
         if close is not None and not self.asynchronous:
             close()
