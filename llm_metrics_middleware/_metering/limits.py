@@ -164,8 +164,6 @@ class Applied:
 
     bound: BoundLimit
     key: str
-    #: Tokens the key had used when the request was checked (None: not known).
-    used: int | None = None
 
 
 @dataclass(slots=True)
@@ -461,7 +459,7 @@ class TokenLimiter:
             self._failed("answer", exc)
             return self._unavailable()
         self._recovered()
-        return self._decide(plan, used, resets, exhausted)
+        return self._decide(view, plan, used, resets, exhausted)
 
     async def acheck(self, view: RequestView, plan: list[Applied]) -> Verdict:
         """:meth:`check` for the ``limits.aio`` store, bounded by the timeout; never raises."""
@@ -501,7 +499,7 @@ class TokenLimiter:
             self._failed("answer", exc)
             return self._unavailable()
         self._recovered()
-        return self._decide(plan, used, resets, exhausted)
+        return self._decide(view, plan, used, resets, exhausted)
 
     def _store(self) -> Any:
         """The strategy over the store, built now if building it failed before (raises then)."""
@@ -520,12 +518,13 @@ class TokenLimiter:
     def _exhausted(self, view: RequestView, plan: list[Applied], used: list[int]) -> set[int]:
         out: set[int] = set()
         for i, (applied, count) in enumerate(zip(plan, used, strict=True)):
-            applied.used = count
             if count + self._cost(applied, view) > applied.bound.tokens:
                 out.add(i)
         return out
 
-    def _decide(self, plan: list[Applied], used: list[int], resets: list[float | None], exhausted: set[int]) -> Verdict:
+    def _decide(
+        self, view: RequestView, plan: list[Applied], used: list[int], resets: list[float | None], exhausted: set[int]
+    ) -> Verdict:
         now = time.time()
         if exhausted:
             retry = 1
@@ -536,11 +535,19 @@ class TokenLimiter:
                 retry = max(retry, math.ceil(wait))
                 self._emit(plan[i].bound.name, 0, 1, 0)
             bound = worst.bound
-            message = (
-                f"Token limit {bound.name!r} reached: {bound.tokens} tokens per "
-                f"{bound.limit.per if isinstance(bound.limit.per, str) else str(bound.window_seconds) + ' s'}, "
-                f"{used[min(exhausted)]} used. Try again in {retry} s."
-            )
+            per = bound.limit.per if isinstance(bound.limit.per, str) else f"{bound.window_seconds} s"
+            cost = self._cost(worst, view)
+            if cost > bound.tokens:
+                message = (
+                    f"Token limit {bound.name!r}: the prompt alone is about {cost} tokens, more than the "
+                    f"{bound.tokens} tokens per {per} this limit allows. Send a shorter prompt."
+                )
+            else:
+                message = (
+                    f"Token limit {bound.name!r} reached: {bound.tokens} tokens per {per}, "
+                    f"{used[min(exhausted)]} used" + (f", about {cost} more asked" if cost > 1 else "")
+                    + f". Try again in {retry} s."
+                )
             headers = [("retry-after", str(retry)), *self._headers(plan, used, resets, now)]
             return Verdict(False, 429, headers, _error_body(message, "tokens", "rate_limit_exceeded"))
         for applied in plan:
