@@ -447,7 +447,9 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 @needs_redis
 @pytest.mark.slow
-def test_an_asgi_and_a_wsgi_process_share_one_redis_counter(redis: RedisProcess, tmp_path: Path) -> None:
+def test_an_asgi_and_a_wsgi_process_share_one_redis_counter_and_pass_when_it_dies(
+    redis: RedisProcess, tmp_path: Path
+) -> None:
     env = python_env(LIMIT_STORAGE=redis.url, FREE_TOKENS="50", GOLD_TOKENS="200")
     uv_port = free_port()
     uvicorn_cmd = [
@@ -488,6 +490,13 @@ def test_an_asgi_and_a_wsgi_process_share_one_redis_counter(redis: RedisProcess,
             metric_sum(m, "llm_limit_authorized_tokens_total", limit="free") for m in (asgi_metrics, wsgi_metrics)
         )
         assert total_charged == 3 * CALL_TOKENS
+        # Redis killed under both servers: ada's exhausted key passes (fail open), each request
+        # within the client's timeout, and both processes count the failure.
+        redis.kill()
+        for base in (asgi.url, wsgi.url):
+            for _ in range(3):
+                assert post(base, "ada").status_code == 200
+            assert metric_sum(scrape(base), "llm_metering_errors_total", kind="limit_storage") >= 3
 
 
 def python_executable() -> str:
@@ -529,12 +538,13 @@ def test_fail_closed_refuses_with_503_while_the_store_is_down(kind: str, redis: 
 
 
 @needs_redis
-def test_a_stopped_redis_costs_at_most_the_timeout(redis: RedisProcess) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_stopped_redis_costs_at_most_the_timeout(kind: str, redis: RedisProcess) -> None:
     """A Redis that accepts but never answers (SIGSTOP): the request passes once the store
     call times out, and the next ones do not wait at all while the store is marked down."""
     import signal
 
-    d = Driver("asgi", limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url,
+    d = Driver(kind, limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url,
                limit_timeout=0.2)
     assert d.post(chat("ada")).status_code == 200
     redis.popen.send_signal(signal.SIGSTOP)

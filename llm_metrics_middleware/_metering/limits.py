@@ -52,6 +52,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("llm_metrics_middleware")
 
+_timeout: Any = getattr(asyncio, "timeout", None)
+
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[limits]'"
 
 #: Window names of ``per=`` and their length in seconds (a month is 30 days, as in ``limits``).
@@ -513,6 +515,9 @@ class TokenLimiter:
         # (a DNS lookup, a cluster's redirects). The in-memory store needs no guard.
         if not self.shared:
             return await awaitable
+        if _timeout is not None:  # Python 3.11+: no task per call, unlike wait_for
+            async with _timeout(self.timeout * 2):
+                return await awaitable
         return await asyncio.wait_for(awaitable, self.timeout * 2)
 
     def _exhausted(self, view: RequestView, plan: list[Applied], used: list[int]) -> set[int]:
