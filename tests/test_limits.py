@@ -215,6 +215,8 @@ def test_a_key_that_used_its_tokens_is_refused_before_the_app(kind: str) -> None
     assert samples[("llm_limit_limited_calls_total", "per-user")] == 1
     assert samples[("llm_limit_authorized_tokens_total", "per-user")] == 4 * CALL_TOKENS
     assert samples[("llm_limit_tokens", "per-user")] == 50
+    assert d.memory.limits == [("per-user", 50, 60)]
+    assert sum(e[2] for e in d.memory.limit_events) == 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
