@@ -72,3 +72,35 @@ def redis_server(workdir: Path, timeout: float = 10.0) -> Iterator[RedisProcess]
         yield server
     finally:
         server.kill()
+
+
+@contextmanager
+def redis_sentinel(workdir: Path, master: RedisProcess, name: str = "mymaster", timeout: float = 10.0) -> Iterator[RedisProcess]:
+    """A Sentinel (``redis-server --sentinel``) watching ``master``; its URL is the
+    ``redis+sentinel://`` one the ``limits`` library reads."""
+    assert REDIS_SERVER is not None
+    port = free_port()
+    data = workdir / f"sentinel-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = data / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind {HOST}\ndir {data}\nlogfile {data / 'sentinel.log'}\n"
+        f"sentinel monitor {name} {HOST} {master.port} 1\n"
+    )
+    popen = subprocess.Popen(
+        [REDIS_SERVER, str(conf), "--sentinel"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    sentinel = RedisProcess(popen, port, data / "sentinel.log")
+    sentinel.url = f"redis+sentinel://{HOST}:{port}/{name}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not sentinel.ping():
+            if popen.poll() is not None:
+                raise RuntimeError(f"redis sentinel exited with {popen.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"redis sentinel did not answer PING within {timeout} s")
+            time.sleep(0.02)
+        yield sentinel
+    finally:
+        sentinel.kill()

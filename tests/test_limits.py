@@ -34,7 +34,7 @@ from llm_metrics_middleware import (
 from llm_metrics_middleware._core.providers import route_of
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM, prompt_tokens_of
 
-from .redis_server import RedisProcess, needs_redis, redis_server
+from .redis_server import RedisProcess, needs_redis, redis_sentinel, redis_server
 from .servers import free_port, gunicorn_server, metric_sum, python_env, scrape, server_process, uvicorn_server
 
 # The simulator answers max_tokens words (16 by default), one token each.
@@ -436,6 +436,22 @@ def test_redis_counts_as_memory_does(kind: str, redis: RedisProcess) -> None:
     # One middleware, a fresh process's view of the same store: refused as well.
     again = Driver(kind, limits=[TokenLimit("per-user", tokens=50, per="minute")], limit_storage=redis.url)
     assert_refused(again.post(chat("ada")), "per-user")
+
+
+@needs_redis
+def test_a_sentinel_url_is_shared_by_both_drivers(redis: RedisProcess, tmp_path: Path) -> None:
+    with redis_sentinel(tmp_path, redis) as sentinel:
+        limits = [TokenLimit("per-user", tokens=30, per="minute")]
+        wsgi = Driver("wsgi", limits=limits, limit_storage=sentinel.url)
+        asgi = Driver("asgi", limits=limits, limit_storage=sentinel.url)
+        assert wsgi.post(chat("ada")).status_code == 200
+        assert asgi.post(chat("ada")).status_code == 200  # 22 < 30 in the shared counter
+        assert_refused(wsgi.post(chat("ada")), "per-user")
+        assert_refused(asgi.post(chat("ada")), "per-user")
+        asgi.close()  # in the loop that used the connections, while the sentinel is up
+        wsgi.close()
+        _open.remove(asgi)
+        _open.remove(wsgi)
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

@@ -659,20 +659,31 @@ class TokenLimiter:
             pending = [*self._tasks, *(asyncio.wrap_future(f) for f in list(self._thread_charges))]
             await asyncio.gather(*pending, return_exceptions=True)
 
+    def _clients(self) -> list[Any]:
+        # The redis-py clients behind the store: a plain one, or a Sentinel's master, replica
+        # and the sentinels themselves (``limits`` keeps them on its storage or its bridge).
+        storage = getattr(self._strategy, "storage", None)
+        holder = getattr(storage, "bridge", storage)
+        found = [getattr(holder, name, None) for name in ("storage", "storage_replica", "storage_slave")]
+        found.extend(getattr(getattr(holder, "sentinel", None), "sentinels", ()))
+        return [client for client in found if client is not None and not isinstance(client, (str, int))]
+
     async def aclose(self) -> None:
         """Close the asynchronous store's connections (call it in the loop that used them)."""
         await self.drain()
-        client = getattr(getattr(getattr(self._strategy, "storage", None), "bridge", None), "storage", None)
-        close = getattr(client, "aclose", None)
-        if close is not None:
-            await close()
+        for client in self._clients():
+            close = getattr(client, "aclose", None)
+            if close is not None and self.asynchronous:
+                await close()
 
     def close(self) -> None:
         """Close the synchronous store's connections."""
-        client = getattr(getattr(self._strategy, "storage", None), "storage", None)
-        close = getattr(client, "close", None)
-        if close is not None and not self.asynchronous:
-            close()
+        if self.asynchronous:
+            return
+        for client in self._clients():
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
 
     def describe(self) -> list[tuple[str, int, int]]:
         """``(name, tokens, window seconds)`` of every limit: the ``llm_limit_tokens`` gauge."""
