@@ -40,6 +40,12 @@ class RedisProcess:
         except OSError:
             return False
 
+    def command(self, line: str) -> bytes:
+        """One inline command, its raw reply (enough for the few commands the tests send)."""
+        with socket.create_connection((HOST, self.port), timeout=2) as sock:
+            sock.sendall(line.encode() + b"\r\n")
+            return sock.recv(65536)
+
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
@@ -47,16 +53,21 @@ class RedisProcess:
 
 
 @contextmanager
-def redis_server(workdir: Path, timeout: float = 10.0) -> Iterator[RedisProcess]:
+def redis_server(workdir: Path, timeout: float = 10.0, *, cluster: bool = False) -> Iterator[RedisProcess]:
+    """A redis-server; ``cluster=True``: a one-node Redis Cluster holding every slot."""
     assert REDIS_SERVER is not None
     port = free_port()
     data = workdir / f"redis-{port}"
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
+    extra = []
+    if cluster:  # the bus port defaults to port + 10000, which may not exist: pick a free one
+        extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(data / "nodes.conf"),
+                 "--cluster-port", str(free_port())]
     popen = subprocess.Popen(
         [
             REDIS_SERVER, "--bind", HOST, "--port", str(port), "--dir", str(data),
-            "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no",
+            "--save", "", "--appendonly", "no", "--logfile", str(log), "--daemonize", "no", *extra,
         ],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
@@ -69,6 +80,13 @@ def redis_server(workdir: Path, timeout: float = 10.0) -> Iterator[RedisProcess]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"redis-server did not answer PING within {timeout} s")
             time.sleep(0.02)
+        if cluster:
+            server.url = f"redis+cluster://{HOST}:{port}"
+            server.command("CLUSTER ADDSLOTSRANGE 0 16383")
+            while b"cluster_state:ok" not in server.command("CLUSTER INFO"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the one-node Redis Cluster was not ok within {timeout} s")
+                time.sleep(0.05)
         yield server
     finally:
         server.kill()

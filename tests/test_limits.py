@@ -454,6 +454,23 @@ def test_a_sentinel_url_is_shared_by_both_drivers(redis: RedisProcess, tmp_path:
         _open.remove(wsgi)
 
 
+@needs_redis
+def test_a_cluster_url_is_shared_by_both_drivers(tmp_path: Path) -> None:
+    with redis_server(tmp_path, cluster=True) as cluster:
+        limits = [TokenLimit("per-user", tokens=30, per="minute")]
+        wsgi = Driver("wsgi", limits=limits, limit_storage=cluster.url)
+        asgi = Driver("asgi", limits=limits, limit_storage=cluster.url)
+        assert wsgi.post(chat("ada")).status_code == 200
+        assert asgi.post(chat("ada")).status_code == 200
+        assert_refused(wsgi.post(chat("ada")), "per-user")
+        assert_refused(asgi.post(chat("ada")), "per-user")
+        assert wsgi.memory.errors == [] and asgi.memory.errors == []
+        asgi.close()
+        wsgi.close()
+        _open.remove(asgi)
+        _open.remove(wsgi)
+
+
 def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
