@@ -336,6 +336,17 @@ def test_windows_roll_over(kind: str) -> None:
     assert response.status_code == 200
 
 
+def test_the_memory_store_sweeps_ended_windows() -> None:
+    d = Driver("wsgi", limits=[TokenLimit("burst", tokens=1000, per=1)])
+    for i in range(20):
+        assert d.post(chat(f"user-{i}")).status_code == 200
+    storage = d.middleware.metering.limits._store().storage
+    assert len(storage.expirations) == 20
+    time.sleep(1.3)  # the one-second windows end, and a sweep is due
+    assert d.post(chat("late")).status_code == 200
+    assert len(storage.expirations) == 1
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_stream_admitted_within_budget_finishes_and_is_charged_whole(kind: str) -> None:
     d = Driver(kind, limits=[TokenLimit("per-user", tokens=10, per="minute")])
