@@ -156,6 +156,7 @@ class BoundLimit:
     tokens: int
     window_seconds: int
     item: Any  # limits.RateLimitItem
+    escaped_name: str
     key: Callable[[RequestView, CallContext], str | None]
     when: Callable[[RequestView], bool] | None
 
@@ -166,6 +167,8 @@ class Applied:
 
     bound: BoundLimit
     key: str
+    #: The key in the store (``limits``' ``item.key_for(namespace, limit, key)``).
+    store_key: str = ""
 
 
 @dataclass(slots=True)
@@ -244,6 +247,8 @@ class TokenLimiter:
         self.fail_closed = bool(fail_closed)
         self.timeout = float(timeout)
         self.header_names = self._header_names(headers)
+        # Only the reset header needs the window's end on an allowed request.
+        self._need_reset = self.header_names is not None and "reset" in self.header_names
         self._count_error = count_error
         self._on_limit = on_limit
         self._namespace = _escape(namespace)
@@ -339,7 +344,7 @@ class TokenLimiter:
             if limit.when is not None and not callable(limit.when):
                 raise TypeError(f"TokenLimit({limit.name!r}) when= takes None or a callable of the request view")
             item = RateLimitItemPerSecond(tokens, seconds, namespace="LLMTOKENS")
-            bound.append(BoundLimit(limit, name, tokens, seconds, item, key_source, limit.when))
+            bound.append(BoundLimit(limit, name, tokens, seconds, item, _escape(name), key_source, limit.when))
         return tuple(bound)
 
     def _build_strategy(self, storage: str, scheme: str) -> Any:
@@ -391,13 +396,11 @@ class TokenLimiter:
                 continue
             if len(text) > MAX_KEY_LENGTH:
                 text = text[:MAX_KEY_LENGTH]
-            out.append(Applied(bound, _escape(text)))
+            key = _escape(text)
+            out.append(Applied(bound, key, bound.item.key_for(self._namespace, bound.escaped_name, key)))
         return out
 
     # -- the store -------------------------------------------------------------------------
-
-    def _ids(self, applied: Applied) -> tuple[str, str, str]:
-        return (self._namespace, _escape(applied.bound.name), applied.key)
 
     def _store_available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -434,8 +437,6 @@ class TokenLimiter:
         )
         return Verdict(False, 503, [("retry-after", "1")], body)
 
-    def _need_reset(self) -> bool:
-        return self.header_names is not None and "reset" in self.header_names
 
     def _cost(self, applied: Applied, view: RequestView) -> int:
         if applied.bound.limit.estimate_prompt:
@@ -447,16 +448,15 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("answer", None)
             return self._unavailable()
-        item_ids = [(a, a.bound.item, self._ids(a)) for a in plan]
         try:
-            strategy = self._store()
-            used = [strategy.storage.get(item.key_for(*ids)) for _a, item, ids in item_ids]
+            storage = self._store().storage
+            used = [storage.get(a.store_key) for a in plan]
             resets: list[float | None] = [None] * len(plan)
             exhausted = self._exhausted(view, plan, used)
-            if exhausted or self._need_reset():
-                for i, (_a, item, ids) in enumerate(item_ids):
-                    if i in exhausted or self._need_reset():
-                        resets[i] = strategy.storage.get_expiry(item.key_for(*ids))
+            if exhausted or self._need_reset:
+                for i, applied in enumerate(plan):
+                    if i in exhausted or self._need_reset:
+                        resets[i] = storage.get_expiry(applied.store_key)
         except Exception as exc:
             self._failed("answer", exc)
             return self._unavailable()
@@ -477,8 +477,8 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("answer", None)
             return self._unavailable()
-        keys = [a.bound.item.key_for(*self._ids(a)) for a in plan]
-        need_reset = self._need_reset()
+        keys = [a.store_key for a in plan]
+        need_reset = self._need_reset
 
         async def ask() -> tuple[list[int], set[int], list[float | None]]:
             storage = self._store().storage
@@ -607,9 +607,9 @@ class TokenLimiter:
         if not self._store_available():
             self._failed("add tokens", None)
             return
-        strategy = self._store()
+        storage = self._store().storage
         for applied in plan:
-            strategy.hit(applied.bound.item, *self._ids(applied), cost=tokens)
+            storage.incr(applied.store_key, applied.bound.window_seconds, amount=tokens)
             self._emit(applied.bound.name, 0, 0, tokens)
         self._recovered()
 
@@ -639,12 +639,12 @@ class TokenLimiter:
             self._failed("add tokens", None)
             return
         try:
-            strategy = self._store()
+            storage = self._store().storage
             if len(plan) == 1:
-                await self._bounded(strategy.hit(plan[0].bound.item, *self._ids(plan[0]), cost=tokens))
+                await self._bounded(storage.incr(plan[0].store_key, plan[0].bound.window_seconds, amount=tokens))
             else:
                 await self._bounded(
-                    asyncio.gather(*(strategy.hit(a.bound.item, *self._ids(a), cost=tokens) for a in plan))
+                    asyncio.gather(*(storage.incr(a.store_key, a.bound.window_seconds, amount=tokens) for a in plan))
                 )
         except Exception as exc:
             self._failed("add tokens", exc)

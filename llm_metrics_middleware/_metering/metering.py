@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
@@ -119,6 +119,7 @@ class Metering:
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
+    _limit_hooks: list[Callable[[str, int, int, int], None]] | None = None
 
     def enable_limits(
         self,
@@ -169,13 +170,14 @@ class Metering:
                 configured(described)
 
     def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
-        for sink in self.sinks:
-            on_limit = getattr(sink, "on_limit", None)
-            if on_limit is not None:
-                try:
-                    on_limit(name, authorized, limited, tokens)
-                except Exception:
-                    logger.exception("exporter failed to count a limit event")
+        hooks = self._limit_hooks
+        if hooks is None:
+            hooks = self._limit_hooks = [h for h in (getattr(s, "on_limit", None) for s in self.sinks) if h is not None]
+        for on_limit in hooks:
+            try:
+                on_limit(name, authorized, limited, tokens)
+            except Exception:
+                logger.exception("exporter failed to count a limit event")
 
     def limit_context(self, view: RequestView, route: Route) -> CallContext:
         """What the built-in key sources know at the start of a request."""
