@@ -224,6 +224,18 @@ def main() -> int:
                 for v in order:
                     samples[driver][v].append(by_variant[v](args.requests))
                 print(f"{driver} round {r + 1}/{args.rounds}", file=sys.stderr)
+        ping_us: float | None = None
+        if redis is not None:  # one round trip to this Redis, for scale: a limit costs two per request
+            import redis as redis_py
+
+            client = redis_py.Redis.from_url(redis.url)
+            timings = []
+            for _ in range(500):
+                start = time.perf_counter()
+                client.ping()
+                timings.append((time.perf_counter() - start) * 1e6)
+            client.close()
+            ping_us = statistics.median(timings)
     finally:
         loop.close()
         if redis is not None:
@@ -240,6 +252,9 @@ def main() -> int:
             shown_added = "" if v == "no limit" else f"{added:+.1f}"
             shown_ratio = "" if v == "no limit" else f"{ratio:.2f}"
             print(f"| {driver} | {v} | {statistics.median(values):.1f} | {shown_added} | {shown_ratio} |")
+    if ping_us is not None:
+        print(f"\nOne Redis round trip (redis-py PING, median of 500): {ping_us:.0f} µs; a limited request makes two "
+              "(GET before the app, INCRBY when counted).")
     print(
         "\n`refused` is the whole cost of a refused request (no app, no LLM call): compare it with "
         "`no limit`, which includes the simulated upstream."
