@@ -25,7 +25,6 @@ starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_a
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,9 +33,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .._metering.names import PROMETHEUS, safe_name
+from .namespaces import Namespaces, check_reserved
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -46,13 +47,8 @@ _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 
 def metric_prefix(namespace: str) -> str:
-    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
-    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
-    if prefix[0].isdigit():
-        prefix = "_" + prefix
-    return prefix
+    """``"LLM gateway"`` -> ``LLM_gateway``: a valid Prometheus name prefix."""
+    return safe_name(namespace, PROMETHEUS)
 
 
 class _Family:
@@ -234,34 +230,24 @@ class PrometheusExporter:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
-        self._families: dict[str, _Family] = {}
+        self._families: Namespaces[_Family] = Namespaces("PrometheusExporter")
         self._limit_families: dict[str, _LimitMetrics] = {}
-        self._lock = threading.Lock()
+        self._limit_lock = threading.Lock()
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
-        with self._lock:
-            family = self._families.get(prefix)
-            if family is None:
-                family = self._families[prefix] = _Family(self.registry, prefix, labels)
-            elif family.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
-                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
-                )
+        check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
+        # Keyed by the prefix: two namespaces that sanitise alike would be one family.
+        family = self._families.bind(
+            schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
+        )
         return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
         metrics = self._limit_families.get(prefix)
         if metrics is None:
-            with self._lock:
+            with self._limit_lock:
                 metrics = self._limit_families.get(prefix)
                 if metrics is None:
                     metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from typing import Union
 
 from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
+from .call import Schema
+from .names import LABEL, safe_name
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -76,12 +78,7 @@ class Dimension:
 
 def label_name(name: str) -> str:
     """``"API ID"`` -> ``api_id``: the Prometheus label (and OpenTelemetry-safe) form."""
-    label = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    if not label:
-        raise ValueError(f"dimension name {name!r} has no letters or digits; give it a name such as 'team'")
-    if label[0].isdigit():
-        label = "_" + label
-    return label
+    return safe_name(name, LABEL)
 
 
 def sanitize(value: object) -> str:
@@ -214,14 +211,11 @@ class BoundDimension:
     source: Source
 
 
-class Schema:
-    """The configured dimensions of one middleware, in order, with their label names."""
+@dataclass(frozen=True, slots=True)
+class BoundSchema(Schema):
+    """The :class:`Schema` exporters see, with each dimension's source: the middleware's copy."""
 
-    def __init__(self, namespace: str, dimensions: Sequence[BoundDimension]) -> None:
-        self.namespace = namespace
-        self.dimensions = tuple(dimensions)
-        self.names = tuple(d.name for d in dimensions)
-        self.labels = tuple(d.label for d in dimensions)
+    dimensions: tuple[BoundDimension, ...]
 
     def values(self, request: RequestView, ctx: CallContext) -> tuple[str, ...]:
         out = []
@@ -263,7 +257,7 @@ def build_schema(
     location: str | None = None,
     gateway_id: str | None = None,
     subscription_secret: bytes | str | None = None,
-) -> Schema:
+) -> BoundSchema:
     """Check the configured dimensions and bind each to its source; errors say what to fix."""
     if dimensions is None:
         dimensions = [*DEFAULT_NAMES, "Model"]
@@ -322,4 +316,6 @@ def build_schema(
             )
         seen_labels[label] = dim.name
         bound.append(BoundDimension(dim.name, label, source))
-    return Schema(namespace, bound)
+    return BoundSchema(
+        namespace, tuple(d.name for d in bound), tuple(d.label for d in bound), dimensions=tuple(bound)
+    )

@@ -48,7 +48,7 @@ from .dimensions import CallContext, Source, sanitize
 from .request import RequestView
 
 if TYPE_CHECKING:
-    from .call import CallRecord
+    from .call import CallRecord, ErrorKind
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -229,7 +229,7 @@ class TokenLimiter:
         fail_closed: bool = False,
         timeout: float = DEFAULT_TIMEOUT,
         headers: HeaderNames = None,
-        count_error: Callable[[str], None],
+        count_error: Callable[[ErrorKind], None],
         on_limit: Callable[[str, int, int, int], None],
         subscription_secret_set: bool = True,
     ) -> None:
