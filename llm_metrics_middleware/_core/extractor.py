@@ -29,17 +29,7 @@ from .usage import Usage
 _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
-__all__ = [
-    "BODY_FORMATS",
-    "JSON",
-    "NONE",
-    "SNIFF",
-    "SSE",
-    "BodyFormat",
-    "Extraction",
-    "UsageExtractor",
-    "body_format",
-]
+__all__ = ["BODY_FORMATS", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {

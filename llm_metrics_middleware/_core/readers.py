@@ -65,7 +65,7 @@ class Stopped:
     skim: SSEDecoder | None = None
 
     def __init__(self, fmt: BodyFormat = NONE) -> None:
-        self.format: BodyFormat = fmt
+        self.format = fmt
 
     def feed(self, chunk: bytes) -> Reader:
         return self
@@ -273,7 +273,7 @@ class SSEReader:
 
 
 #: The reader that starts each body format.
-READERS: dict[BodyFormat, type[SniffReader] | type[SmallJSONReader] | type[SSEReader]] = {
+READERS: dict[str, type[SniffReader] | type[SmallJSONReader] | type[SSEReader]] = {
     SNIFF: SniffReader,
     JSON: SmallJSONReader,
     SSE: SSEReader,
