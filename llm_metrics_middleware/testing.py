@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-    from ._metering.dimensions import Schema
+    from ._metering.call import Schema
 
 _WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "every", "one", "of", "them", "as", "it", "streams", "past", "without", "holding", "the", "body", "and", "without", "slowing", "the", "answer", "down"]
 

@@ -21,7 +21,6 @@ starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_a
 from __future__ import annotations
 
 import os
-import re
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,10 +30,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .._metering.names import PROMETHEUS, safe_name
 from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
+from .namespaces import Namespaces, check_reserved
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -43,18 +44,13 @@ FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 # Registry -> metric prefix -> family, shared by every exporter of that registry.
-_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Family]] = weakref.WeakKeyDictionary()
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
 _REGISTRIES_LOCK = threading.Lock()
 
 
 def metric_prefix(namespace: str) -> str:
-    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
-    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
-    if prefix[0].isdigit():
-        prefix = "_" + prefix
-    return prefix
+    """``"LLM gateway"`` -> ``LLM_gateway``: a valid Prometheus name prefix."""
+    return safe_name(namespace, PROMETHEUS)
 
 
 class _Family:
@@ -184,28 +180,19 @@ class PrometheusExporter:
         # app, a reloaded module) reuses them instead of failing with prometheus_client's
         # "Duplicated timeseries in CollectorRegistry".
         with _REGISTRIES_LOCK:
-            self._families = _FAMILIES.setdefault(self.registry, {})
-        self._lock = _REGISTRIES_LOCK
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = Namespaces("PrometheusExporter's registry")
+        self._families: Namespaces[_Family] = families
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
-        with self._lock:
-            family = self._families.get(prefix)
-            if family is None:
-                family = self._families[prefix] = _Family(self.registry, prefix, labels)
-            elif family.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} already has metrics in this registry with the labels "
-                    f"{family.labels}, and this middleware's dimensions give {labels}; give this middleware another "
-                    "namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())"
-                )
+        check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
+        # Keyed by the prefix: two namespaces that sanitise alike would be one family.
+        family = self._families.bind(
+            schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
+        )
         return _PrometheusSink(family)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

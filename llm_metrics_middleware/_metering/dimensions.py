@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Union
 
 from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
+from .call import Schema
+from .names import LABEL, safe_name
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -77,12 +79,7 @@ class Dimension:
 
 def label_name(name: str) -> str:
     """``"API ID"`` -> ``api_id``: the Prometheus label (and OpenTelemetry-safe) form."""
-    label = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    if not label:
-        raise ValueError(f"dimension name {name!r} has no letters or digits; give it a name such as 'team'")
-    if label[0].isdigit():
-        label = "_" + label
-    return label
+    return safe_name(name, LABEL)
 
 
 def sanitize(value: object) -> str:
@@ -226,33 +223,30 @@ class BoundDimension:
     source: Source
 
 
-class Schema:
-    """The configured dimensions of one middleware, in order, with their label names."""
+@dataclass(frozen=True, slots=True)
+class BoundSchema(Schema):
+    """The :class:`Schema` exporters see, with each dimension's source: the middleware's copy."""
 
-    def __init__(self, namespace: str, dimensions: Sequence[BoundDimension]) -> None:
-        self.namespace = namespace
-        self.dimensions = tuple(dimensions)
-        self.names = tuple(d.name for d in dimensions)
-        self.labels = tuple(d.label for d in dimensions)
-        self._failed: set[str] = set()  # dimensions whose failure was logged
+    dimensions: tuple[BoundDimension, ...]
 
     def values(
-        self, request: RequestView, ctx: CallContext, count_error: Callable[[str], None] | None = None
+        self,
+        request: RequestView,
+        ctx: CallContext,
+        failed: Callable[[BoundDimension, Exception], None] | None = None,
     ) -> tuple[str, ...]:
         """The dimension values of one call. A value callable that raises exports
-        ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
-        (with its traceback), not once per request."""
+        ``"unknown"`` and is reported to ``failed`` (the middleware counts it as
+        ``kind="dimension"`` and logs it once), or logged here when there is no ``failed``."""
         out = []
         for dim in self.dimensions:
             try:
                 value = dim.source(request, ctx)
-            except Exception:
-                if dim.name not in self._failed:
-                    self._failed.add(dim.name)
-                    logger.warning("dimension %r failed; exported as %r (logged once, counted in "
-                                   "llm_metering_errors_total{kind=\"dimension\"})", dim.name, UNKNOWN, exc_info=True)
-                if count_error is not None:
-                    count_error("dimension")
+            except Exception as exc:
+                if failed is not None:
+                    failed(dim, exc)
+                else:
+                    logger.warning("dimension %r failed; exported as %r", dim.name, UNKNOWN, exc_info=True)
                 value = None
             out.append(sanitize(value))
         return tuple(out)
@@ -286,7 +280,7 @@ def build_schema(
     location: str | None = None,
     gateway_id: str | None = None,
     subscription_secret: bytes | str | None = None,
-) -> Schema:
+) -> BoundSchema:
     """Check the configured dimensions and bind each to its source; errors say what to fix."""
     if dimensions is None:
         dimensions = [*DEFAULT_NAMES, "Model"]
@@ -345,4 +339,6 @@ def build_schema(
             )
         seen_labels[label] = dim.name
         bound.append(BoundDimension(dim.name, label, source))
-    return Schema(namespace, bound)
+    return BoundSchema(
+        namespace, tuple(d.name for d in bound), tuple(d.label for d in bound), dimensions=tuple(bound)
+    )
