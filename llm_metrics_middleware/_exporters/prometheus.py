@@ -43,7 +43,7 @@ FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
-# Registry -> metric prefix -> family, shared by every exporter of that registry.
+# Registry -> its families by metric prefix, shared by every exporter of that registry.
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
 _REGISTRIES_LOCK = threading.Lock()
 
@@ -182,8 +182,11 @@ class PrometheusExporter:
         with _REGISTRIES_LOCK:
             families = _FAMILIES.get(self.registry)
             if families is None:
-                families = _FAMILIES[self.registry] = Namespaces("PrometheusExporter's registry")
-        self._families: Namespaces[_Family] = families
+                families = _FAMILIES[self.registry] = Namespaces(
+                    "registry's PrometheusExporter",
+                    "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
+                )
+        self._families = families
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)

@@ -49,7 +49,7 @@ ErrorKind = Literal[
     "bad_compression",  # a compressed body that did not decompress, or ended early
     "series_overflow",  # a new dimension combination past max_series: exported as __overflow__
     "export",  # an exporter raised from record() or on_error()
-    "dimension",  # a dimension's value callable raised: that value is exported as "unknown"
+    "dimension",  # a dimension's value callable raised: exported as "unknown"
     "internal",  # a bug of ours, caught before it reached the app
 ]
 ERROR_KINDS: tuple[ErrorKind, ...] = get_args(ErrorKind)

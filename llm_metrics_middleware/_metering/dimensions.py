@@ -31,11 +31,11 @@ import re
 import socket
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
-from .call import Schema
+from .call import ErrorKind, Schema
 from .names import LABEL, safe_name
 from .request import RequestView
 
@@ -228,25 +228,26 @@ class BoundSchema(Schema):
     """The :class:`Schema` exporters see, with each dimension's source: the middleware's copy."""
 
     dimensions: tuple[BoundDimension, ...]
+    #: Dimensions whose failure was logged (once each, not per request).
+    _failed: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def values(
-        self,
-        request: RequestView,
-        ctx: CallContext,
-        failed: Callable[[BoundDimension, Exception], None] | None = None,
+        self, request: RequestView, ctx: CallContext, count_error: Callable[[ErrorKind], None] | None = None
     ) -> tuple[str, ...]:
         """The dimension values of one call. A value callable that raises exports
-        ``"unknown"`` and is reported to ``failed`` (the middleware counts it as
-        ``kind="dimension"`` and logs it once), or logged here when there is no ``failed``."""
+        ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
+        (with its traceback), not once per request."""
         out = []
         for dim in self.dimensions:
             try:
                 value = dim.source(request, ctx)
-            except Exception as exc:
-                if failed is not None:
-                    failed(dim, exc)
-                else:
-                    logger.warning("dimension %r failed; exported as %r", dim.name, UNKNOWN, exc_info=True)
+            except Exception:
+                if dim.name not in self._failed:
+                    self._failed.add(dim.name)
+                    logger.warning("dimension %r failed; exported as %r (logged once, counted in "
+                                   "llm_metering_errors_total{kind=\"dimension\"})", dim.name, UNKNOWN, exc_info=True)
+                if count_error is not None:
+                    count_error("dimension")
                 value = None
             out.append(sanitize(value))
         return tuple(out)

@@ -33,7 +33,7 @@ from .call import (
     UsageSource,
     is_error_kind,
 )
-from .dimensions import OVERFLOW, BoundDimension, CallContext, Dimension, build_schema
+from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
 from .failures import FailureLog
 from .request import RequestView
 
@@ -145,11 +145,6 @@ class Metering:
 
     def deliver(self, call: CallRecord) -> None:
         self._to_sinks("record", call)
-
-    def dimension_failed(self, dimension: BoundDimension, exc: Exception) -> None:
-        """A dimension's value callable raised: counted as ``dimension``, logged once."""
-        self.failures.failed(f"dimension {dimension.name!r}", "give a value (exported as 'unknown')", exc)
-        self.count_error("dimension")
 
     def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
         """The one guard around exporter code: a sink that raises is logged once per sink and
@@ -300,7 +295,7 @@ class MeteredCall:
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.dimension_failed))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
