@@ -13,14 +13,17 @@ from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
+from ._exporters.rules import MetricRule
 from ._metering.call import CallRecord
 from ._metering.dimensions import Dimension
+from ._metering.pricing import Price
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
     from ._exporters.azure import AzureMonitorExporter
     from ._exporters.otel import OpenTelemetryExporter
     from ._exporters.prometheus import PrometheusExporter
+    from ._exporters.threescale import ThreeScaleExporter
 
 __all__ = [
     "AzureMonitorExporter",
@@ -28,9 +31,12 @@ __all__ = [
     "Dimension",
     "LLMMetricsMiddleware",
     "LLMMetricsWSGIMiddleware",
+    "MetricRule",
     "OpenTelemetryExporter",
+    "Price",
     "PrometheusExporter",
     "RequestView",
+    "ThreeScaleExporter",
     "Usage",
     "UsagePointers",
 ]
@@ -54,4 +60,8 @@ def __getattr__(name: str) -> Any:
         from ._exporters.otel import OpenTelemetryExporter
 
         return OpenTelemetryExporter
+    if name == "ThreeScaleExporter":
+        from ._exporters.threescale import ThreeScaleExporter
+
+        return ThreeScaleExporter
     raise AttributeError(f"module 'llm_metrics_middleware' has no attribute {name!r}")

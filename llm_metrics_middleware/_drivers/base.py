@@ -10,6 +10,7 @@ from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
+from .._metering.pricing import PricingOption
 
 AppT = TypeVar("AppT")
 
@@ -44,6 +45,8 @@ class MiddlewareBase(Generic[AppT]):
     - ``location``, ``gateway_id``: fixed values for those default dimensions.
     - ``subscription_secret``: key of the Subscription ID hash.
     - ``metrics_path``: serve the Prometheus exporter's metrics at this path.
+    - ``pricing``: None, ``"genai-prices"``, a :class:`Price` or ``{model: Price}``: the
+      cost of each call (``llm_cost_usd_total``).
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
@@ -65,6 +68,7 @@ class MiddlewareBase(Generic[AppT]):
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         metrics_path: str | None = None,
+        pricing: PricingOption = None,
     ) -> None:
         self.app = app
         self.metering = Metering(
@@ -79,6 +83,7 @@ class MiddlewareBase(Generic[AppT]):
             location=location,
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
+            pricing=pricing,
         )
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace

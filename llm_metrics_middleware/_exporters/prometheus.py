@@ -11,7 +11,12 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``.
+  exporter failures, dimension combinations that overflowed ``max_series``, models
+  without a price (``unpriced_model``, once per model);
+- ``llm_cost_usd_total`` {dimensions}: the calls' cost in USD, when the middleware has
+  ``pricing=`` (calls of unpriced models add nothing);
+- one counter per :class:`MetricRule` of ``rules=`` (``{namespace}_{metric}_total``
+  {dimensions}): a usage field, added only for the calls the rule's condition holds for.
 
 Under gunicorn and other pre-fork servers, set ``PROMETHEUS_MULTIPROC_DIR`` before Python
 starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_app` and
@@ -23,13 +28,14 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .rules import MetricRule, check_rules
 
 if TYPE_CHECKING:
     from .._metering.dimensions import Schema
@@ -98,6 +104,13 @@ class _Family:
             ["kind"],
             registry=registry,
         )
+        self.cost = Counter(
+            f"{prefix}_cost_usd",
+            "Cost of the LLM calls in USD (the middleware's pricing=); calls of unpriced models add nothing.",
+            L,
+            registry=registry,
+        )
+        self.rules: dict[str, Counter] = {}
 
 
 class _Series:
@@ -125,9 +138,11 @@ class _Series:
 
 
 class _PrometheusSink:
-    def __init__(self, family: _Family) -> None:
+    def __init__(self, family: _Family, rules: tuple[MetricRule, ...] = ()) -> None:
         self._family = family
         self._series: dict[tuple[str, ...], _Series] = {}
+        self._cost: dict[tuple[str, ...], Any] = {}
+        self._rules = tuple((rule, family.rules[rule.metric]) for rule in rules)
 
     def record(self, call: CallRecord) -> None:
         values = call.dimensions
@@ -158,6 +173,17 @@ class _PrometheusSink:
         series.duration.observe(call.duration_s)
         if call.time_to_first_chunk_s is not None:
             series.first_chunk.observe(call.time_to_first_chunk_s)
+        # Cost and rule counters: kept apart from the token series on purpose.
+        cost = call.cost_usd
+        if cost:
+            child = self._cost.get(values)
+            if child is None:
+                child = self._cost[values] = family.cost.labels(*values) if values else family.cost
+            child.inc(cost)
+        for rule, counter in self._rules:
+            amount = rule.amount(call)
+            if amount:
+                (counter.labels(*values) if values else counter).inc(amount)
 
     def on_error(self, kind: str) -> None:
         self._family.errors.labels(kind).inc()
@@ -171,8 +197,9 @@ class PrometheusExporter:
     or mount :meth:`asgi_app` / :meth:`wsgi_app` yourself.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, rules: Sequence[MetricRule] = ()) -> None:
         self.registry = registry if registry is not None else REGISTRY
+        self._rules = check_rules(rules)
         self._families: dict[str, _Family] = {}
         self._lock = threading.Lock()
 
@@ -189,12 +216,20 @@ class PrometheusExporter:
             family = self._families.get(prefix)
             if family is None:
                 family = self._families[prefix] = _Family(self.registry, prefix, labels)
+                for rule in self._rules:
+                    if rule.metric not in family.rules:
+                        family.rules[rule.metric] = Counter(
+                            f"{prefix}_{metric_prefix(rule.metric)}",
+                            rule.description or f"{rule.usage} of the calls that match the rule {rule.metric!r}.",
+                            list(labels),
+                            registry=self.registry,
+                        )
             elif family.labels != labels:
                 raise ValueError(
                     f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
                     f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
                 )
-        return _PrometheusSink(family)
+        return _PrometheusSink(family, tuple(rule for rule in self._rules if rule.metric in family.rules))
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.

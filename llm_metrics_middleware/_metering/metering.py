@@ -21,6 +21,7 @@ from .._core.providers import Route, UsagePointers, route_of
 from .._core.usage import MAX_TOKENS, Usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
 from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .pricing import PricingOption, build_pricing
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -90,6 +91,7 @@ class Metering:
         location: str | None = None,
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
+        pricing: PricingOption = None,
     ) -> None:
         if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
             raise TypeError(
@@ -124,6 +126,7 @@ class Metering:
         self.limiter = SeriesLimiter(max_series)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[str] = collections.Counter()
+        self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
@@ -139,6 +142,13 @@ class Metering:
                     logger.exception("exporter failed to count an error")
 
     def deliver(self, call: CallRecord) -> None:
+        pricing = self.pricing
+        if pricing is not None and call.cost_usd is None:
+            try:
+                call.cost_usd = pricing.cost(call)
+            except Exception:
+                logger.exception("llm-metrics: failed to price a call; it adds no cost")
+                self.count_error("pricing")
         for sink in self.sinks:
             try:
                 sink.record(call)
