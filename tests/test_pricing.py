@@ -314,3 +314,21 @@ def test_ollama_is_never_priced_by_genai_prices() -> None:
     run_asgi(app, path="/api/chat", body=b'{"model": "llama3.2"}')
     [call] = memory.calls
     assert call.usage is not None and call.cost_usd is None and memory.errors == ["unpriced_model"]
+
+
+def test_a_price_source_that_fails_counts_the_model_once(caplog: pytest.LogCaptureFixture) -> None:
+    memory = InMemoryExporter()
+    app = LLMMetricsMiddleware(_model_echo_app(), exporters=[memory], pricing="genai-prices")
+    pricer = app.metering.pricing._pricer  # type: ignore[union-attr]
+
+    def broken(*args: Any) -> float:
+        raise ValueError("Invalid usage data")
+
+    pricer.price = broken  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="llm_metrics_middleware"):
+        for _ in range(3):
+            run_asgi(app, path="/v1/chat/completions", body=b'{"model": "gpt-4o"}')
+    assert len(memory.calls) == 3 and all(call.cost_usd is None for call in memory.calls)
+    assert memory.errors == ["unpriced_model"]
+    [warning] = [r for r in caplog.records if "no price for model" in r.getMessage()]
+    assert "Invalid usage data" in warning.getMessage() and warning.exc_info is None

@@ -266,24 +266,37 @@ class Pricing:
         if not model:
             self._unpriced_model("(no model)", call.provider)
             return None
-        cost = self._pricer.price(usage, model, call.provider, call)
+        try:
+            cost = self._pricer.price(usage, model, call.provider, call)
+        except Exception as exc:  # a usage the price source cannot take: no cost, said once
+            self._unpriced_model(model, call.provider, exc)
+            return None
         if cost is None:
             self._unpriced_model(model, call.provider)
         return cost
 
-    def _unpriced_model(self, model: str, provider: str | None) -> None:
+    def _unpriced_model(self, model: str, provider: str | None, error: Exception | None = None) -> None:
         if model in self._unpriced:
             return
         with self._lock:
             if model in self._unpriced or len(self._unpriced) >= MAX_UNPRICED_MODELS:
                 return
             self._unpriced.add(model)
-        logger.warning(
-            "llm-metrics: no price for model %r (provider %s); its calls add no cost. "
-            "Give it a Price in pricing= (a key that is the model or a prefix of it)",
-            model,
-            provider or "unknown",
-        )
+        if error is not None:
+            logger.warning(
+                "llm-metrics: no price for model %r (provider %s): pricing failed with %s: %s; its calls add no cost",
+                model,
+                provider or "unknown",
+                type(error).__name__,
+                error,
+            )
+        else:
+            logger.warning(
+                "llm-metrics: no price for model %r (provider %s); its calls add no cost. "
+                "Give it a Price in pricing= (a key that is the model or a prefix of it)",
+                model,
+                provider or "unknown",
+            )
         self._on_unpriced(model)
 
 
