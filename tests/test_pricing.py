@@ -332,3 +332,26 @@ def test_a_price_source_that_fails_counts_the_model_once(caplog: pytest.LogCaptu
     assert memory.errors == ["unpriced_model"]
     [warning] = [r for r in caplog.records if "no price for model" in r.getMessage()]
     assert "Invalid usage data" in warning.getMessage() and warning.exc_info is None
+
+
+def test_genai_prices_never_reaches_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models looked up for the first time, with every socket connection refused, still price."""
+    import socket
+    import threading
+
+    from genai_prices import data_snapshot
+
+    memory = InMemoryExporter()
+    app = LLMMetricsMiddleware(_model_echo_app(), exporters=[memory], pricing="genai-prices")
+    threads_before = {t.name for t in threading.enumerate()}
+
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("pricing tried to open a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    for model in ("gpt-4.1-mini", "o3-mini", "gpt-4o-mini"):
+        run_asgi(app, path="/v1/chat/completions", body=json.dumps({"model": model}).encode())
+    assert all(call.cost_usd is not None and call.cost_usd > 0 for call in memory.calls), memory.calls
+    assert data_snapshot._custom_snapshot is None  # the bundled data, not an auto-updated copy
+    assert {t.name for t in threading.enumerate()} <= threads_before  # no updater thread started

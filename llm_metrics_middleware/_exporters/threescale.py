@@ -278,11 +278,13 @@ class ThreeScaleExporter:
         try:
             credential = self._credential(request) if request is not None else None
         except Exception:
-            self.stats["credential_error"] += 1
+            with self._lock:
+                self.stats["credential_error"] += 1
             self._log_once(("credential",), "ThreeScaleExporter: the credential callable raised; those calls are not reported", exc=True)
             return
         if credential is None:
-            self.stats["no_credential"] += 1
+            with self._lock:
+                self.stats["no_credential"] += 1
             return
         bucket = int(time.time() // _TIMESTAMP_BUCKET_S) if self._timestamps else 0
         if self._pid != os.getpid():

@@ -221,7 +221,10 @@ class _GenaiPricer(_Pricer):
         self._usage = genai_prices.Usage
         # Load the bundled data now (a large module, a fraction of a second) rather than on
         # the first metered call.
-        self._calc(self._usage(input_tokens=1, output_tokens=1), "gpt-4o", provider_id="openai")
+        try:
+            self._calc(self._usage(input_tokens=1, output_tokens=1), "gpt-4o", provider_id="openai")
+        except Exception:
+            pass  # a data set without that model: the data is loaded all the same
 
     def price(self, usage: Usage, model: str, provider: str | None, call: CallRecord) -> float | None:
         if provider in _SELF_HOSTED:
