@@ -355,3 +355,16 @@ def test_genai_prices_never_reaches_the_network(monkeypatch: pytest.MonkeyPatch)
     assert all(call.cost_usd is not None and call.cost_usd > 0 for call in memory.calls), memory.calls
     assert data_snapshot._custom_snapshot is None  # the bundled data, not an auto-updated copy
     assert {t.name for t in threading.enumerate()} <= threads_before  # no updater thread started
+
+
+def test_openai_compatible_servers_are_priced_by_the_model_s_own_provider() -> None:
+    """Mistral behind /v1/chat/completions is detected as "openai"; its model names its provider."""
+    memory = InMemoryExporter()
+    app = LLMMetricsMiddleware(_model_echo_app(), exporters=[memory], pricing="genai-prices")
+    for model in ("mistral-small-latest", "meta-llama/Meta-Llama-3.1-70B-Instruct"):
+        run_asgi(app, path="/v1/chat/completions", body=json.dumps({"model": model}).encode())
+    mistral, llama = memory.calls
+    reference = genai_prices.calc_price(genai_prices.Usage(input_tokens=10, output_tokens=5), "mistral-small-latest", provider_id="mistral")
+    assert mistral.provider == "openai" and mistral.cost_usd is not None
+    assert abs(mistral.cost_usd - float(reference.total_price)) < EPS
+    assert llama.cost_usd is None and memory.errors == ["unpriced_model"]  # self-hosted: no price invented

@@ -438,7 +438,7 @@ class ThreeScaleExporter:
             response = conn.getresponse()
             data = response.read(_MAX_RESPONSE)
             status = response.status
-        except (OSError, http.client.HTTPException) as exc:
+        except Exception as exc:  # refused, reset, timed out, TLS, a broken answer: all kept for later
             self.stats["retries"] += 1
             self._log_once(
                 ("unreachable", type(exc).__name__),

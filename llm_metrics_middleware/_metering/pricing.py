@@ -67,6 +67,8 @@ GENAI_PROVIDER_IDS: Mapping[str, str | None] = {
     "fireworks": "fireworks",
     "cerebras": "cerebras",
 }
+#: Provider names that may stand for any OpenAI-compatible server.
+_OPENAI_COMPATIBLE = frozenset({"openai"})
 #: Self-hosted servers: their tokens cost nothing per token, whatever the model is called.
 _SELF_HOSTED = frozenset({"ollama"})
 
@@ -245,10 +247,19 @@ class _GenaiPricer(_Pricer):
             counts["output_reasoning_tokens"] = usage.reasoning_tokens
         # The request's time: prices change on given dates (and some by time of day).
         started = datetime.fromtimestamp(time.time() - call.duration_s, tz=timezone.utc)
+        usage_in = self._usage(**counts)
         try:
-            result = self._calc(self._usage(**counts), model, provider_id=provider_id, genai_request_timestamp=started)
+            result = self._calc(usage_in, model, provider_id=provider_id, genai_request_timestamp=started)
         except LookupError:
-            return None
+            if provider not in _OPENAI_COMPATIBLE:
+                return None
+            # "openai" also names every OpenAI-compatible server (Mistral, DeepSeek, xAI...
+            # behind /v1/chat/completions): let genai-prices find the model's own provider
+            # by its name. Self-hosted models match no provider and stay unpriced.
+            try:
+                result = self._calc(usage_in, model, genai_request_timestamp=started)
+            except LookupError:
+                return None
         return float(result.total_price)
 
 
