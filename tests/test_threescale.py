@@ -356,6 +356,8 @@ def test_rule_conditions() -> None:
             MetricRule("m", **bad)
     with pytest.raises(ValueError, match="name"):
         MetricRule("bad name")
+    with pytest.raises(ValueError, match="clash"):
+        PrometheusExporter(CollectorRegistry(), rules=[MetricRule("tokens")])
 
 
 # -- configuration -----------------------------------------------------------------------

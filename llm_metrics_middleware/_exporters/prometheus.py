@@ -44,6 +44,12 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: Our metric names after the namespace prefix, which a MetricRule must not take.
+_OWN_NAMES = frozenset({
+    "prompt_tokens", "completion_tokens", "tokens", "cached_tokens", "reasoning_tokens", "estimated_tokens",
+    "requests", "request_duration_seconds", "time_to_first_chunk_seconds", "metering_errors", "cost_usd",
+})
+
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 
@@ -200,6 +206,12 @@ class PrometheusExporter:
     def __init__(self, registry: CollectorRegistry | None = None, *, rules: Sequence[MetricRule] = ()) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self._rules = check_rules(rules)
+        for rule in self._rules:
+            if metric_prefix(rule.metric) in _OWN_NAMES:
+                raise ValueError(
+                    f"MetricRule metric {rule.metric!r} would clash with the exporter's own "
+                    f"{metric_prefix(rule.metric)} metric; name the rule's metric otherwise"
+                )
         self._families: dict[str, _Family] = {}
         self._lock = threading.Lock()
 
