@@ -14,7 +14,7 @@ from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._exporters.rules import MetricRule
-from ._metering.call import CallRecord
+from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
 from ._metering.dimensions import Dimension
 from ._metering.pricing import Price
 from ._metering.request import RequestView
@@ -29,16 +29,23 @@ __all__ = [
     "AzureMonitorExporter",
     "CallRecord",
     "Dimension",
+    "ErrorKind",
+    "ErrorSink",
+    "Exporter",
     "LLMMetricsMiddleware",
     "LLMMetricsWSGIMiddleware",
     "MetricRule",
     "OpenTelemetryExporter",
+    "Outcome",
     "Price",
     "PrometheusExporter",
     "RequestView",
+    "Schema",
+    "Sink",
     "ThreeScaleExporter",
     "Usage",
     "UsagePointers",
+    "UsageSource",
 ]
 
 __version__ = "0.1.0"

@@ -26,8 +26,8 @@ starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_a
 from __future__ import annotations
 
 import os
-import re
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +35,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, m
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .._metering.names import PROMETHEUS, safe_name
+from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
+from .namespaces import Namespaces, check_reserved
 from .rules import MetricRule, check_rules
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -52,15 +55,14 @@ _OWN_NAMES = frozenset({
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
+# Registry -> its families by metric prefix, shared by every exporter of that registry.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
+
 
 def metric_prefix(namespace: str) -> str:
-    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
-    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
-    if prefix[0].isdigit():
-        prefix = "_" + prefix
-    return prefix
+    """``"LLM gateway"`` -> ``LLM_gateway``: a valid Prometheus name prefix."""
+    return safe_name(namespace, PROMETHEUS)
 
 
 class _Family:
@@ -116,7 +118,23 @@ class _Family:
             L,
             registry=registry,
         )
+        #: MetricRule metric -> its counter, made by the first exporter bound with that rule.
         self.rules: dict[str, Counter] = {}
+        self._registry, self._prefix = registry, prefix
+        self._rules_lock = threading.Lock()
+
+    def rule_counters(self, rules: tuple[MetricRule, ...]) -> tuple[tuple[MetricRule, Counter], ...]:
+        """Each rule with its counter (the family is shared by the registry's exporters)."""
+        with self._rules_lock:
+            for rule in rules:
+                if rule.metric not in self.rules:
+                    self.rules[rule.metric] = Counter(
+                        f"{self._prefix}_{metric_prefix(rule.metric)}",
+                        rule.description or f"{rule.usage} of the calls that match the rule {rule.metric!r}.",
+                        list(self.labels),
+                        registry=self._registry,
+                    )
+            return tuple((rule, self.rules[rule.metric]) for rule in rules)
 
 
 class _Series:
@@ -148,7 +166,7 @@ class _PrometheusSink:
         self._family = family
         self._series: dict[tuple[str, ...], _Series] = {}
         self._cost: dict[tuple[str, ...], Any] = {}
-        self._rules = tuple((rule, family.rules[rule.metric]) for rule in rules)
+        self._rules = family.rule_counters(rules)
 
     def record(self, call: CallRecord) -> None:
         values = call.dimensions
@@ -212,36 +230,28 @@ class PrometheusExporter:
                     f"MetricRule metric {rule.metric!r} would clash with the exporter's own "
                     f"{metric_prefix(rule.metric)} metric; name the rule's metric otherwise"
                 )
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
+        # The families belong to the registry, not to this exporter: a second
+        # PrometheusExporter() on the same registry (an app factory called twice, a test per
+        # app, a reloaded module) reuses them instead of failing with prometheus_client's
+        # "Duplicated timeseries in CollectorRegistry".
+        with _REGISTRIES_LOCK:
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = Namespaces(
+                    "registry's PrometheusExporter",
+                    "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
+                )
+        self._families = families
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
-        with self._lock:
-            family = self._families.get(prefix)
-            if family is None:
-                family = self._families[prefix] = _Family(self.registry, prefix, labels)
-                for rule in self._rules:
-                    if rule.metric not in family.rules:
-                        family.rules[rule.metric] = Counter(
-                            f"{prefix}_{metric_prefix(rule.metric)}",
-                            rule.description or f"{rule.usage} of the calls that match the rule {rule.metric!r}.",
-                            list(labels),
-                            registry=self.registry,
-                        )
-            elif family.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
-                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
-                )
-        return _PrometheusSink(family, tuple(rule for rule in self._rules if rule.metric in family.rules))
+        check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
+        # Keyed by the prefix: two namespaces that sanitise alike would be one family.
+        family = self._families.bind(
+            schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
+        )
+        return _PrometheusSink(family, self._rules)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.
@@ -256,22 +266,30 @@ class PrometheusExporter:
             return registry
         return self.registry
 
-    def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def asgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        It answers GET and HEAD only; ``auth`` (``"Bearer <token>"``, ``"Basic
+        <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``) makes
+        it refuse scrapes without those credentials. The metrics show per-user usage.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
-            return app
-        return make_asgi_app(self.registry)
+            return guard_asgi(app, metrics_auth(auth))
+        return guard_asgi(make_asgi_app(self.registry), metrics_auth(auth))
 
-    def wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def wsgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        GET and HEAD only, and ``auth`` as for :meth:`asgi_app`.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             def app(environ: Any, start_response: Any) -> Any:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
-            return app
-        return make_wsgi_app(self.registry)
+            return guard_wsgi(app, metrics_auth(auth))
+        return guard_wsgi(make_wsgi_app(self.registry), metrics_auth(auth))

@@ -49,7 +49,7 @@ from .._metering.call import CallRecord
 from .rules import MetricRule, check_rules, check_usage_field
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
     from .._metering.request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")

@@ -12,16 +12,29 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
-from .._core.extractor import JSON, NONE, SSE, UsageExtractor, body_format
+from .._core.extractor import JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
-from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
+from .call import (
+    ESTIMATED,
+    NO_USAGE,
+    REPORTED,
+    CallRecord,
+    ErrorKind,
+    Exporter,
+    Outcome,
+    Sink,
+    UsageSource,
+    is_error_kind,
+)
 from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .failures import FailureLog
 from .pricing import PricingOption, build_pricing
 from .request import RequestView
 
@@ -35,6 +48,13 @@ DEFAULT_MAX_SERIES = 2000
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def body_error(error: str) -> ErrorKind:
+    """The ``kind`` label for why the core could not read a body. The label set stays closed
+    even if the core ever names a reason not in :data:`ErrorKind` (a bug that
+    ``tests/test_vocabulary.py`` catches first): that one is counted as ``internal``."""
+    return error if is_error_kind(error) else "internal"
 
 
 class SeriesLimiter:
@@ -115,36 +135,42 @@ class Metering:
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
         self.limiter = SeriesLimiter(max_series)
         #: Self-observability: what went wrong, by kind, since start.
-        self.errors: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[ErrorKind] = collections.Counter()
+        self.failures = FailureLog()
         self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
-    def count_error(self, kind: str) -> None:
+    def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
-        for sink in self.sinks:
-            on_error = getattr(sink, "on_error", None)
-            if on_error is not None:
-                try:
-                    on_error(kind)
-                except Exception:
-                    logger.exception("exporter failed to count an error")
+        self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
         pricing = self.pricing
         if pricing is not None and call.cost_usd is None:
             try:
                 call.cost_usd = pricing.cost(call)
-            except Exception:
-                logger.exception("llm-metrics: failed to price a call; it adds no cost")
-                self.count_error("pricing")
+            except Exception as exc:  # a bug of ours: the call is delivered without a cost
+                self.errors["internal"] += 1
+                self.failures.failed("pricing", "price a call", exc)
+        self._to_sinks("record", call)
+
+    def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
+        """The one guard around exporter code: a sink that raises is logged once per sink and
+        kind of failure (not a traceback per request), counted as ``export`` and skipped; the
+        other sinks still get the call."""
         for sink in self.sinks:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue  # on_error is optional
             try:
-                sink.record(call)
-            except Exception:
-                logger.exception("exporter %r failed to record a call; the request is unaffected", sink)
+                fn(arg)
+            except Exception as exc:
                 self.errors["export"] += 1
+                self.failures.failed(f"exporter {sink!r}", "record a call" if method == "record" else "count an error", exc)
+                if method == "record":  # tell the others; a failing on_error is not retried
+                    self._to_sinks("on_error", "export")
 
 
 class MeteredCall:
@@ -175,7 +201,7 @@ class MeteredCall:
         self.first_chunk: float | None = None
         self.want_text = False
         self.finished = False
-        self.fmt = NONE
+        self.fmt: BodyFormat = NONE
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -218,8 +244,8 @@ class MeteredCall:
                 token_counter=metering.token_counter,
                 decompressor=decompressor,
             )
-        except Exception:
-            logger.exception("llm-metrics: could not start reading a response; it is not counted")
+        except Exception as exc:
+            self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)
             self.metering.count_error("internal")
 
     def body(self, chunk: bytes) -> None:
@@ -235,8 +261,8 @@ class MeteredCall:
         self.finished = True
         try:
             self._finish(outcome)
-        except Exception:
-            logger.exception("llm-metrics: failed to record a call; the request is unaffected")
+        except Exception as exc:
+            self.metering.failures.failed("llm-metrics", "meter a call", exc)
             self.metering.count_error("internal")
 
     def _finish(self, outcome: Outcome) -> None:
@@ -247,10 +273,10 @@ class MeteredCall:
         # Only LLM calls are counted: a known LLM path, or a body that reported usage.
         if route.operation is None and usage is None:
             if extraction is not None and extraction.error is not None and self.metering.custom is not None:
-                metering.count_error(extraction.error)
+                metering.count_error(body_error(extraction.error))
             return
         if extraction is not None and extraction.error is not None:
-            metering.count_error(extraction.error)
+            metering.count_error(body_error(extraction.error))
             logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
         body = self.view.body
         source: UsageSource = NO_USAGE
@@ -279,7 +305,7 @@ class MeteredCall:
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
