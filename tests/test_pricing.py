@@ -368,3 +368,17 @@ def test_openai_compatible_servers_are_priced_by_the_model_s_own_provider() -> N
     assert mistral.provider == "openai" and mistral.cost_usd is not None
     assert abs(mistral.cost_usd - float(reference.total_price)) < EPS
     assert llama.cost_usd is None and memory.errors == ["unpriced_model"]  # self-hosted: no price invented
+
+
+def test_pricing_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_METRICS_PRICING", "genai-prices")
+    memory = InMemoryExporter()
+    app = LLMMetricsMiddleware(_model_echo_app(), exporters=[memory])
+    run_asgi(app, path="/v1/chat/completions", body=b'{"model": "gpt-4o"}')
+    assert memory.calls[0].cost_usd is not None
+    flat = LLMMetricsMiddleware(_model_echo_app(), exporters=[memory], pricing=Price(1, 1))  # code wins
+    run_asgi(flat, path="/v1/chat/completions", body=b'{"model": "gpt-4o"}')
+    assert memory.calls[1].cost_usd is not None and abs(memory.calls[1].cost_usd - 15 / 1e6) < EPS
+    monkeypatch.setenv("LLM_METRICS_PRICING", "litellm")
+    with pytest.raises(ValueError, match="LLM_METRICS_PRICING"):
+        LLMMetricsMiddleware(_model_echo_app(), exporters=[memory])

@@ -10,7 +10,7 @@ from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
-from .._metering.pricing import PricingOption
+from .._metering.pricing import PricingOption, pricing_from_environment
 from . import environment
 
 AppT = TypeVar("AppT")
@@ -95,7 +95,7 @@ class MiddlewareBase(Generic[AppT]):
             location=location,
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
-            pricing=pricing,
+            pricing=pricing_from_environment(pricing),
         )
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace

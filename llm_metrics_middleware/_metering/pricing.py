@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -312,6 +313,25 @@ class Pricing:
                 provider or "unknown",
             )
         self._on_unpriced(model)
+
+
+#: ``LLM_METRICS_PRICING=genai-prices`` turns pricing on when ``pricing=`` is not given.
+PRICING_ENV = "LLM_METRICS_PRICING"
+
+
+def pricing_from_environment(pricing: PricingOption) -> PricingOption:
+    """``pricing=`` if given, else ``$LLM_METRICS_PRICING`` (``genai-prices``, or empty)."""
+    if pricing is not None:
+        return pricing
+    value = os.environ.get(PRICING_ENV, "").strip()
+    if not value:
+        return None
+    if value != GENAI_PRICES:
+        raise ValueError(
+            f"{PRICING_ENV}={value!r} is not a price source; set it to 'genai-prices' or unset it "
+            "(your own prices go in pricing= in code)"
+        )
+    return GENAI_PRICES
 
 
 def build_pricing(pricing: PricingOption, on_unpriced: Callable[[str], None]) -> Pricing | None:
