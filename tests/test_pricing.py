@@ -162,6 +162,10 @@ def test_mapping_matches_exactly_else_the_longest_prefix() -> None:
     assert matcher.match("gpt-4o-mini-2024-07-18") is table["gpt-4o-mini"]  # type: ignore[attr-defined]
     assert matcher.match("claude-sonnet-4-5") is table["claude"]  # type: ignore[attr-defined]
     assert matcher.match("o3-mini") is None  # type: ignore[attr-defined]
+    gemini = {"gemini-2.5-flash": Price(0.3, 2.5)}
+    pricing = build_pricing(gemini, lambda model: None)
+    assert pricing is not None
+    assert pricing._pricer.match("models/gemini-2.5-flash-preview-05-20") is gemini["gemini-2.5-flash"]  # type: ignore[attr-defined]
 
 
 def test_every_mapped_provider_is_known_to_genai_prices() -> None:

@@ -194,15 +194,20 @@ class _TablePricer(_Pricer):
         cache = self._cache
         if model in cache:
             return cache[model]
+        found = self._lookup(model)
+        if found is None and model.startswith("models/"):
+            found = self._lookup(model[7:])  # Gemini's "models/gemini-2.5-flash"
+        if len(cache) >= _MATCH_CACHE_SIZE:
+            cache.clear()
+        cache[model] = found
+        return found
+
+    def _lookup(self, model: str) -> Price | None:
         found = self._table.get(model)
         if found is None:
             for key in self._by_length:
                 if model.startswith(key):
-                    found = self._table[key]
-                    break
-        if len(cache) >= _MATCH_CACHE_SIZE:
-            cache.clear()
-        cache[model] = found
+                    return self._table[key]
         return found
 
     def price(self, usage: Usage, model: str, provider: str | None, call: CallRecord) -> float | None:
