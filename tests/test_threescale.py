@@ -25,7 +25,7 @@ from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import run_asgi, run_wsgi
 from .servers import free_port, uvicorn_server
-from .threescale_capture import BLOCK, HANG, OK, REFUSE, CaptureServer, capture_server
+from .threescale_capture import BLOCK, HANG, OK, REFUSE, TRICKLE, CaptureServer, capture_server
 
 
 def user_key(request: Any) -> str | None:
@@ -200,6 +200,20 @@ def test_a_hanging_backend_times_out_and_loses_nothing(capture: CaptureServer, m
     capture.mode = OK
     capture.release.set()
     call(app, "alice")
+    assert exporter.force_flush(10_000) is True
+    assert capture.sums() == counted(memory)
+
+
+def test_a_trickling_backend_is_abandoned_as_a_whole(capture: CaptureServer, made: list[ThreeScaleExporter]) -> None:
+    """Each read arrives within the timeout, but the answer never ends: the report is cut off."""
+    exporter = make(made, capture.url, timeout=0.3)
+    app, memory = wrap(exporter)
+    capture.mode = TRICKLE
+    call(app, "alice")
+    assert exporter.force_flush(20_000) is False
+    assert exporter.stats["retries"] == 1 and exporter.stats["reported"] == 0  # ended, not still in flight
+    capture.mode = OK
+    capture.release.set()
     assert exporter.force_flush(10_000) is True
     assert capture.sums() == counted(memory)
 

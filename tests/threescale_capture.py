@@ -25,6 +25,7 @@ OK = "ok"
 REFUSE = "refuse"  # 503, nothing recorded
 HANG = "hang"  # no answer until released, nothing recorded
 BLOCK = "block"  # answer held until released, then accepted
+TRICKLE = "trickle"  # a status line, then one header byte every 50 ms, never finishing
 
 _FIELD = re.compile(r"^transactions\[(\d+)\]\[(\w+)\](?:\[([^\]]+)\])?$")
 
@@ -97,6 +98,17 @@ class CaptureServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                if capture.mode == TRICKLE:
+                    capture.holding.set()
+                    try:
+                        self.wfile.write(b"HTTP/1.1 202 Accepted\r\nX-Slow: ")
+                        while not capture.release.wait(0.05):
+                            self.wfile.write(b"z")
+                            self.wfile.flush()
+                    except OSError:
+                        pass  # the client gave up
+                    self.close_connection = True
+                    return
                 status, payload = capture._handle(self.path, self.headers.get("Content-Type", ""), body)
                 if status == 0:
                     self.close_connection = True

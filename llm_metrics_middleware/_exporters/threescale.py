@@ -15,7 +15,8 @@ for the calls the middleware meters:
 - 3scale answers ``202 Accepted``. A refused or unanswered batch (5xx, 429, connection
   refused, a timeout) is merged back into the sums and retried with exponential backoff up
   to ``max_backoff`` seconds: sums only grow, so an outage of any length loses nothing and
-  memory stays bounded by the number of applications (``max_pending``). Delivery is at
+  memory stays bounded by the number of applications (``max_pending``). Each connect and
+  read times out after ``timeout``, and a whole report after three times that. Delivery is at
   least once: a batch the backend applied but never answered for is reported again.
 - a 4xx for a batch is 3scale saying no: a service-level error (``service_token_invalid``,
   ``service_id_invalid``...) drops the batch; otherwise each application of the batch is
@@ -36,6 +37,7 @@ import logging
 import os
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -64,6 +66,9 @@ DEFAULT_METRICS: Mapping[str, str] = {
 MAX_TRANSACTIONS_PER_REPORT = 1000
 #: Bytes of a response read at most (3scale's bodies are empty or a short XML error).
 _MAX_RESPONSE = 64 * 1024
+#: A report is abandoned after this many ``timeout`` periods in all, even when a backend
+#: trickles bytes just often enough to keep each read within ``timeout``.
+_TOTAL_TIMEOUTS = 3
 #: With ``timestamps=True``, calls are summed per application and minute (3scale's finest
 #: limit period), and each sum is reported with the start of its minute.
 _TIMESTAMP_BUCKET_S = 60
@@ -119,6 +124,17 @@ class _ThreeScaleSink:
             self._exporter._add(call)
         except Exception:
             logger.exception("ThreeScaleExporter failed to record a call; the request is unaffected")
+
+
+def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
+    """End a report that is taking too long: its blocked read fails at once."""
+    aborted.set()
+    sock = conn.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _shutdown_at_exit(ref: weakref.ref[ThreeScaleExporter]) -> None:
@@ -431,6 +447,11 @@ class ThreeScaleExporter:
             conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        # The socket timeout bounds each connect and read; the watchdog bounds them all together.
+        aborted = threading.Event()
+        watchdog = threading.Timer(self._timeout * _TOTAL_TIMEOUTS, _abort, (conn, aborted))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             conn.request(
                 "POST",
@@ -441,6 +462,8 @@ class ThreeScaleExporter:
             response = conn.getresponse()
             data = response.read(_MAX_RESPONSE)
             status = response.status
+            if aborted.is_set():  # cut off: whatever was parsed is not an answer
+                raise TimeoutError(f"no complete answer within {self._timeout * _TOTAL_TIMEOUTS:g} s")
         except Exception as exc:  # refused, reset, timed out, TLS, a broken answer: all kept for later
             self.stats["retries"] += 1
             self._log_once(
@@ -452,6 +475,7 @@ class ThreeScaleExporter:
             )
             return _RETRY, 0, None
         finally:
+            watchdog.cancel()
             conn.close()
         if 200 <= status < 300:
             self.stats["reported"] += len(batch)
