@@ -407,3 +407,43 @@ def test_a_failing_credential_callable_never_breaks_the_request(capture: Capture
     call(app, "alice")
     assert len(memory.calls) == 1 and exporter.stats["credential_error"] == 1
     assert exporter.force_flush(5000) is True and capture.accepted == []
+
+
+# -- pre-fork servers ----------------------------------------------------------------------
+
+GUNICORN_APP = '''
+import os
+
+from llm_metrics_middleware import LLMMetricsWSGIMiddleware, ThreeScaleExporter
+from llm_metrics_middleware.testing import SimulatedLLM
+
+# Built in gunicorn's master (--preload), used in the forked workers.
+exporter = ThreeScaleExporter(
+    os.environ["THREESCALE_URL"], service_id="svc-1", service_token="token-1",
+    user_key=lambda request: request.headers.get("x-api-key"), flush_interval=3600,
+)
+app = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[exporter])
+'''
+
+
+@pytest.mark.slow
+def test_gunicorn_workers_report_their_own_usage_when_they_stop(capture: CaptureServer, tmp_path: Any) -> None:
+    """The exporter is built before the fork; each worker sums and reports its own calls,
+    and flushes them when gunicorn stops it."""
+    from .servers import gunicorn_server, python_env
+
+    (tmp_path / "threescale_app.py").write_text(GUNICORN_APP)
+    expected: dict[tuple[str, ...], Counter[str]] = {}
+    args = ["--chdir", str(tmp_path), "--preload", "--workers", "2", "--worker-class", "sync"]
+    with gunicorn_server("threescale_app:app", workdir=tmp_path, env=python_env(THREESCALE_URL=capture.url), args=args) as server:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+            for i in range(24):
+                key = f"key-{i % 3}"
+                response = client.post("/v1/chat/completions", content=chat(" ".join(["w"] * (1 + i))), headers={"x-api-key": key})
+                assert response.status_code == 200
+                usage = response.json()["usage"]
+                expected.setdefault(("user_key", key), Counter()).update(
+                    {name: usage[name] for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+                )
+        assert capture.accepted == []  # nothing is due before the workers stop
+    assert capture.sums() == expected  # every worker flushed at exit: nothing lost, nothing twice
