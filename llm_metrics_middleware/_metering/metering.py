@@ -152,8 +152,8 @@ class Metering:
             try:
                 call.cost_usd = pricing.cost(call)
             except Exception as exc:  # a bug of ours: the call is delivered without a cost
-                self.errors["internal"] += 1
                 self.failures.failed("pricing", "price a call", exc)
+                self.count_error("internal")
         self._to_sinks("record", call)
 
     def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
