@@ -281,6 +281,8 @@ class ThreeScaleExporter:
     def _add(self, call: CallRecord) -> None:
         if self._closed:
             return
+        if self._pid != os.getpid():
+            self._reset_state()  # a forked worker: the parent's lock, sums and thread are not ours
         usage: dict[str, int] = {}
         counts = call.usage
         for usage_field, metric in self._metrics:
@@ -306,8 +308,6 @@ class ThreeScaleExporter:
                 self.stats["no_credential"] += 1
             return
         bucket = int(time.time() // _TIMESTAMP_BUCKET_S) if self._timestamps else 0
-        if self._pid != os.getpid():
-            self._reset_state()  # a forked worker: the parent's lock, sums and thread are not ours
         key = (credential, bucket)
         with self._lock:
             sums = self._pending.get(key)
