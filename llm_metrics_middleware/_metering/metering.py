@@ -20,7 +20,7 @@ from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.usage import MAX_TOKENS, Usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .dimensions import OVERFLOW, CallContext, Dimension, build_schema, safe_text
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -271,8 +271,10 @@ class MeteredCall:
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
             request_model = route.model
-        response_model = extraction.model if extraction is not None else None
-        provider = (
+        # Strings from the request or response: made encodable before any exporter sees them.
+        request_model = safe_text(request_model)
+        response_model = safe_text(extraction.model if extraction is not None else None)
+        provider = safe_text(
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
