@@ -5,10 +5,13 @@ Each test here failed before its fix; those whose defect needs a real server use
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -82,3 +85,71 @@ def test_the_multiprocess_files_never_hold_a_surrogate(tmp_path: Path) -> None:
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(multiproc_dir))  # type: ignore[no-untyped-call]
     assert "eve\ufffd" in generate_latest(registry).decode("utf-8")
+
+
+# -- 6. an app's own OSError is an error, not a disconnect -------------------------------
+
+
+def _wait_for_calls(exporter: InMemoryExporter, n: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(exporter.calls) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{n} calls not recorded within {timeout} s: {exporter.calls}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("error", [TimeoutError, ConnectionRefusedError, ConnectionResetError])
+def test_an_app_raising_an_oserror_is_recorded_as_error_under_uvicorn(error: type[OSError]) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        if scope["path"].startswith("/late"):
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+            await send({"type": "http.response.body", "body": b'data: {"choices":[]}\n\n', "more_body": True})
+        raise error("upstream failed")
+
+    exporter = InMemoryExporter()
+    wrapped = LLMMetricsMiddleware(app, exporters=[exporter], dimensions=["User ID"])
+    with uvicorn_server(wrapped) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/v1/chat/completions", json={"model": "m"}).status_code == 500
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.post("/late/v1/chat/completions", json={"model": "m"}).read()
+        _wait_for_calls(exporter, 2)
+    assert [c.outcome for c in exporter.calls] == ["error", "error"]
+
+
+def test_a_client_that_leaves_is_still_disconnected() -> None:
+    for fails in (OSError, RuntimeError):  # uvicorn's OSError, or any other failed send
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b"{}", "more_body": False})
+
+        async def send(message: Any, fails: type[Exception] = fails) -> None:
+            raise fails("client went away")
+
+        exporter = InMemoryExporter()
+        scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [], "query_string": b""}
+
+        async def receive() -> Any:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        with pytest.raises(fails):
+            asyncio.run(LLMMetricsMiddleware(app, exporters=[exporter])(scope, receive, send))
+        assert [c.outcome for c in exporter.calls] == ["disconnected"]
+
+
+def test_zerocopysend_completes_the_call(tmp_path: Path) -> None:
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 1}}')
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        with open(body, "rb") as f:
+            await send({"type": "http.response.zerocopysend", "file": f.fileno(), "more_body": False})
+
+    exporter = InMemoryExporter()
+    sent = run_asgi(LLMMetricsMiddleware(app, exporters=[exporter]), body=b"{}")
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.zerocopysend"]
+    assert [(c.outcome, c.usage_source) for c in exporter.calls] == [("completed", "none")]
