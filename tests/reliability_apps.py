@@ -4,8 +4,8 @@ Options come from the environment, read at import (each worker imports this modu
 ``LLM_TEST_MAX_SERIES`` caps the series. Apps:
 
 - ``simulated()``: the simulated LLM behind the WSGI middleware, ``/metrics`` served by it.
-- ``bare_files()`` / ``metered_files()``: ``/one`` answers a one-element list without
-  Content-Length, ``/file`` a ``wsgi.file_wrapper`` of a file on disk, bare and metered.
+- ``bare_files()`` / ``metered_files()``: ``/v1/chat/completions`` answers a one-element list without
+  Content-Length, ``/file/v1/chat/completions`` a ``wsgi.file_wrapper`` of a file on disk.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _files(environ: Any, start_response: Any) -> Iterable[bytes]:
     if length:
         environ["wsgi.input"].read(length)
     start_response("200 OK", [("Content-Type", "application/json")])
-    if environ["PATH_INFO"].endswith("/file"):
+    if environ["PATH_INFO"].startswith("/file"):
         with open(_FILE, "wb") as out:
             out.write(ONE)
         wrapper: Iterable[bytes] = environ["wsgi.file_wrapper"](open(_FILE, "rb"))  # noqa: SIM115 (the server closes it)

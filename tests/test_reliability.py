@@ -6,6 +6,9 @@ Each test here failed before its fix; those whose defect needs a real server use
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,17 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
-from tests.servers import gunicorn_server, metric_samples, metric_sum, python_env, scrape_until_counted, uvicorn_server
+from tests.reliability_apps import ONE
+from tests.servers import (
+    free_port,
+    gunicorn_server,
+    metric_samples,
+    metric_sum,
+    python_env,
+    scrape_until_counted,
+    server_process,
+    uvicorn_server,
+)
 
 from .drive import run_asgi, run_wsgi
 
@@ -153,3 +166,71 @@ def test_zerocopysend_completes_the_call(tmp_path: Path) -> None:
     sent = run_asgi(LLMMetricsMiddleware(app, exporters=[exporter]), body=b"{}")
     assert [m["type"] for m in sent] == ["http.response.start", "http.response.zerocopysend"]
     assert [(c.outcome, c.usage_source) for c in exporter.calls] == [("completed", "none")]
+
+
+# -- 7. the server's Content-Length and file-wrapper paths are kept ----------------------
+
+
+@pytest.mark.parametrize("app", ["bare_files", "metered_files"])
+def test_waitress_keeps_content_length_of_a_list_and_a_file_wrapper(app: str, tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--call", f"tests.reliability_apps:{app}"]
+    with server_process(command, port=port, log_path=tmp_path / "waitress.log", env=python_env()) as server, \
+            httpx.Client(base_url=server.url, timeout=10) as client:
+        for path in ("/v1/chat/completions", "/file/v1/chat/completions"):
+            response = client.post(path, json={"model": "m"})
+            assert response.content == ONE
+            assert response.headers.get("content-length") == str(len(ONE)), (path, response.headers)
+            assert "transfer-encoding" not in response.headers
+        if app == "metered_files":
+            samples = scrape_until_counted(server.url, 2)
+            assert metric_sum(samples, "llm_requests_total", outcome="completed", usage="reported") == 1  # the list
+            assert metric_sum(samples, "llm_requests_total", outcome="completed", usage="none") == 1  # the file
+
+
+def test_gunicorn_gets_its_own_file_wrapper_back_for_sendfile(tmp_path: Path) -> None:
+    from gunicorn.http.wsgi import FileWrapper
+
+    path = tmp_path / "body.json"
+    path.write_bytes(ONE)
+    opened: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "application/json")])
+        opened.append(open(path, "rb"))  # noqa: SIM115
+        return environ["wsgi.file_wrapper"](opened[-1])
+
+    exporter = InMemoryExporter()
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/chat/completions", "wsgi.file_wrapper": FileWrapper,
+               "wsgi.input": io.BytesIO(b"{}"), "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": "2"}
+    response = LLMMetricsWSGIMiddleware(app, exporters=[exporter])(environ, lambda status, headers, exc=None: None)
+    assert isinstance(response, FileWrapper)  # gunicorn's sync worker sends these with sendfile
+    assert exporter.calls == []
+    response.close()  # as gunicorn does after sending
+    assert opened[0].closed
+    assert [c.outcome for c in exporter.calls] == ["completed"]
+
+
+# -- the teed wsgi.input ------------------------------------------------------------------
+
+
+def test_teed_input_supports_next_and_a_reread_after_seek_counts_once() -> None:
+    body = json.dumps({"model": "m", "user": "ada", "messages": [{"role": "user", "content": "x" * 4000}]}).encode()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        stream = environ["wsgi.input"]
+        first = next(stream)  # one line: the whole body
+        stream.seek(0)
+        again = stream.read()
+        assert first == again == body
+        stream.seek(0)
+        assert b"".join(stream) == body
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [b'{"model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3}}']
+
+    exporter = InMemoryExporter()
+    wrapped = LLMMetricsWSGIMiddleware(app, exporters=[exporter], dimensions=["User ID"])
+    run_wsgi(wrapped, body=body)
+    [call] = exporter.calls
+    assert exporter.dimensions(call) == {"User ID": "ada"}
+    assert call.request.prompt_bytes == 4000 + len("roleusercontent")  # each byte seen once
