@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -234,3 +235,46 @@ def test_teed_input_supports_next_and_a_reread_after_seek_counts_once() -> None:
     [call] = exporter.calls
     assert exporter.dimensions(call) == {"User ID": "ada"}
     assert call.request.prompt_bytes == 4000 + len("roleusercontent")  # each byte seen once
+
+
+# -- 5. max_series holds across gunicorn workers and restarts ----------------------------
+
+
+def _series_users(samples: Any) -> set[str]:
+    return {s.labels["user_id"] for s in samples if s.name == "llm_requests_total"}
+
+
+def test_max_series_holds_across_recycled_gunicorn_workers_and_restarts(tmp_path: Path) -> None:
+    multiproc_dir = tmp_path / "multiproc"
+    multiproc_dir.mkdir()
+    env = python_env(PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir), LLM_TEST_MAX_SERIES="10")
+    # Every worker serves 3 requests, then gunicorn replaces it with a fresh process.
+    config = "workers = 2\nworker_class = 'sync'\nmax_requests = 3\nmax_requests_jitter = 0\n"
+    sent = 0
+    for run in range(2):  # the second run is a restart that keeps the directory
+        with gunicorn_server("tests.reliability_apps:simulated()", workdir=tmp_path, env=env, config=config) as server, \
+                httpx.Client(base_url=server.url, timeout=10) as client:
+            for i in range(40):
+                body = {"model": "m", "user": f"user-{run}-{i}", "messages": [{"role": "user", "content": "hi"}]}
+                assert client.post("/v1/chat/completions", json=body).status_code == 200
+                sent += 1
+            samples = scrape_until_counted(server.url, sent)
+            assert metric_sum(samples, "llm_requests_total") == sent  # sums stay exact
+            users = _series_users(samples)
+            assert len(users - {"__overflow__"}) == 10, sorted(users)
+            assert "__overflow__" in users
+            assert "Booting worker" in server.log and server.log.count("Autorestarting worker") >= 5, server.log
+
+
+def test_shared_series_limiters_agree_and_a_full_file_is_not_read_again(tmp_path: Path) -> None:
+    from llm_metrics_middleware._metering.series import SharedSeriesLimiter
+
+    path = str(tmp_path / "llm_series_x.admitted")
+    first, second = SharedSeriesLimiter(3, path), SharedSeriesLimiter(3, path)
+    assert [first.admit((u,))[1] for u in "abc"] == [False] * 3
+    assert second.admit(("d",)) == (("__overflow__",), True)
+    assert second.admit(("b",)) == (("b",), False)  # admitted by the other process
+    assert os.path.getsize(path) == 3 * 17
+    os.unlink(path)  # a full file is never read again: the limiter knows it is full
+    assert second.admit(("e",))[1] and first.admit(("a",)) == (("a",), False)
+    assert not os.path.exists(path)

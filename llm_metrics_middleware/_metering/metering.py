@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
 import time
 from collections.abc import Sequence
 
@@ -21,8 +20,9 @@ from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema, safe_text
+from .dimensions import CallContext, Dimension, build_schema, safe_text
 from .request import RequestView
+from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -34,33 +34,6 @@ DEFAULT_MAX_SERIES = 2000
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
-
-
-class SeriesLimiter:
-    """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
-
-    Sums stay exact: overflowed calls are still counted, under ``__overflow__`` values.
-    Memory is bounded by the cap.
-    """
-
-    def __init__(self, max_series: int) -> None:
-        if not isinstance(max_series, int) or isinstance(max_series, bool) or max_series < 1:
-            raise ValueError(f"max_series must be a positive int, got {max_series!r}")
-        self.max_series = max_series
-        self._seen: set[tuple[str, ...]] = set()
-        self._lock = threading.Lock()
-        self.overflowed = 0
-
-    def admit(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        """The values to export, and whether they overflowed."""
-        if values in self._seen:
-            return values, False
-        with self._lock:
-            if len(self._seen) < self.max_series:
-                self._seen.add(values)
-                return values, False
-            self.overflowed += 1
-        return (OVERFLOW,) * len(values), True
 
 
 class Metering:
@@ -111,7 +84,7 @@ class Metering:
         self.custom = custom_usage
         self.estimate = estimate
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
-        self.limiter = SeriesLimiter(max_series)
+        self.limiter: SeriesLimiter = series_limiter(max_series, namespace, self.schema.labels)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[str] = collections.Counter()
 
