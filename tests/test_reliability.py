@@ -278,3 +278,16 @@ def test_shared_series_limiters_agree_and_a_full_file_is_not_read_again(tmp_path
     os.unlink(path)  # a full file is never read again: the limiter knows it is full
     assert second.admit(("e",))[1] and first.admit(("a",)) == (("a",), False)
     assert not os.path.exists(path)
+
+
+# -- SimulatedLLM on a deep prompt --------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth,status", [(800, 200), (50_000, 400)])
+def test_simulated_llm_answers_a_deeply_nested_prompt(depth: int, status: int) -> None:
+    content = "[" * depth + '"two words"' + "]" * depth
+    body = ('{"model": "m", "messages": [{"role": "user", "content": ' + content + "}]}").encode()
+    response = SimulatedLLM().respond("POST", "/v1/chat/completions", body)
+    assert response.status == status
+    if status == 200:
+        assert json.loads(b"".join(response.chunks))["usage"]["prompt_tokens"] == 2 + 3
