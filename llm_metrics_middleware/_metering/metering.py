@@ -169,7 +169,6 @@ class MeteredCall:
             provider = metering.provider or route.provider
             self.want_text = (
                 metering.estimate
-                and not include_usage
                 and provider not in ALWAYS_REPORTS
                 and route.operation not in NO_TEXT_OPERATIONS
             )
@@ -178,7 +177,10 @@ class MeteredCall:
                 fmt,
                 custom=metering.custom,
                 want_text=self.want_text,
-                token_counter=metering.token_counter,
+                # A stream that asked for usage is still estimated when none came (the client
+                # left after the finish chunk, the upstream ignored the option), but its text
+                # is only measured in bytes: usage almost always comes, so no tokenizer runs.
+                token_counter=None if include_usage else metering.token_counter,
                 decompressor=decompressor,
             )
         except Exception:
