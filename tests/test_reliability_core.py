@@ -67,3 +67,56 @@ def test_a_stream_that_asked_for_usage_and_got_it_is_reported_exactly() -> None:
     [call] = exporter.calls
     assert call.usage_source == "reported" and (call.usage.prompt_tokens, call.usage.total_tokens) == (9, 15)
     assert not call.usage.estimated
+
+
+# -- 3. no recursion on request or response data ----------------------------------------
+
+
+def _deep(depth: int, inner: str = '"deep text"') -> str:
+    return "[" * depth + inner + "]" * depth
+
+
+@pytest.mark.parametrize("driver", ["asgi", "wsgi"])
+def test_a_deeply_nested_request_is_still_recorded_and_estimated(driver: str) -> None:
+    # 900 deep: json.loads takes it, a recursive walk over it does not.
+    body = ('{"model": "gpt-4o", "stream": true, "messages": [{"role": "user", "content": ' + _deep(900) + "}]}").encode()
+    stream = [_chunk(w) for w in WORDS]
+    exporter = InMemoryExporter()
+    if driver == "asgi":
+        run_asgi(LLMMetricsMiddleware(chunk_app(200, SSE, stream), exporters=[exporter]), body=body)
+    else:
+        run_wsgi(LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", SSE, stream), exporters=[exporter]), body=body)
+    [call] = exporter.calls
+    assert call.usage_source == "estimated"
+    assert call.usage.prompt_tokens == -(-len("roleusercontentdeep text") // 4)
+
+
+def test_a_deeply_nested_json_response_is_still_estimated() -> None:
+    body = ('{"model": "gpt-4o", "choices": [{"message": {"content": ' + _deep(900) + "}}]}").encode()
+    exporter = InMemoryExporter()
+    run_asgi(LLMMetricsMiddleware(chunk_app(200, [("content-type", "application/json")], [body]), exporters=[exporter]),
+             body=request_json(model="gpt-4o", messages=[{"role": "user", "content": "hi"}]))
+    [call] = exporter.calls
+    assert call.usage_source == "estimated" and call.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("depth", [2000, 20_000])
+def test_a_deep_event_does_not_stop_the_reading_of_later_events(depth: int) -> None:
+    deep = b"data: " + _deep(depth, '{"usage": {"prompt_tokens": 1}}').encode() + b"\n\n"
+    usage = b'data: {"id":"c1","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}\n\n'
+    for chunks in ([_chunk("hi"), deep, usage], [_chunk("hi") + deep + usage]):
+        exporter = InMemoryExporter()
+        run_asgi(LLMMetricsMiddleware(chunk_app(200, SSE, chunks), exporters=[exporter]), body=ASKED)
+        [call] = exporter.calls
+        assert call.usage_source == "reported" and call.usage.total_tokens == 15, call
+
+
+def test_a_deep_value_at_a_usage_path_is_dropped_and_scanning_goes_on() -> None:
+    from llm_metrics_middleware._core.jsonscan import JSONScanner
+
+    found: list[dict[str, object]] = []
+    scanner = JSONScanner([("usage",)], found.append)
+    scanner.feed(('{"usage": ' + _deep(5000, "1") + "}\n").encode())
+    scanner.feed(b'{"usage": {"prompt_tokens": 3}}\n')
+    assert not scanner.failed
+    assert found == [{}, {"usage": {"prompt_tokens": 3}}]

@@ -416,7 +416,7 @@ class JSONScanner:
             return
         try:
             value = json.loads(bytes(cap))
-        except ValueError:
+        except (ValueError, RecursionError):  # not a usage object: drop it, keep scanning
             return
         _put(self._object, path, value)
 
@@ -429,6 +429,28 @@ class JSONScanner:
             self.objects += 1
             if obj is not None:
                 self._on_object(obj)
+
+
+def string_bytes(value: Any) -> int:
+    """Length of the strings in a parsed JSON value, keys included (for estimates).
+
+    Iterative: a request or response nested thousands deep (json.loads accepts up to about
+    a thousand levels) must not exhaust the stack of the thread that serves it.
+    """
+    total = 0
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            for key in item:
+                total += len(key)
+            extend(item.values())
+        elif isinstance(item, list):
+            extend(item)
+    return total
 
 
 def _put(obj: JSONObject, path: Path, value: Any) -> None:
