@@ -120,3 +120,35 @@ def test_a_deep_value_at_a_usage_path_is_dropped_and_scanning_goes_on() -> None:
     scanner.feed(b'{"usage": {"prompt_tokens": 3}}\n')
     assert not scanner.failed
     assert found == [{}, {"usage": {"prompt_tokens": 3}}]
+
+
+# -- 8. zstd: the window is capped --------------------------------------------------------
+
+
+def _zstd(data: bytes, window_log: int) -> bytes:
+    import io
+
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters(window_log=window_log, write_content_size=False)
+    out = io.BytesIO()
+    writer = zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False)
+    writer.write(data)
+    writer.flush(zstandard.FLUSH_FRAME)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("window_log,read", [(23, True), (27, False)])
+def test_a_zstd_window_past_8_mib_is_not_read(window_log: int, read: bool) -> None:
+    body = b'{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}'
+    compressed = _zstd(body, window_log)
+    headers = [("content-type", "application/json"), ("content-encoding", "zstd")]
+    exporter = InMemoryExporter()
+    sent = run_asgi(LLMMetricsMiddleware(chunk_app(200, headers, [compressed]), exporters=[exporter]), body=b"{}")
+    assert [m.get("body") for m in sent[1:]] == [compressed, b""]  # passed on untouched
+    [call] = exporter.calls
+    if read:
+        assert call.usage is not None and call.usage.total_tokens == 3
+    else:
+        # The decoder would have allocated the declared 128 MiB window for this one body.
+        assert call.usage is None and call.parse_error == "bad_compression"
