@@ -152,3 +152,39 @@ def test_a_zstd_window_past_8_mib_is_not_read(window_log: int, read: bool) -> No
     else:
         # The decoder would have allocated the declared 128 MiB window for this one body.
         assert call.usage is None and call.parse_error == "bad_compression"
+
+
+# -- a client that leaves a compressed stream ---------------------------------------------
+
+
+@pytest.mark.parametrize("driver", ["asgi", "wsgi"])
+def test_a_client_leaving_a_gzip_stream_is_no_bad_compression(driver: str) -> None:
+    import zlib
+
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    usage = b'data: {"id":"c1","model":"gpt-4o","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}\n\n'
+    events = [_chunk("a"), usage, *(_chunk(w) for w in WORDS * 20)]
+    chunks = [compressor.compress(e) + compressor.flush(zlib.Z_SYNC_FLUSH) for e in events]
+    chunks.append(compressor.flush())
+    headers = [*SSE, ("content-encoding", "gzip")]
+    exporter = InMemoryExporter()
+    if driver == "asgi":
+        with pytest.raises(OSError):
+            run_asgi(LLMMetricsMiddleware(chunk_app(200, headers, chunks), exporters=[exporter]), body=ASKED,
+                     disconnect_after=5)
+    else:
+        run_wsgi(LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", headers, chunks), exporters=[exporter]), body=ASKED,
+                 stop_after=4)
+    [call] = exporter.calls
+    assert call.outcome == "disconnected" and call.usage.total_tokens == 15
+    assert call.parse_error is None and exporter.errors == []
+
+
+def test_a_complete_response_whose_gzip_stops_short_is_still_bad_compression() -> None:
+    import gzip
+
+    body = gzip.compress(b'{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":2}}')[:-6]
+    headers = [("content-type", "application/json"), ("content-encoding", "gzip")]
+    exporter = InMemoryExporter()
+    run_asgi(LLMMetricsMiddleware(chunk_app(200, headers, [body]), exporters=[exporter]), body=b"{}")
+    assert exporter.errors == ["bad_compression"]

@@ -140,11 +140,14 @@ class UsageExtractor:
         self._found.error = "malformed"
         self._reader = Stopped()
 
-    def close(self) -> Extraction:
+    def close(self, *, ended: bool = True) -> Extraction:
+        """What the body said. ``ended=False``: the body was cut short (the client left,
+        the app failed), so a compressed stream that stops midway is expected, not bad:
+        what was decoded so far is read."""
         found = self._found
         reader = self._reader
         decoder = self._decoder
-        if decoder is not None and (decoder.error is not None or not decoder.complete):
+        if decoder is not None and (decoder.error is not None or (ended and not decoder.complete)):
             found.fail(decoder.error or "bad_compression")
             reader = Stopped(reader.format)
         try:

@@ -19,7 +19,7 @@ from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
-from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
+from .call import COMPLETED, ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
 from .dimensions import CallContext, Dimension, build_schema, safe_text
 from .request import RequestView
 from .series import SeriesLimiter, series_limiter
@@ -207,7 +207,7 @@ class MeteredCall:
     def _finish(self, outcome: Outcome) -> None:
         metering = self.metering
         route = self.route
-        extraction = self.extractor.close() if self.extractor is not None else None
+        extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
         # Only LLM calls are counted: a known LLM path, or a body that reported usage.
         if route.operation is None and usage is None:
