@@ -188,3 +188,32 @@ def test_a_complete_response_whose_gzip_stops_short_is_still_bad_compression() -
     exporter = InMemoryExporter()
     run_asgi(LLMMetricsMiddleware(chunk_app(200, headers, [body]), exporters=[exporter]), body=b"{}")
     assert exporter.errors == ["bad_compression"]
+
+
+# -- 9. usage found whatever the chunking --------------------------------------------------
+
+OLLAMA_SSE = b"".join(
+    b"data: " + json.dumps(o).encode() + b"\n\n"
+    for o in [
+        {"model": "llama3", "choices": [{"index": 0, "delta": {"content": w}}]} for w in WORDS
+    ] + [{"model": "llama3", "choices": [], "done": True, "prompt_eval_count": 5, "eval_count": 7}]
+)
+SPLIT_USAGE_SSE = b"".join(_chunk(w) for w in WORDS) + (
+    b'data: {"id":"c1","model":"gpt-4o","choices":[],"usage":\n'
+    b'data: {"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def _chunkings(stream: bytes) -> list[list[bytes]]:
+    events = [e + b"\n\n" for e in stream.split(b"\n\n") if e]
+    return [events, [stream], *([stream[i : i + n] for i in range(0, len(stream), n)] for n in (1, 7, 64))]
+
+
+@pytest.mark.parametrize("stream,total", [(OLLAMA_SSE, 12), (SPLIT_USAGE_SSE, 15)], ids=["ollama-counts", "split-usage"])
+def test_usage_in_sse_is_found_at_every_chunking(stream: bytes, total: int) -> None:
+    for chunks in _chunkings(stream):
+        exporter = InMemoryExporter()
+        run_asgi(LLMMetricsMiddleware(chunk_app(200, SSE, chunks), exporters=[exporter]), body=ASKED)
+        [call] = exporter.calls
+        assert call.usage_source == "reported" and call.usage.total_tokens == total, (len(chunks), call)

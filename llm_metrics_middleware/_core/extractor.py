@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
 from .findings import Findings, TextMeter
-from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
+from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
 from .readers import JSON, NONE, READERS, SNIFF, SSE, Reader, Stopped
 from .usage import Usage
@@ -27,6 +27,7 @@ from .usage import Usage
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _usage_hint = USAGE_HINT.search
+_usage_marker = USAGE_MARKER.search
 _text_fields = TEXT_FIELD.finditer
 
 __all__ = ["JSON", "NONE", "SNIFF", "SSE", "Extraction", "UsageExtractor", "body_format"]
@@ -112,6 +113,7 @@ class UsageExtractor:
             and skim.at_boundary
             and chunk[-2:] == b"\n\n"
             and _usage_hint(chunk) is None
+            and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
         ):
             # The SSE fast path (see SSEReader): whole events that cannot hold usage.
             text = self._found.text
