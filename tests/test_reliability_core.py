@@ -6,13 +6,17 @@ Each test here failed before its fix.
 from __future__ import annotations
 
 import json
+import sys
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
 from llm_metrics_middleware.testing import InMemoryExporter
 
-from .drive import chunk_app, request_json, run_asgi, run_wsgi, wsgi_chunk_app
+from .drive import chunk_app, request_json, run_asgi, run_wsgi, split, wsgi_chunk_app
 
 SSE = [("content-type", "text/event-stream")]
 
@@ -217,3 +221,87 @@ def test_usage_in_sse_is_found_at_every_chunking(stream: bytes, total: int) -> N
         run_asgi(LLMMetricsMiddleware(chunk_app(200, SSE, chunks), exporters=[exporter]), body=ASKED)
         [call] = exporter.calls
         assert call.usage_source == "reported" and call.usage.total_tokens == total, (len(chunks), call)
+
+
+# -- 4. the request peek's work is bounded ---------------------------------------------
+
+
+def _python_calls(fn: Any) -> int:
+    """How many Python function calls ``fn()`` makes: a measure of work that is not time."""
+    calls = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "call":
+            calls += 1
+
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+HOSTILE_REQUESTS = {
+    "2M short strings in the prompt": {"model": "m", "messages": [{"role": "user", "content": ["ab"] * 2_000_000}], "user": "u"},
+    "2M short strings elsewhere": {"model": "m", "tools": ["ab"] * 2_000_000, "user": "u"},
+    "100,000 keys": {"model": "m", **{f"k{i}": i for i in range(100_000)}, "user": "u"},
+    "100,000 keys in metadata": {"model": "m", "metadata": {**{f"k{i}": "v" for i in range(100_000)}, "user_id": "u"}},
+    "1M small arrays": {"model": "m", "tools": [[1, ["a"]] for _ in range(1_000_000)], "user": "u"},
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_REQUESTS))
+def test_the_request_peek_does_python_work_per_chunk_not_per_string(name: str) -> None:
+    from llm_metrics_middleware._core.peek import BodyPeek
+
+    value = HOSTILE_REQUESTS[name]
+    body = json.dumps(value).encode()
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+    peek = BodyPeek()
+
+    def run() -> None:
+        for chunk in chunks:
+            peek.feed(chunk)
+
+    calls = _python_calls(run)
+    # Before: several calls per string or key (millions); now a few per chunk.
+    assert calls < 40 * len(chunks), (calls, len(chunks))
+    user = value.get("user") or value["metadata"]["user_id"]  # type: ignore[index]
+    assert peek.fields.get("user", peek.fields.get("metadata", {}).get("user_id")) == user
+    if "prompt" in name:
+        assert peek.prompt_bytes == len("roleusercontent") + 2 * 2_000_000
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=300) | st.sampled_from(["a b", "x" * 300, 'q"\\']),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=JSON_VALUES, other=JSON_VALUES, user=st.text(max_size=20),
+    ascii_only=st.booleans(), sizes=st.lists(st.integers(1, 200), min_size=1, max_size=8),
+)
+def test_the_scanner_reads_the_same_at_every_chunking(
+    messages: Any, other: Any, user: str, ascii_only: bool, sizes: list[int]
+) -> None:
+    from llm_metrics_middleware._core.jsonscan import JSONScanner
+
+    body = json.dumps({"tools": other, "messages": messages, "meta": {"x": other}, "user": user},
+                      ensure_ascii=ascii_only).encode()
+
+    def scan(chunks: list[bytes]) -> tuple[Any, ...]:
+        found: list[Any] = []
+        scanner = JSONScanner([("user",), ("meta", "x")], found.append, text_roots=("messages",))
+        for chunk in chunks:
+            scanner.feed(chunk)
+        return found, scanner.text_bytes, scanner.failed
+
+    whole = scan([body])
+    assert whole == scan([body[i : i + 1] for i in range(len(body))])
+    assert whole == scan(split(body, sizes))
+    assert whole[0][0]["user"] == user and not whole[2]
