@@ -305,3 +305,42 @@ def test_the_scanner_reads_the_same_at_every_chunking(
     assert whole == scan([body[i : i + 1] for i in range(len(body))])
     assert whole == scan(split(body, sizes))
     assert whole[0][0]["user"] == user and not whole[2]
+
+
+# -- a huge event in one chunk is not copied over and over --------------------------------
+
+
+def test_a_huge_single_chunk_event_costs_one_copy_at_most() -> None:
+    import tracemalloc
+
+    size = 20 * 1024 * 1024
+    event = (b'data: {"id":"c1","model":"gpt-4o","choices":[{"delta":{"content":"' + b"x" * size
+             + b'"}}],"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}\n\n')
+    exporter = InMemoryExporter()
+    app = LLMMetricsMiddleware(chunk_app(200, SSE, [event]), exporters=[exporter])
+    tracemalloc.start()
+    try:
+        run_asgi(app, body=ASKED)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    [call] = exporter.calls
+    assert call.usage.total_tokens == 15
+    assert peak < 1.5 * size, f"peak {peak / size:.1f}x the event"  # it was five copies
+
+
+@pytest.mark.parametrize("lines", [[b"a", b"L"], [b"L", b"b"], [b"L", b"L"], [b"a", b"L", b"b"]])
+def test_long_data_lines_in_one_chunk_join_as_the_spec_says(lines: list[bytes]) -> None:
+    from llm_metrics_middleware._core.sse import EVENT_LIMIT, SSEDecoder
+
+    values = [b"y" * (EVENT_LIMIT + 10) if v == b"L" else v for v in lines]
+    stream = b"event: e\n" + b"".join(b"data: " + v + b"\n" for v in values) + b"\n"
+    for chunks in ([stream], split(stream, 1000)):
+        pieces: list[bytes] = []
+        ends: list[bytes] = []
+        decoder = SSEDecoder(lambda e, d: pytest.fail("a large event came whole"), pieces.append, ends.append)
+        for chunk in chunks:
+            decoder.feed(chunk)
+        got = b"".join(pieces)
+        assert (len(chunks), got.replace(b"y" * (EVENT_LIMIT + 10), b"L")) == (len(chunks), b"\n".join(lines))
+        assert ends == [b"e"]
