@@ -81,8 +81,11 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
             try:
                 await send(message)
-            except OSError:
-                disconnected = True  # uvicorn raises on a closed connection
+            except BaseException:
+                # A send that fails is the client gone (uvicorn raises OSError on a closed
+                # connection); an OSError the app raises itself (a TimeoutError or
+                # ConnectionRefusedError from its upstream) is an error, not a disconnect.
+                disconnected = True
                 raise
             kind: str = message["type"]
             if kind == "http.response.body":
@@ -100,10 +103,14 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 call.response_start(message["status"], content_type, content_encoding)  # type: ignore[typeddict-item]
             elif kind == "http.response.pathsend":
                 call.finish(COMPLETED)
+            elif kind == "http.response.zerocopysend":
+                # The body goes from a file descriptor straight to the socket: not read.
+                if not message.get("more_body", False):
+                    call.finish(COMPLETED)
 
         try:
             await self.app(scope, metered_receive, metered_send)
-        except (asyncio.CancelledError, OSError):
+        except asyncio.CancelledError:
             call.finish(DISCONNECTED)
             raise
         except BaseException:
