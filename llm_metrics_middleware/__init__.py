@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
+from ._drivers.httpx import LLMMetricsTransport, instrument_httpx, uninstrument_httpx
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._metering.call import CallRecord
+from ._metering.context import carry_context, metering_context
 from ._metering.dimensions import Dimension
 from ._metering.request import RequestView
 
@@ -27,12 +29,17 @@ __all__ = [
     "CallRecord",
     "Dimension",
     "LLMMetricsMiddleware",
+    "LLMMetricsTransport",
     "LLMMetricsWSGIMiddleware",
     "OpenTelemetryExporter",
     "PrometheusExporter",
     "RequestView",
     "Usage",
     "UsagePointers",
+    "carry_context",
+    "instrument_httpx",
+    "metering_context",
+    "uninstrument_httpx",
 ]
 
 __version__ = "0.1.0"

@@ -9,12 +9,17 @@ def test_exported_members_are_pinned() -> None:
         "CallRecord",
         "Dimension",
         "LLMMetricsMiddleware",
+        "LLMMetricsTransport",
         "LLMMetricsWSGIMiddleware",
         "OpenTelemetryExporter",
         "PrometheusExporter",
         "RequestView",
         "Usage",
         "UsagePointers",
+        "carry_context",
+        "instrument_httpx",
+        "metering_context",
+        "uninstrument_httpx",
     ]
     for name in llm_metrics_middleware.__all__:
         assert getattr(llm_metrics_middleware, name) is not None

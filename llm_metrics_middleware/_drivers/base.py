@@ -10,6 +10,7 @@ from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
+from .._metering.paths import PathPatterns
 
 AppT = TypeVar("AppT")
 
@@ -44,6 +45,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``location``, ``gateway_id``: fixed values for those default dimensions.
     - ``subscription_secret``: key of the Subscription ID hash.
     - ``metrics_path``: serve the Prometheus exporter's metrics at this path.
+    - ``include_paths``, ``exclude_paths``: path prefixes or compiled regular expressions
+      read besides the known LLM paths, and never read (``include_paths=["/"]``: read
+      every response for usage, the behaviour before 0.2).
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
@@ -65,6 +69,8 @@ class MiddlewareBase(Generic[AppT]):
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         metrics_path: str | None = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
     ) -> None:
         self.app = app
         self.metering = Metering(
@@ -79,6 +85,8 @@ class MiddlewareBase(Generic[AppT]):
             location=location,
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
+            include_paths=include_paths,
+            exclude_paths=exclude_paths,
         )
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace

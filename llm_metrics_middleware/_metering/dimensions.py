@@ -29,7 +29,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -230,6 +230,15 @@ class Schema:
                 logger.warning("dimension %r failed; exported as %r", dim.name, UNKNOWN, exc_info=True)
                 value = None
             out.append(sanitize(value))
+        return tuple(out)
+
+    def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:
+        """``values`` with those ``overrides`` names (dimension name or label) replaced."""
+        out = list(values)
+        for i, dim in enumerate(self.dimensions):
+            value = overrides.get(dim.name, overrides.get(dim.label))
+            if value is not None:
+                out[i] = sanitize(value)
         return tuple(out)
 
 
