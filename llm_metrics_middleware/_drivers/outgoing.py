@@ -92,10 +92,8 @@ class Outgoing:
             call_view = RequestView(method, path, query, "", raw_headers=[(k.lower(), v) for k, v in raw_headers])
             view = incoming.view if incoming is not None else call_view
             call = metering.begin_outgoing(view, call_view, incoming=incoming)
-            if not call.metered:
-                # The outgoing options decided; the middleware's paths are incoming ones.
-                call.metered = True
-                call.peek = call_view.start_peek()
+            # The outgoing options decided; the middleware's paths are incoming ones.
+            call.metered = True
             call.overrides = context.overrides()
             if incoming is not None:
                 incoming.counted_elsewhere = True  # a relayed response is not counted again

@@ -208,7 +208,9 @@ class MeteredCall:
         self.route: Route = route_of(call_view.path)
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
         self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
-        self.peek: BodyPeek | None = call_view.start_peek() if self.metered else None
+        # Peeked on every path: the dimensions of outgoing calls made while serving a
+        # non-LLM path read the incoming body too (its "user").
+        self.peek: BodyPeek | None = call_view.start_peek()
         self.status = 0
         self.extractor: UsageExtractor | None = None
         self.first_chunk: float | None = None
