@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
+from .dimensions import label_name
+
 if TYPE_CHECKING:
     from .metering import MeteredCall
 
@@ -58,14 +60,13 @@ def metering_context(values: Mapping[str, str] | None = None, /, **by_label: str
     ignored (the metrics keep their fixed set of labels).
     """
     merged = dict(VALUES.get() or {})
-    if values is not None:
-        if not isinstance(values, Mapping):
-            raise TypeError(f"metering_context() takes a mapping of dimension name to value, got {values!r}")
-        merged.update(values)
-    merged.update(by_label)
-    for key, value in merged.items():
+    if values is not None and not isinstance(values, Mapping):
+        raise TypeError(f"metering_context() takes a mapping of dimension name to value, got {values!r}")
+    for key, value in [*(values or {}).items(), *by_label.items()]:
         if not isinstance(value, str):
             raise TypeError(f"metering_context() values are str; {key!r} is {value!r}")
+        # Keyed by label so that "User ID" and user_id are one dimension.
+        merged[label_name(key)] = value
     token = VALUES.set(merged)
     try:
         yield

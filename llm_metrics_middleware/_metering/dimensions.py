@@ -233,10 +233,10 @@ class Schema:
         return tuple(out)
 
     def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:
-        """``values`` with those ``overrides`` names (dimension name or label) replaced."""
+        """``values`` with the dimensions ``overrides`` names (by label) replaced."""
         out = list(values)
         for i, dim in enumerate(self.dimensions):
-            value = overrides.get(dim.name, overrides.get(dim.label))
+            value = overrides.get(dim.label)
             if value is not None:
                 out[i] = sanitize(value)
         return tuple(out)
