@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
-from ._drivers.httpx import LLMMetricsTransport, instrument_httpx, uninstrument_httpx
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._metering.call import CallRecord
 from ._metering.context import carry_context, metering_context
@@ -20,6 +19,7 @@ from ._metering.dimensions import Dimension
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
+    from ._drivers.httpx import LLMMetricsTransport, instrument_httpx, uninstrument_httpx
     from ._exporters.azure import AzureMonitorExporter
     from ._exporters.otel import OpenTelemetryExporter
     from ._exporters.prometheus import PrometheusExporter
@@ -49,6 +49,11 @@ def __getattr__(name: str) -> Any:
     # Exporters are imported when first asked for: the middlewares themselves need only the
     # standard library and werkzeug, and the OpenTelemetry SDK and the Azure exporter are
     # heavy imports that most apps use one of at most.
+    if name in ("LLMMetricsTransport", "instrument_httpx", "uninstrument_httpx"):
+        # Imports httpx / httpx2 (for the transport's base classes): only when asked for.
+        from ._drivers import httpx
+
+        return getattr(httpx, name)
     if name == "PrometheusExporter":
         from ._exporters.prometheus import PrometheusExporter
 

@@ -299,11 +299,11 @@ def test_async_outgoing_stream_reaches_the_sdk_unbuffered(upstream: tuple[str, U
     instrument_httpx(exporters=[outside])
 
     async def run() -> None:
-        async with anthropic.AsyncAnthropic(base_url=url, api_key="sk", max_retries=0, timeout=30) as client:
-            async with client.messages.stream(model=ANTHROPIC_MODEL, max_tokens=5, extra_headers={"x-gate": "1"},
-                                              messages=[{"role": "user", "content": "go"}]) as stream:
-                async for _ in stream.text_stream:
-                    sim.gate.set()
+        client = anthropic.AsyncAnthropic(base_url=url, api_key="sk", max_retries=0, timeout=30)
+        async with client, client.messages.stream(model=ANTHROPIC_MODEL, max_tokens=5, extra_headers={"x-gate": "1"},
+                                                  messages=[{"role": "user", "content": "go"}]) as stream:
+            async for _ in stream.text_stream:
+                sim.gate.set()
 
     asyncio.run(run())
     assert sim.gate_results == [True]

@@ -23,7 +23,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
 from .._metering.dimensions import Dimension
@@ -265,8 +265,8 @@ def instrument_httpx(
         for module in modules:
             for class_name, method in _TARGETS:
                 cls = getattr(module, class_name, None)
-                function = cls.__dict__.get(method) if cls is not None else None
-                if function is None or hasattr(function, _ORIGINAL):
+                function = cls.__dict__.get(method) if isinstance(cls, type) else None
+                if cls is None or function is None or hasattr(function, _ORIGINAL):
                     continue
                 patch = _patch_async(function) if method == "handle_async_request" else _patch_sync(function)
                 setattr(cls, method, patch)
@@ -286,7 +286,29 @@ def uninstrument_httpx() -> None:
 # -- LLMMetricsTransport ---------------------------------------------------------------------
 
 
-class LLMMetricsTransport:
+def _bases() -> tuple[type, ...]:
+    """Each package's transport base classes, so that type checkers and ``isinstance``
+    accept the transport in either package's clients; a stand-in for a missing package."""
+    bases: list[type] = []
+    for name in PACKAGES:
+        try:
+            module = importlib.import_module(name)
+            bases += [module.BaseTransport, module.AsyncBaseTransport]
+        except (ImportError, AttributeError):
+            bases += [type(f"_No{name}Base", (), {}), type(f"_No{name}AsyncBase", (), {})]
+    return tuple(bases)
+
+
+if TYPE_CHECKING:
+    from httpx import AsyncBaseTransport as _HttpxAsyncBase
+    from httpx import BaseTransport as _HttpxBase
+    from httpx2 import AsyncBaseTransport as _Httpx2AsyncBase
+    from httpx2 import BaseTransport as _Httpx2Base
+else:
+    _Httpx2Base, _Httpx2AsyncBase, _HttpxBase, _HttpxAsyncBase = _bases()
+
+
+class LLMMetricsTransport(_Httpx2Base, _Httpx2AsyncBase, _HttpxBase, _HttpxAsyncBase):
     """A transport that meters the LLM calls of one client: ``httpx2.Client(transport=LLMMetricsTransport())``.
 
     Sync or async, of ``httpx`` or ``httpx2``. ``transport`` is the transport it wraps;
