@@ -20,6 +20,7 @@ from ._metering.request import RequestView
 
 if TYPE_CHECKING:
     from ._drivers.httpx import LLMMetricsTransport, instrument_httpx, uninstrument_httpx
+    from ._drivers.requests import LLMMetricsAdapter, instrument_requests, uninstrument_requests
     from ._exporters.azure import AzureMonitorExporter
     from ._exporters.otel import OpenTelemetryExporter
     from ._exporters.prometheus import PrometheusExporter
@@ -28,6 +29,7 @@ __all__ = [
     "AzureMonitorExporter",
     "CallRecord",
     "Dimension",
+    "LLMMetricsAdapter",
     "LLMMetricsMiddleware",
     "LLMMetricsTransport",
     "LLMMetricsWSGIMiddleware",
@@ -38,8 +40,10 @@ __all__ = [
     "UsagePointers",
     "carry_context",
     "instrument_httpx",
+    "instrument_requests",
     "metering_context",
     "uninstrument_httpx",
+    "uninstrument_requests",
 ]
 
 __version__ = "0.1.0"
@@ -54,6 +58,10 @@ def __getattr__(name: str) -> Any:
         from ._drivers import httpx
 
         return getattr(httpx, name)
+    if name in ("LLMMetricsAdapter", "instrument_requests", "uninstrument_requests"):
+        from ._drivers import requests
+
+        return getattr(requests, name)
     if name == "PrometheusExporter":
         from ._exporters.prometheus import PrometheusExporter
 

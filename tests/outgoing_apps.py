@@ -28,6 +28,7 @@ import anthropic
 import flask
 import httpx
 import openai
+import requests
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -178,6 +179,30 @@ async def call_async(oai: openai.AsyncOpenAI, ant: anthropic.AsyncAnthropic, raw
     raise ValueError(kind)
 
 
+def call_requests(session: requests.Session, upstream_url: str, kind: str, message: str, max_tokens: int,
+                  headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One OpenAI-style call through ``requests``: JSON (``requests``) or an SSE stream with usage."""
+    stream = kind == "requests_stream"
+    request = openai_request("openai_stream_usage" if stream else "openai", message, max_tokens)
+    response = session.post(f"{upstream_url}/v1/chat/completions", json=request, headers=headers, stream=stream,
+                            timeout=20)
+    if response.status_code != 200:
+        return {"upstream_status": response.status_code}
+    if not stream:
+        body = response.json()
+        return {"text": body["choices"][0]["message"]["content"],
+                "read": [body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"]]}
+    text, read = "", None
+    with response:
+        for line in response.iter_lines():
+            if line.startswith(b"data: ") and line != b"data: [DONE]":
+                chunk = json.loads(line[6:])
+                text += "".join(c["delta"].get("content") or "" for c in chunk["choices"])
+                if chunk.get("usage"):
+                    read = [chunk["usage"]["prompt_tokens"], chunk["usage"]["completion_tokens"]]
+    return {"text": text, "read": read}
+
+
 def sync_clients(upstream_url: str) -> tuple[openai.OpenAI, anthropic.Anthropic, httpx.Client]:
     return (openai.OpenAI(base_url=f"{upstream_url}/v1", api_key="sk-test", max_retries=0, timeout=20),
             anthropic.Anthropic(base_url=upstream_url, api_key="sk-ant-test", max_retries=0, timeout=20),
@@ -219,6 +244,13 @@ def create_fastapi_app(upstream_url: str, **middleware: Any) -> Any:
     def ask_sync(body: dict[str, Any]) -> dict[str, Any]:
         # A sync endpoint: FastAPI runs it in its thread pool (which copies the context).
         return call_sync(soai, sant, sraw, body["kind"], body["message"], body["max_tokens"])
+
+    session = requests.Session()
+
+    @app.post("/ask-requests")
+    def ask_requests(body: dict[str, Any]) -> dict[str, Any]:
+        headers = {"x-sim-status": body["status"]} if body.get("status") else None
+        return call_requests(session, upstream_url, body["kind"], body["message"], body["max_tokens"], headers)
 
     @app.post("/ask-to-thread")
     async def ask_to_thread(request: Request) -> dict[str, Any]:

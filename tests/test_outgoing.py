@@ -20,13 +20,17 @@ import httpx
 import httpx2
 import openai
 import pytest
+import requests
 
 from llm_metrics_middleware import (
+    LLMMetricsAdapter,
     LLMMetricsTransport,
     PrometheusExporter,
     instrument_httpx,
+    instrument_requests,
     metering_context,
     uninstrument_httpx,
+    uninstrument_requests,
 )
 from llm_metrics_middleware._metering.call import CallRecord
 from llm_metrics_middleware.testing import InMemoryExporter
@@ -37,6 +41,7 @@ from tests.outgoing_apps import (
     Upstream,
     async_clients,
     call_async,
+    call_requests,
     call_sync,
     create_fastapi_app,
     sync_clients,
@@ -60,10 +65,12 @@ def upstream() -> Iterator[tuple[str, Upstream]]:
 
 @pytest.fixture(autouse=True)
 def clean_instrumentation() -> Iterator[None]:
-    """No test leaves httpx instrumented for the next one."""
+    """No test leaves httpx or requests instrumented for the next one."""
     uninstrument_httpx()
+    uninstrument_requests()
     yield
     uninstrument_httpx()
+    uninstrument_requests()
 
 
 @pytest.fixture
@@ -443,3 +450,100 @@ def test_prometheus_exporter_labels_outgoing_calls_like_incoming_ones(upstream: 
         assert ask(url, "mia", "anthropic", 3).status_code == 200
     text = generate_latest(registry).decode()
     assert re.search(r'llm_tokens_total\{api_id="/ask",user_id="mia"\} \d+', text), text
+
+
+# -- requests ------------------------------------------------------------------------------------------
+
+
+def test_requests_inside_a_request_counts_for_the_incoming_user(upstream: tuple[str, Upstream]) -> None:
+    url = upstream[0]
+    with requests.Session() as session:
+        want = {kind: call_requests(session, url, kind, "Hello from nina", 6) for kind in ("requests", "requests_stream")}
+    exporter = InMemoryExporter()
+    app = create_fastapi_app(url, exporters=[exporter], dimensions=DIMENSIONS)
+    instrument_requests()
+    with uvicorn_server(app) as base:
+        for kind in want:
+            response = ask(base, "nina", kind, 6, path="/ask-requests")
+            assert response.json() == want[kind]  # what requests read, as without us
+        assert ask(base, "nina", "requests", 6, path="/ask-requests", status="429").json() == {"upstream_status": 429}
+        uninstrument_requests()
+        assert ask(base, "nina", "requests", 6, path="/ask-requests").status_code == 200  # not counted
+    calls = calls_of(exporter, "nina")
+    assert [(c.status, c.usage_source, c.streamed) for c in calls] == [
+        (200, "reported", False), (200, "reported", True), (429, "none", False)]
+    assert [c.usage.total_tokens for c in calls[:2]] == [sum(want["requests"]["read"]), sum(want["requests_stream"]["read"])]
+    assert all(exporter.dimensions(c)["API ID"] == "/ask-requests" and c.origin == "outgoing" for c in calls)
+    assert len(exporter.calls) == 3
+
+
+def test_requests_adapter_for_one_session_counts_once(upstream: tuple[str, Upstream]) -> None:
+    url, sim = upstream
+    mine, instrumented = InMemoryExporter(), InMemoryExporter()
+    instrument_requests(exporters=[instrumented])
+    with requests.Session() as session:
+        session.mount("http://", LLMMetricsAdapter(exporters=[mine], dimensions=["Model", "Operation ID"]))
+        json_read = call_requests(session, url, "requests", "hi", 3)
+        stream_read = call_requests(session, url, "requests_stream", "hi", 4)
+        # A stream without usage, read line by line and closed early at [DONE]: estimated, completed.
+        request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "stream": True}
+        with session.post(f"{url}/v1/chat/completions", json=request, stream=True, timeout=20) as response:
+            for line in response.iter_lines():
+                if line == b"data: [DONE]":
+                    break
+        # Gated: the stream reaches the caller before the upstream's pause ends.
+        with session.post(f"{url}/v1/chat/completions", json=request, stream=True, timeout=20,
+                          headers={"x-gate": "1"}) as response:
+            for _ in response.iter_content(chunk_size=None):
+                sim.gate.set()
+        assert session.get(f"{url}/health", timeout=20).status_code == 405  # not an LLM path: not counted
+    assert sim.gate_results == [True]
+    assert instrumented.calls == []
+    assert [(c.usage_source, c.outcome) for c in mine.calls] == [
+        ("reported", "completed"), ("reported", "completed"), ("estimated", "completed"), ("estimated", "completed")]
+    assert mine.calls[0].usage.prompt_tokens == json_read["read"][0]
+    assert mine.calls[1].usage.completion_tokens == stream_read["read"][1]
+
+
+# -- the request context -----------------------------------------------------------------------------------
+
+
+def test_wsgi_request_is_current_while_its_body_is_iterated_and_not_after() -> None:
+    from werkzeug.test import EnvironBuilder
+
+    from llm_metrics_middleware import LLMMetricsWSGIMiddleware
+    from llm_metrics_middleware._metering import context
+
+    seen: list[Any] = []
+
+    def app(environ: Any, start_response: Any) -> Any:
+        seen.append(context.current())
+        start_response("200 OK", [("content-type", "text/plain")])
+
+        def body() -> Iterator[bytes]:
+            seen.append(context.current())
+            yield b"a"
+            seen.append(context.current())
+            yield b"b"
+
+        return body()
+
+    wrapped = LLMMetricsWSGIMiddleware(app, exporters=[InMemoryExporter()])
+    iterable = wrapped(EnvironBuilder(path="/x").get_environ(), lambda status, headers, exc_info=None: None)
+    assert context.current() is None  # the server iterates outside the app's context
+    assert [chunk for chunk in iterable if context.current() is None] == [b"a", b"b"]
+    iterable.close()  # type: ignore[attr-defined]
+    assert context.current() is None
+    assert len(seen) == 3 and seen[0] is not None and all(s is seen[0] for s in seen)
+
+
+def test_connection_error_is_a_request_with_outcome_error() -> None:
+    from tests.servers import free_port
+
+    outside = InMemoryExporter()
+    instrument_httpx(exporters=[outside])
+    with httpx2.Client(base_url=f"http://127.0.0.1:{free_port()}", timeout=5) as client, \
+            pytest.raises(httpx2.ConnectError):
+        client.post("/v1/chat/completions", json={"model": OPENAI_MODEL, "messages": []})
+    [call] = outside.calls
+    assert (call.outcome, call.status, call.usage, call.request_model) == ("error", 0, None, OPENAI_MODEL)

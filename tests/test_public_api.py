@@ -8,6 +8,7 @@ def test_exported_members_are_pinned() -> None:
         "AzureMonitorExporter",
         "CallRecord",
         "Dimension",
+        "LLMMetricsAdapter",
         "LLMMetricsMiddleware",
         "LLMMetricsTransport",
         "LLMMetricsWSGIMiddleware",
@@ -18,8 +19,10 @@ def test_exported_members_are_pinned() -> None:
         "UsagePointers",
         "carry_context",
         "instrument_httpx",
+        "instrument_requests",
         "metering_context",
         "uninstrument_httpx",
+        "uninstrument_requests",
     ]
     for name in llm_metrics_middleware.__all__:
         assert getattr(llm_metrics_middleware, name) is not None
