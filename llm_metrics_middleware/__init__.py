@@ -13,9 +13,10 @@ from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
-from ._metering.call import CallRecord
+from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
 from ._metering.context import carry_context, metering_context
 from ._metering.dimensions import Dimension
+from ._metering.limits import TokenLimit
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
@@ -29,15 +30,23 @@ __all__ = [
     "AzureMonitorExporter",
     "CallRecord",
     "Dimension",
+    "ErrorKind",
+    "ErrorSink",
+    "Exporter",
     "LLMMetricsAdapter",
     "LLMMetricsMiddleware",
     "LLMMetricsTransport",
     "LLMMetricsWSGIMiddleware",
     "OpenTelemetryExporter",
+    "Outcome",
     "PrometheusExporter",
     "RequestView",
+    "Schema",
+    "Sink",
+    "TokenLimit",
     "Usage",
     "UsagePointers",
+    "UsageSource",
     "carry_context",
     "instrument_httpx",
     "instrument_requests",
