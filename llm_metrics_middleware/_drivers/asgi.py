@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.request import RequestView
 from .base import MiddlewareBase
@@ -108,6 +109,9 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 if not message.get("more_body", False):
                     call.finish(COMPLETED)
 
+        # The request is current for the whole app call, streaming body included: outgoing
+        # LLM calls the app makes meanwhile are counted here (see _metering/context.py).
+        token = context.enter(call)
         try:
             await self.app(scope, metered_receive, metered_send)
         except asyncio.CancelledError:
@@ -117,4 +121,5 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             call.finish(DISCONNECTED if disconnected else ERROR)
             raise
         finally:
+            context.leave(token)
             call.finish(DISCONNECTED if disconnected else ERROR)

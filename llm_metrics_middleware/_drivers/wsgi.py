@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
 from .._metering.metering import MeteredCall
 from .._metering.request import RequestView
@@ -101,7 +102,12 @@ class _TeeInput:
 
 
 class _MeteredIterable:
-    """Passes the app's blocks through one by one and finishes the call on ``close()``."""
+    """Passes the app's blocks through one by one and finishes the call on ``close()``.
+
+    The server iterates it after the app returned, outside the context the app ran in:
+    the request is made current again around every ``__next__`` and ``close`` so that a
+    generator calling an LLM as it streams is attributed to its request.
+    """
 
     __slots__ = ("_iterable", "_iterator", "_call", "_done", "_failed")
 
@@ -116,10 +122,11 @@ class _MeteredIterable:
         return self
 
     def __next__(self) -> bytes:
-        iterator = self._iterator
-        if iterator is None:
-            iterator = self._iterator = iter(self._iterable)
+        token = context.enter(self._call)
         try:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self._iterable)
             chunk = next(iterator)
         except StopIteration:
             self._done = True
@@ -127,15 +134,19 @@ class _MeteredIterable:
         except BaseException:
             self._failed = True
             raise
+        finally:
+            context.leave(token)
         self._call.body(chunk)
         return chunk
 
     def close(self) -> None:
+        token = context.enter(self._call)
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
                 close()
         finally:
+            context.leave(token)
             outcome: Outcome
             if self._done:
                 outcome = COMPLETED
@@ -232,11 +243,14 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
 
             return metered_write
 
+        token = context.enter(call)
         try:
             iterable = self.app(environ, metered_start_response)
         except BaseException:
             call.finish(ERROR)
             raise
+        finally:
+            context.leave(token)
         file_wrapper = environ.get("wsgi.file_wrapper")
         if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
             return _metered_file(iterable, call)  # type: ignore[no-any-return]

@@ -30,7 +30,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -270,6 +270,15 @@ class BoundSchema(Schema):
                     count_error("dimension")
                 value = None
             out.append(sanitize(value))
+        return tuple(out)
+
+    def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:
+        """``values`` with the dimensions ``overrides`` names (by label) replaced."""
+        out = list(values)
+        for i, dim in enumerate(self.dimensions):
+            value = overrides.get(dim.label)
+            if value is not None:
+                out[i] = sanitize(value)
         return tuple(out)
 
 

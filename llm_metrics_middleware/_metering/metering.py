@@ -29,6 +29,7 @@ from .call import (
     CallRecord,
     ErrorKind,
     Exporter,
+    Origin,
     Outcome,
     Sink,
     UsageSource,
@@ -37,6 +38,7 @@ from .call import (
 from .dimensions import CallContext, Dimension, Source, build_schema, safe_text
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
+from .paths import PathFilter, PathPatterns
 from .pricing import PricingOption, build_pricing
 from .request import RequestView
 from .series import SeriesLimiter, series_limiter
@@ -78,6 +80,8 @@ class Metering:
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         pricing: PricingOption = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
     ) -> None:
         if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
             raise TypeError(
@@ -110,6 +114,8 @@ class Metering:
         self.estimate = estimate
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
         self.limiter: SeriesLimiter = series_limiter(max_series, namespace, self.schema.labels)
+        #: Which paths besides the known LLM ones are read, and which never are.
+        self.paths = PathFilter(include_paths, exclude_paths)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
@@ -190,6 +196,12 @@ class Metering:
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
+    def begin_outgoing(
+        self, view: RequestView, call_view: RequestView, *, incoming: MeteredCall | None
+    ) -> MeteredCall:
+        """Per-call state for an LLM call the app makes (see :mod:`.context`)."""
+        return MeteredCall(self, view, call_view=call_view, origin="outgoing", incoming=incoming)
+
     def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
         self._to_sinks("on_error", kind)
@@ -239,14 +251,44 @@ class MeteredCall:
         "want_text",
         "finished",
         "fmt",
+        "call_view",
+        "origin",
+        "incoming",
+        "metered",
+        "counted_elsewhere",
+        "overrides",
     )
 
-    def __init__(self, metering: Metering, view: RequestView) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        view: RequestView,
+        *,
+        call_view: RequestView | None = None,
+        origin: Origin = "incoming",
+        incoming: MeteredCall | None = None,
+    ) -> None:
         self.metering = metering
+        #: What the dimensions are evaluated on: the incoming request.
         self.view = view
+        #: The LLM request itself (route, body fields, prompt size): the incoming request
+        #: for a proxied call, the outgoing one for a call the app makes.
+        self.call_view = call_view = view if call_view is None else call_view
+        self.origin: Origin = origin
+        #: The incoming request an outgoing call was made in (None: outside any request).
+        self.incoming = incoming
+        #: Set when an outgoing LLM call of this request was metered: this response only
+        #: relays (or summarises) it and is not counted again.
+        self.counted_elsewhere = False
+        #: Dimension values set by ``metering_context()`` for this call, by name or label.
+        self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(view.path)
-        self.peek: BodyPeek | None = view.start_peek()
+        self.route: Route = route_of(call_view.path)
+        #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
+        self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
+        # Peeked on every path: the dimensions of outgoing calls made while serving a
+        # non-LLM path read the incoming body too (its "user").
+        self.peek: BodyPeek | None = call_view.start_peek()
         self.status = 0
         self.extractor: UsageExtractor | None = None
         self.first_chunk: float | None = None
@@ -265,7 +307,7 @@ class MeteredCall:
     def response_start(self, status: int, content_type: str | None, content_encoding: str | None) -> None:
         try:
             self.status = status
-            if status >= 400 or status < 200:
+            if status >= 400 or status < 200 or not self.metered or self.counted_elsewhere:
                 return
             decompressor = None
             if not is_identity(content_encoding):
@@ -277,7 +319,7 @@ class MeteredCall:
                 return
             metering = self.metering
             route = self.route
-            body = self.view.body
+            body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             provider = metering.provider or route.provider
@@ -323,15 +365,20 @@ class MeteredCall:
         route = self.route
         extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
-        # Only LLM calls are counted: a known LLM path, or a body that reported usage.
+        if not self.metered or self.counted_elsewhere:
+            return
+        # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
+        # path include_paths= allows.
         if route.operation is None and usage is None:
             if extraction is not None and extraction.error is not None and self.metering.custom is not None:
                 metering.count_error(body_error(extraction.error))
             return
         if extraction is not None and extraction.error is not None:
             metering.count_error(body_error(extraction.error))
-            logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
-        body = self.view.body
+            logger.debug(
+                "llm-metrics: body of %s %s not read: %s", self.call_view.method, self.call_view.path, extraction.error
+            )
+        body = self.call_view.body
         source: UsageSource = NO_USAGE
         if self.status >= 400:
             usage = None
@@ -343,7 +390,7 @@ class MeteredCall:
             and extraction.text_tokens > 0
             and metering.estimate
         ):
-            prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
+            prompt = min(tokens_from_bytes(self.call_view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
             usage = Usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
@@ -357,10 +404,13 @@ class MeteredCall:
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(self.view)
+            or _provider_from_headers(self.call_view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
+        values = metering.schema.values(self.view, ctx, metering.count_error)
+        if self.overrides:
+            values = metering.schema.override(values, self.overrides)
+        dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
@@ -379,7 +429,8 @@ class MeteredCall:
             duration_s=now - self.started,
             time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
             parse_error=extraction.error if extraction is not None else None,
-            request=self.view,
+            origin=self.origin,
+            request=self.view if self.origin == "incoming" or self.incoming is not None else None,
         )
         metering.deliver(call)
 
