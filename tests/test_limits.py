@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from llm_metrics_middleware import (
@@ -751,3 +753,41 @@ def test_a_call_counted_in_a_worker_thread_is_charged_on_the_servers_loop(redis:
     assert d.loop is not None
     d.loop.run_until_complete(from_a_thread())
     assert d.samples()[("llm_limit_authorized_tokens_total", "per-user")] == CALL_TOKENS + 150
+
+
+# -- the WSGI read-ahead ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"\n")),
+    split=st.integers(min_value=0, max_value=300),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["read", "readline", "readinto", "read_all", "readlines", "iter"]),
+                  st.integers(min_value=-1, max_value=40)),
+        max_size=12,
+    ),
+)
+def test_the_replayed_wsgi_input_reads_as_the_original_stream(body: bytes, split: int, ops: list[tuple[str, int]]) -> None:
+    import io
+
+    from llm_metrics_middleware._drivers.limited import _PrefixedInput
+
+    split = min(split, len(body))
+    ours: Any = _PrefixedInput(body[:split], io.BytesIO(body[split:]))
+    theirs = io.BytesIO(body)
+    for op, n in ops:
+        if op == "read":
+            assert ours.read(n) == theirs.read(n)
+        elif op == "readline":
+            assert ours.readline(n) == theirs.readline(n)
+        elif op == "readinto":
+            a, b = bytearray(max(n, 0)), bytearray(max(n, 0))
+            assert ours.readinto(a) == theirs.readinto(b) and a == b
+        elif op == "read_all":
+            assert ours.read() == theirs.read()
+        elif op == "readlines":
+            assert ours.readlines() == theirs.readlines()
+        else:
+            assert list(ours) == list(theirs)
+    assert ours.read() == theirs.read()
