@@ -791,3 +791,33 @@ def test_the_replayed_wsgi_input_reads_as_the_original_stream(body: bytes, split
         else:
             assert list(ours) == list(theirs)
     assert ours.read() == theirs.read()
+
+
+@pytest.mark.parametrize("chunks", [1, 7, 200])
+def test_asgi_read_ahead_hands_the_app_every_message_in_order(chunks: int) -> None:
+    from .drive import run_asgi
+
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            received.append(message)
+            if not message.get("more_body"):
+                break
+        body = b"".join(m.get("body", b"") for m in received)
+        await SimulatedLLM().asgi(scope, _replay(body), send)
+
+    exporter = InMemoryExporter()
+    middleware = LLMMetricsMiddleware(
+        app, exporters=[exporter], limits=[TokenLimit("per-user", tokens=10, per="minute")]
+    )
+    body = json.dumps(chat("chunky", words="w " * 30_000)).encode()  # ~60 KB before the user field
+    first = run_asgi(middleware, body=body, body_chunks=chunks)
+    assert first[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in received) == body
+    assert [m["type"] for m in received] == ["http.request"] * len(received)
+    assert len(received) >= min(chunks, 2)
+    refused = run_asgi(middleware, body=body, body_chunks=chunks)
+    assert refused[0]["status"] == 429  # the key came from the body: the charge found it again
+    assert exporter.dimensions(exporter.calls[0])["User ID"] == "chunky"
