@@ -572,6 +572,27 @@ def test_redis_killed_mid_run_requests_pass_and_the_failure_is_counted(
 
 @needs_redis
 @pytest.mark.parametrize("kind", KINDS)
+def test_limits_hold_again_once_redis_is_back(
+    kind: str, redis: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = Driver(kind, limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url)
+    redis.kill()
+    with caplog.at_level(logging.WARNING, logger="llm_metrics_middleware"):
+        assert d.post(chat("ada")).status_code == 200  # fail open; the store is left alone 1 s
+        with redis_server(tmp_path, port=redis.port):  # an empty Redis where the old one was
+            deadline = time.monotonic() + 10
+            statuses: list[int] = []
+            # Requests keep coming while the store is left alone: they must not keep it down.
+            while time.monotonic() < deadline and statuses[-2:] != [200, 429]:
+                statuses.append(d.post(chat("ada")).status_code)
+                time.sleep(0.1)
+            assert statuses[-2:] == [200, 429], statuses  # counted again: 22, then 44 >= 30
+    messages = [r.getMessage() for r in caplog.records if "limit store" in r.getMessage()]
+    assert len(messages) == 2 and "answers again" in messages[1], messages
+
+
+@needs_redis
+@pytest.mark.parametrize("kind", KINDS)
 def test_fail_closed_refuses_with_503_while_the_store_is_down(kind: str, redis: RedisProcess) -> None:
     d = Driver(
         kind, limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url, limit_fail_closed=True

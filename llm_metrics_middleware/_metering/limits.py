@@ -266,6 +266,7 @@ class TokenLimiter:
             )
         self._down_until = 0.0
         self._outage = False
+        self._warned_keys: set[str] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -385,9 +386,16 @@ class TokenLimiter:
                 if bound.when is not None and not bound.when(view):
                     continue
                 value = bound.key(view, ctx)
-            except Exception:
-                logger.warning("limit %r: its key or when= failed; the request is not limited by it", bound.name, exc_info=True)
+            except Exception as exc:
                 self._count_error("limit_key")
+                if bound.name not in self._warned_keys:  # once per limit, not per request
+                    self._warned_keys.add(bound.name)
+                    logger.warning(
+                        "limit %r: its key or when= raised; requests it fails on are not limited by it "
+                        "(later failures are counted in llm_metering_errors_total{kind=\"limit_key\"} only)",
+                        bound.name,
+                        exc_info=exc,
+                    )
                 continue
             if value is None:
                 continue
@@ -404,6 +412,10 @@ class TokenLimiter:
 
     def _store_available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    def _skipped(self) -> None:
+        """A request not checked (or a call not charged) while the store is left alone."""
+        self._count_error("limit_storage")
 
     def _failed(self, what: str, exc: BaseException | None) -> None:
         self._count_error("limit_storage")
@@ -437,7 +449,6 @@ class TokenLimiter:
         )
         return Verdict(False, 503, [("retry-after", "1")], body)
 
-
     def _cost(self, applied: Applied, view: RequestView) -> int:
         if applied.bound.limit.estimate_prompt:
             return max(1, tokens_from_bytes(view.prompt_bytes))
@@ -446,7 +457,7 @@ class TokenLimiter:
     def check(self, view: RequestView, plan: list[Applied]) -> Verdict:
         """Ask the (synchronous) store about every applicable limit; never raises."""
         if not self._store_available():
-            self._failed("answer", None)
+            self._skipped()
             return self._unavailable()
         try:
             storage = self._store().storage
@@ -475,7 +486,7 @@ class TokenLimiter:
                 self._strategy = None
             self._loop = loop
         if not self._store_available():
-            self._failed("answer", None)
+            self._skipped()
             return self._unavailable()
         keys = [a.store_key for a in plan]
         need_reset = self._need_reset
@@ -605,7 +616,7 @@ class TokenLimiter:
 
     def _charge_sync(self, plan: list[Applied], tokens: int) -> None:
         if not self._store_available():
-            self._failed("add tokens", None)
+            self._skipped()
             return
         storage = self._store().storage
         for applied in plan:
@@ -629,14 +640,14 @@ class TokenLimiter:
             return
         else:
             coro.close()
-            self._failed("add tokens", None)
+            self._skipped()
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _acharge(self, plan: list[Applied], tokens: int) -> None:
         if not self._store_available():
-            self._failed("add tokens", None)
+            self._skipped()
             return
         try:
             storage = self._store().storage
