@@ -182,6 +182,8 @@ def test_bad_options_say_what_to_change() -> None:
         LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_storage="localhost:6379")
     with pytest.raises(ValueError, match="limit_headers"):
         LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_headers={"left": "x"})
+    with pytest.raises(ValueError, match="limit_headers"):
+        LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_headers={"remaining": "tokens left"})
     with pytest.raises(ValueError, match="subscription_secret"):
         LLMMetricsMiddleware(
             app, exporters=ex, limit_storage="redis://127.0.0.1:1/0",

@@ -37,6 +37,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,9 @@ Per = Union[Literal["second", "minute", "hour", "day", "month"], int]
 #: ``limit_headers=``: None, ``"openai"``, or a mapping of ``limit`` / ``remaining`` /
 #: ``reset`` to header names of your own (API Management's ``remaining-tokens-header-name``).
 HeaderNames = Union[Literal["openai"], Mapping[str, str], None]
+
+#: An HTTP header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 OPENAI_HEADERS: Mapping[str, str] = {
     "limit": "x-ratelimit-limit-tokens",
@@ -289,7 +293,7 @@ class TokenLimiter:
             return dict(OPENAI_HEADERS)
         if isinstance(headers, Mapping):
             unknown = set(headers) - set(OPENAI_HEADERS)
-            if unknown or not headers or not all(isinstance(v, str) and v for v in headers.values()):
+            if unknown or not headers or not all(isinstance(v, str) and _TOKEN.fullmatch(v) for v in headers.values()):
                 raise ValueError(
                     "limit_headers= mapping takes header names for 'limit', 'remaining' and/or 'reset', "
                     f"e.g. {{'remaining': 'remaining-tokens'}}, got {dict(headers)!r}"
