@@ -381,6 +381,33 @@ def test_remaining_tokens_headers_openai_names_and_custom_names(kind: str) -> No
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_our_headers_replace_the_upstreams_same_named_ones(kind: str) -> None:
+    headers = [("content-type", "application/json"), ("X-RateLimit-Remaining-Tokens", "999999"), ("x-request-id", "r1")]
+    body = json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}).encode()
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    def wsgi_app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", list(headers))
+        return [body]
+
+    limits = [TokenLimit("per-user", tokens=100, per="minute")]
+    d = Driver(kind, limits=limits, limit_headers="openai")
+    d.middleware = (
+        LLMMetricsMiddleware(asgi_app, exporters=[InMemoryExporter()], limits=limits, limit_headers="openai")
+        if kind == "asgi"
+        else LLMMetricsWSGIMiddleware(wsgi_app, exporters=[InMemoryExporter()], limits=limits, limit_headers="openai")
+    )
+    d.post(chat("ada"))
+    response = d.post(chat("ada"))
+    assert response.headers.get_list("x-ratelimit-remaining-tokens") == ["90"]
+    assert response.headers["x-request-id"] == "r1"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_prompt_estimate_refuses_a_request_that_would_cross_the_limit(kind: str) -> None:
     limits = [TokenLimit("est", tokens=100, per="minute", estimate_prompt=True)]
     d = Driver(kind, limits=limits)
