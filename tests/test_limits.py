@@ -871,3 +871,13 @@ def test_asgi_read_ahead_hands_the_app_every_message_in_order(chunks: int) -> No
     refused = run_asgi(middleware, body=body, body_chunks=chunks)
     assert refused[0]["status"] == 429  # the key came from the body: the charge found it again
     assert exporter.dimensions(exporter.calls[0])["User ID"] == "chunky"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_default_dimension_the_middleware_does_not_export_can_be_the_key(kind: str) -> None:
+    # "Model" comes from the request body at check time; the middleware exports only "API ID".
+    d = Driver(kind, dimensions=["API ID"], limits=[TokenLimit("per-model", tokens=30, per="minute", key="Model")])
+    assert d.post(chat("a", model="gpt-a")).status_code == 200
+    assert d.post(chat("b", model="gpt-a")).status_code == 200
+    assert_refused(d.post(chat("c", model="gpt-a")), "per-model")
+    assert d.post(chat("c", model="gpt-b")).status_code == 200
