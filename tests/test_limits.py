@@ -881,3 +881,16 @@ def test_a_default_dimension_the_middleware_does_not_export_can_be_the_key(kind:
     assert d.post(chat("b", model="gpt-a")).status_code == 200
     assert_refused(d.post(chat("c", model="gpt-a")), "per-model")
     assert d.post(chat("c", model="gpt-b")).status_code == 200
+
+
+def test_two_exporters_on_one_registry_share_the_limit_metrics() -> None:
+    registry = CollectorRegistry()
+    limits = [TokenLimit("t", tokens=100, per="minute")]
+    first = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(registry)], limits=limits)
+    second = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(registry)], limits=limits)
+    for app in (first, second):
+        with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+            assert client.post("/v1/chat/completions", json=chat("ada")).status_code == 200
+    samples = limit_samples(registry)
+    assert samples[("llm_limit_authorized_calls_total", "t")] == 2
+    assert samples[("llm_limit_tokens", "t")] == 100

@@ -28,8 +28,9 @@ def check_reserved(names: Iterable[str], reserved: tuple[str, ...], adds: str) -
 class Namespaces(Generic[T]):
     """One exporter's state per namespace (``T``), built on first ``bind``, thread-safe."""
 
-    def __init__(self, exporter: str) -> None:
+    def __init__(self, exporter: str, remedy: str = "another namespace= or the same dimensions") -> None:
         self._exporter = exporter
+        self._remedy = remedy
         self._bound: dict[str, tuple[tuple[str, ...], T]] = {}
         self._lock = threading.Lock()
 
@@ -47,7 +48,7 @@ class Namespaces(Generic[T]):
             if entry[0] != dimensions:
                 raise ValueError(
                     f"namespace {namespace!r} is already bound to this {self._exporter} with dimensions "
-                    f"{entry[0]}; give this middleware another namespace= or the same dimensions"
+                    f"{entry[0]}; give this middleware {self._remedy}"
                 )
             return entry[1]
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
 from .._metering.names import PROMETHEUS, safe_name
+from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
 from .namespaces import Namespaces, check_reserved
 
 if TYPE_CHECKING:
@@ -44,6 +46,12 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
+
+# Registry -> its families by metric prefix, shared by every exporter of that registry.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
+#: The ``{prefix}_limit_*`` metrics of each registry, by prefix (created on first use).
+_LIMIT_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _LimitMetrics]] = weakref.WeakKeyDictionary()
 
 
 def metric_prefix(namespace: str) -> str:
@@ -230,9 +238,18 @@ class PrometheusExporter:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
-        self._families: Namespaces[_Family] = Namespaces("PrometheusExporter")
-        self._limit_families: dict[str, _LimitMetrics] = {}
-        self._limit_lock = threading.Lock()
+        # The families belong to the registry, not to this exporter: a second
+        # PrometheusExporter() on the same registry (an app factory called twice, a test per
+        # app, a reloaded module) reuses them instead of failing with prometheus_client's
+        # "Duplicated timeseries in CollectorRegistry".
+        with _REGISTRIES_LOCK:
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = Namespaces(
+                    "registry's PrometheusExporter",
+                    "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
+                )
+        self._families = families
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
@@ -245,12 +262,14 @@ class PrometheusExporter:
         return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
-        metrics = self._limit_families.get(prefix)
-        if metrics is None:
-            with self._limit_lock:
-                metrics = self._limit_families.get(prefix)
-                if metrics is None:
-                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
+        # Per registry, as the token families: a second exporter on it shares them.
+        with _REGISTRIES_LOCK:
+            by_prefix = _LIMIT_FAMILIES.get(self.registry)
+            if by_prefix is None:
+                by_prefix = _LIMIT_FAMILIES[self.registry] = {}
+            metrics = by_prefix.get(prefix)
+            if metrics is None:
+                metrics = by_prefix[prefix] = _LimitMetrics(self.registry, prefix)
         return metrics
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -266,22 +285,30 @@ class PrometheusExporter:
             return registry
         return self.registry
 
-    def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def asgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        It answers GET and HEAD only; ``auth`` (``"Bearer <token>"``, ``"Basic
+        <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``) makes
+        it refuse scrapes without those credentials. The metrics show per-user usage.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
-            return app
-        return make_asgi_app(self.registry)
+            return guard_asgi(app, metrics_auth(auth))
+        return guard_asgi(make_asgi_app(self.registry), metrics_auth(auth))
 
-    def wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def wsgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        GET and HEAD only, and ``auth`` as for :meth:`asgi_app`.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             def app(environ: Any, start_response: Any) -> Any:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
-            return app
-        return make_wsgi_app(self.registry)
+            return guard_wsgi(app, metrics_auth(auth))
+        return guard_wsgi(make_wsgi_app(self.registry), metrics_auth(auth))

@@ -371,7 +371,7 @@ class MeteredCall:
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
