@@ -894,3 +894,19 @@ def test_two_exporters_on_one_registry_share_the_limit_metrics() -> None:
     samples = limit_samples(registry)
     assert samples[("llm_limit_authorized_calls_total", "t")] == 2
     assert samples[("llm_limit_tokens", "t")] == 100
+
+
+def test_reset_times_read_as_openai_writes_them() -> None:
+    from llm_metrics_middleware._metering.limits import _reset_text
+
+    assert [_reset_text(s) for s in (0, 0.2, 1, 59.5, 60, 360, 3723)] == ["0s", "1s", "1s", "1m0s", "1m0s", "6m0s", "1h2m3s"]
+
+
+def test_a_refused_response_carries_the_headers_too() -> None:
+    d = Driver("wsgi", limits=[TokenLimit("t", tokens=10, per="hour")], limit_headers="openai")
+    d.post(chat("ada"))
+    refused = d.post(chat("ada"))
+    assert_refused(refused, "t")
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "10"
+    assert refused.headers["x-ratelimit-reset-tokens"].endswith("s")
