@@ -49,9 +49,8 @@ _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 # Registry -> its families by metric prefix, shared by every exporter of that registry.
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
-_REGISTRIES_LOCK = threading.Lock()
-#: The ``{prefix}_limit_*`` metrics of each registry, by prefix (created on first use).
 _LIMIT_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _LimitMetrics]] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
 
 
 def metric_prefix(namespace: str) -> str:
@@ -250,6 +249,9 @@ class PrometheusExporter:
                     "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
                 )
         self._families = families
+        with _REGISTRIES_LOCK:
+            self._limit_families = _LIMIT_FAMILIES.setdefault(self.registry, {})
+        self._limit_lock = _REGISTRIES_LOCK
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
@@ -262,14 +264,12 @@ class PrometheusExporter:
         return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
-        # Per registry, as the token families: a second exporter on it shares them.
-        with _REGISTRIES_LOCK:
-            by_prefix = _LIMIT_FAMILIES.get(self.registry)
-            if by_prefix is None:
-                by_prefix = _LIMIT_FAMILIES[self.registry] = {}
-            metrics = by_prefix.get(prefix)
-            if metrics is None:
-                metrics = by_prefix[prefix] = _LimitMetrics(self.registry, prefix)
+        metrics = self._limit_families.get(prefix)
+        if metrics is None:
+            with self._limit_lock:
+                metrics = self._limit_families.get(prefix)
+                if metrics is None:
+                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
         return metrics
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:

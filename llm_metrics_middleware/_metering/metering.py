@@ -226,7 +226,7 @@ class Metering:
         """The one guard around exporter code: a sink that raises is logged once per sink and
         kind of failure (not a traceback per request), counted as ``export`` and skipped; the
         other sinks still get the call."""
-        for sink in self.sinks:
+        for index, sink in enumerate(self.sinks):
             fn = getattr(sink, method, None)
             if fn is None:
                 continue  # on_error is optional
@@ -234,7 +234,8 @@ class Metering:
                 fn(arg)
             except Exception as exc:
                 self.errors["export"] += 1
-                self.failures.failed(f"exporter {sink!r}", "record a call" if method == "record" else "count an error", exc)
+                who = f"exporter {type(sink).__qualname__} (exporters[{index}])"
+                self.failures.failed(who, "record a call" if method == "record" else "count an error", exc)
                 if method == "record":  # tell the others; a failing on_error is not retried
                     self._to_sinks("on_error", "export")
 
