@@ -14,7 +14,7 @@ from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.request import RequestView
 from .base import MiddlewareBase
-from .limited import asgi_check
+from .limited import asgi_check, with_raw_headers
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -79,7 +79,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
             if extra_headers and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
+                message = {**message, "headers": with_raw_headers(message.get("headers", ()), extra_headers)}
             try:
                 await send(message)
             except BaseException:
