@@ -37,6 +37,7 @@ from .call import (
 from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
+from .pricing import PricingOption, build_pricing
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -102,6 +103,7 @@ class Metering:
         location: str | None = None,
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
+        pricing: PricingOption = None,
     ) -> None:
         if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
             raise TypeError(
@@ -137,6 +139,7 @@ class Metering:
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
+        self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
@@ -218,6 +221,13 @@ class Metering:
         self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
+        pricing = self.pricing
+        if pricing is not None and call.cost_usd is None:
+            try:
+                call.cost_usd = pricing.cost(call)
+            except Exception as exc:  # a bug of ours: the call is delivered without a cost
+                self.failures.failed("pricing", "price a call", exc)
+                self.count_error("internal")
         if self.limits is not None:
             self.limits.charge(call)
         self._to_sinks("record", call)
