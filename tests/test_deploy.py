@@ -25,7 +25,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from llm_metrics_middleware import LLMMetricsMiddleware, PrometheusExporter, TokenLimit
+from llm_metrics_middleware import LLMMetricsMiddleware, Price, PrometheusExporter, TokenLimit
 from llm_metrics_middleware.testing import SimulatedLLM
 from tests.servers import ROOT, free_port, python_env, server_process, uvicorn_server
 
@@ -201,6 +201,8 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         metrics_path="/metrics",
         max_series=MAX_SERIES,
         # So the limit panels have data: an hourly budget nobody reaches, and one that karl exhausts.
+        # And the cost panels: a price for every model of the traffic.
+        pricing={"sim-gpt": Price(2.5, 10), "sim-claude-1": Price(3, 15, cached_input=0.3)},
         limits=[TokenLimit("hourly", tokens=1_000_000, per="hour"),
                 TokenLimit("tight", tokens=20, per="minute", when=lambda r: r.body.get("user") == "karl")],
     )
@@ -241,7 +243,7 @@ def test_every_panel_query_parses_and_token_panels_show_tokens(scraped: Scraped)
             "llm_estimated_tokens_total", "llm_request_duration_seconds_bucket",
             "llm_time_to_first_chunk_seconds_bucket", "llm_metering_errors_total",
             "llm_limit_tokens", "llm_limit_authorized_calls_total", "llm_limit_limited_calls_total",
-            "llm_limit_authorized_tokens_total"} <= exposed
+            "llm_limit_authorized_tokens_total", "llm_cost_usd_total"} <= exposed
     empty = []
     for panel, target in targets():
         expr = substitute(target["expr"])
@@ -255,7 +257,7 @@ def test_every_panel_query_parses_and_token_panels_show_tokens(scraped: Scraped)
         # in this app) must still parse.
         if metrics <= exposed and not result:
             empty.append((panel["title"], expr))
-        token_panel = any(re.fullmatch(r"llm_(\w+_)?tokens_total", m) for m in metrics)
+        token_panel = any(re.fullmatch(r"llm_(\w+_)?tokens_total|llm_cost_usd_total", m) for m in metrics)
         if token_panel and not any(m.startswith("llm_limit") for m in metrics):
             assert result, (panel["title"], expr)
             values = [float(r["value"][1]) for r in result]
