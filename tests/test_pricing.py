@@ -233,7 +233,8 @@ def test_anthropic_stream_and_json_with_cache_writes_through_the_sdk(
     message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Summarise."}])
     assert message.usage.cache_read_input_tokens == 1111
     wait_for_calls(memory, 2)
-    streamed, plain = memory.calls
+    [streamed] = [c for c in memory.calls if c.streamed]
+    [plain] = [c for c in memory.calls if not c.streamed]
     assert streamed.cost_usd is not None and plain.cost_usd is not None
     # claude-opus-4-7: $5 in, $0.50 cache read, $10 per million 1h cache writes, $25 out
     stream_hand = (5 * 5 + 6025 * 0.5 + 9165 * 10 + 15 * 25) / 1e6
