@@ -41,11 +41,21 @@ _WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "ev
 
 
 def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(_text_of(part.get("text", "")) if isinstance(part, dict) else _text_of(part) for part in content)
-    return ""
+    """The text of a message's content: a str, or content parts nested to any depth.
+
+    Iterative, so a hostile prompt nested thousands deep cannot exhaust the stack.
+    """
+    texts: list[str] = []
+    stack = [content]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            stack.append(item.get("text", ""))
+        elif isinstance(item, list):  # content parts
+            stack.extend(reversed(item))
+    return " ".join(texts)
 
 
 def prompt_tokens_of(body: dict[str, Any]) -> int:
@@ -99,7 +109,7 @@ class SimulatedLLM:
         self.requests += 1
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             req = None
         if not isinstance(req, dict):
             return self._error(400, "invalid_request_error", "body is not a JSON object")
@@ -296,6 +306,10 @@ class InMemoryExporter:
         self.calls: list[CallRecord] = []
         self.schemas: list[Schema] = []
         self.errors: list[str] = []
+        #: Token-limit events: ``(limit, authorized calls, limited calls, tokens charged)``.
+        self.limit_events: list[tuple[str, int, int, int]] = []
+        #: ``(limit, tokens, window seconds)`` of every configured limit.
+        self.limits: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
 
     def bind(self, schema: Schema) -> InMemoryExporter:
@@ -309,6 +323,14 @@ class InMemoryExporter:
     def on_error(self, kind: str) -> None:
         with self._lock:
             self.errors.append(kind)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        with self._lock:
+            self.limits.extend(limits)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        with self._lock:
+            self.limit_events.append((name, authorized, limited, tokens))
 
     def dimensions(self, call: CallRecord) -> dict[str, str]:
         """A call's dimensions by configured name (of the last bound schema)."""
@@ -331,6 +353,7 @@ class InMemoryExporter:
         with self._lock:
             self.calls.clear()
             self.errors.clear()
+            self.limit_events.clear()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -11,7 +11,9 @@ def test_exported_members_are_pinned() -> None:
         "ErrorKind",
         "ErrorSink",
         "Exporter",
+        "LLMMetricsAdapter",
         "LLMMetricsMiddleware",
+        "LLMMetricsTransport",
         "LLMMetricsWSGIMiddleware",
         "MetricRule",
         "OpenTelemetryExporter",
@@ -22,9 +24,16 @@ def test_exported_members_are_pinned() -> None:
         "Schema",
         "Sink",
         "ThreeScaleExporter",
+        "TokenLimit",
         "Usage",
         "UsagePointers",
         "UsageSource",
+        "carry_context",
+        "instrument_httpx",
+        "instrument_requests",
+        "metering_context",
+        "uninstrument_httpx",
+        "uninstrument_requests",
     ]
     for name in llm_metrics_middleware.__all__:
         assert getattr(llm_metrics_middleware, name) is not None

@@ -17,6 +17,10 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
   ``pricing=`` (calls of unpriced models add nothing);
 - one counter per :class:`MetricRule` of ``rules=`` (``{namespace}_{metric}_total``
   {dimensions}): a usage field, added only for the calls the rule's condition holds for.
+- with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
+  ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
+  ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
+  window_seconds}: each configured budget, to draw usage against.
 
 Under gunicorn and other pre-fork servers, set ``PROMETHEUS_MULTIPROC_DIR`` before Python
 starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_app` and
@@ -31,7 +35,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
@@ -57,6 +61,7 @@ _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 # Registry -> its families by metric prefix, shared by every exporter of that registry.
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
+_LIMIT_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _LimitMetrics]] = weakref.WeakKeyDictionary()
 _REGISTRIES_LOCK = threading.Lock()
 
 
@@ -213,6 +218,65 @@ class _PrometheusSink:
         self._family.errors.labels(kind).inc()
 
 
+# -- token limits (kept apart from the token families: created only when limits= is used) ----
+
+
+class _LimitMetrics:
+    """The ``{prefix}_limit_*`` metrics of one namespace in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.authorized = Counter(
+            f"{prefix}_limit_authorized_calls", "Requests a token limit let through, by limit.", ["limit"], registry=registry
+        )
+        self.limited = Counter(
+            f"{prefix}_limit_limited_calls", "Requests a token limit refused with 429, by limit.", ["limit"], registry=registry
+        )
+        self.tokens = Counter(
+            f"{prefix}_limit_authorized_tokens", "Tokens charged to a token limit, by limit.", ["limit"], registry=registry
+        )
+        self.budget = Gauge(
+            f"{prefix}_limit_tokens",
+            "Configured token budget of a limit per window.",
+            ["limit", "window_seconds"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+
+class _LimitedPrometheusSink(_PrometheusSink):
+    """The sink with the two token-limit hooks (``limits_configured``, ``on_limit``)."""
+
+    def __init__(
+        self, family: _Family, rules: tuple[MetricRule, ...], limit_metrics: Callable[[], _LimitMetrics]
+    ) -> None:
+        super().__init__(family, rules)
+        self._limit_metrics = limit_metrics
+        # limit name -> (authorized, limited, tokens) children; one per configured limit.
+        self._limit_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        metrics = self._limit_metrics()
+        for name, tokens, window in limits:
+            metrics.budget.labels(name, str(window)).set(tokens)
+            # Zero series from the start, so rate() and ratios see the limit before its first event.
+            metrics.authorized.labels(name)
+            metrics.limited.labels(name)
+            metrics.tokens.labels(name)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        children = self._limit_children.get(name)
+        if children is None:
+            metrics = self._limit_metrics()
+            children = (metrics.authorized.labels(name), metrics.limited.labels(name), metrics.tokens.labels(name))
+            self._limit_children[name] = children
+        if authorized:
+            children[0].inc(authorized)
+        if limited:
+            children[1].inc(limited)
+        if tokens:
+            children[2].inc(tokens)
+
+
 class PrometheusExporter:
     """Token counters in a Prometheus registry (default ``prometheus_client.REGISTRY``).
 
@@ -242,6 +306,9 @@ class PrometheusExporter:
                     "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
                 )
         self._families = families
+        with _REGISTRIES_LOCK:
+            self._limit_families = _LIMIT_FAMILIES.setdefault(self.registry, {})
+        self._limit_lock = _REGISTRIES_LOCK
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
@@ -251,7 +318,16 @@ class PrometheusExporter:
         family = self._families.bind(
             schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
         )
-        return _PrometheusSink(family, self._rules)
+        return _LimitedPrometheusSink(family, self._rules, lambda: self._limit_metrics_for(prefix))
+
+    def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
+        metrics = self._limit_families.get(prefix)
+        if metrics is None:
+            with self._limit_lock:
+                metrics = self._limit_families.get(prefix)
+                if metrics is None:
+                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
+        return metrics
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.

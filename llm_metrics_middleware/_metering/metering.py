@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import collections
 import logging
-import threading
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from .._core.decoders import decompressor_for, is_identity
@@ -22,21 +22,26 @@ from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
 from .call import (
+    COMPLETED,
     ESTIMATED,
     NO_USAGE,
     REPORTED,
     CallRecord,
     ErrorKind,
     Exporter,
+    Origin,
     Outcome,
     Sink,
     UsageSource,
     is_error_kind,
 )
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .dimensions import CallContext, Dimension, Source, build_schema, safe_text
 from .failures import FailureLog
+from .limits import HeaderNames, TokenLimit, TokenLimiter
+from .paths import PathFilter, PathPatterns
 from .pricing import PricingOption, build_pricing
 from .request import RequestView
+from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -57,33 +62,6 @@ def body_error(error: str) -> ErrorKind:
     return error if is_error_kind(error) else "internal"
 
 
-class SeriesLimiter:
-    """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
-
-    Sums stay exact: overflowed calls are still counted, under ``__overflow__`` values.
-    Memory is bounded by the cap.
-    """
-
-    def __init__(self, max_series: int) -> None:
-        if not isinstance(max_series, int) or isinstance(max_series, bool) or max_series < 1:
-            raise ValueError(f"max_series must be a positive int, got {max_series!r}")
-        self.max_series = max_series
-        self._seen: set[tuple[str, ...]] = set()
-        self._lock = threading.Lock()
-        self.overflowed = 0
-
-    def admit(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        """The values to export, and whether they overflowed."""
-        if values in self._seen:
-            return values, False
-        with self._lock:
-            if len(self._seen) < self.max_series:
-                self._seen.add(values)
-                return values, False
-            self.overflowed += 1
-        return (OVERFLOW,) * len(values), True
-
-
 class Metering:
     """One middleware's configuration and sinks. Built once, shared by all requests."""
 
@@ -102,6 +80,8 @@ class Metering:
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         pricing: PricingOption = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
     ) -> None:
         if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
             raise TypeError(
@@ -133,14 +113,94 @@ class Metering:
         self.custom = custom_usage
         self.estimate = estimate
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
-        self.limiter = SeriesLimiter(max_series)
+        self.limiter: SeriesLimiter = series_limiter(max_series, namespace, self.schema.labels)
+        #: Which paths besides the known LLM ones are read, and which never are.
+        self.paths = PathFilter(include_paths, exclude_paths)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
         self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
+    #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
+    limits: TokenLimiter | None = None
+    _limit_hooks: list[Callable[[str, int, int, int], None]] | None = None
+
+    def enable_limits(
+        self,
+        limits: Sequence[TokenLimit],
+        *,
+        storage: str,
+        asynchronous: bool,
+        fail_closed: bool,
+        timeout: float,
+        headers: HeaderNames,
+        location: str | None,
+        gateway_id: str | None,
+        subscription_secret: bytes | str | None,
+    ) -> None:
+        """Check ``limits`` and connect their store; sinks learn the configured limits."""
+        schema = self.schema
+
+        def source(name: str) -> Source | None:
+            for dim in schema.dimensions:
+                if dim.name == name:
+                    return dim.source
+            try:  # a default name the middleware does not export: its documented source
+                built = build_schema(
+                    schema.namespace, [name], location=location, gateway_id=gateway_id,
+                    subscription_secret=subscription_secret,
+                )
+            except (TypeError, ValueError):
+                return None
+            return built.dimensions[0].source
+
+        self.limits = TokenLimiter(
+            limits,
+            storage=storage,
+            asynchronous=asynchronous,
+            namespace=schema.namespace,
+            sources=source,
+            fail_closed=fail_closed,
+            timeout=timeout,
+            headers=headers,
+            count_error=self.count_error,
+            on_limit=self._on_limit,
+            subscription_secret_set=bool(subscription_secret or os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")),
+        )
+        described = self.limits.describe()
+        for sink in self.sinks:
+            configured = getattr(sink, "limits_configured", None)
+            if configured is not None:
+                configured(described)
+
+    def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        hooks = self._limit_hooks
+        if hooks is None:
+            hooks = self._limit_hooks = [h for h in (getattr(s, "on_limit", None) for s in self.sinks) if h is not None]
+        for on_limit in hooks:
+            try:
+                on_limit(name, authorized, limited, tokens)
+            except Exception as exc:
+                self.errors["export"] += 1
+                self.failures.failed(f"exporter hook {on_limit!r}", "count a limit event", exc)
+
+    def limit_context(self, view: RequestView, route: Route) -> CallContext:
+        """What the built-in key sources know at the start of a request."""
+        model = view.body.get("model")
+        return CallContext(
+            provider=self.provider or route.provider,
+            operation=route.operation,
+            model=model if isinstance(model, str) and model else route.model,
+        )
+
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
+
+    def begin_outgoing(
+        self, view: RequestView, call_view: RequestView, *, incoming: MeteredCall | None
+    ) -> MeteredCall:
+        """Per-call state for an LLM call the app makes (see :mod:`.context`)."""
+        return MeteredCall(self, view, call_view=call_view, origin="outgoing", incoming=incoming)
 
     def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
@@ -154,13 +214,15 @@ class Metering:
             except Exception as exc:  # a bug of ours: the call is delivered without a cost
                 self.failures.failed("pricing", "price a call", exc)
                 self.count_error("internal")
+        if self.limits is not None:
+            self.limits.charge(call)
         self._to_sinks("record", call)
 
     def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
         """The one guard around exporter code: a sink that raises is logged once per sink and
         kind of failure (not a traceback per request), counted as ``export`` and skipped; the
         other sinks still get the call."""
-        for sink in self.sinks:
+        for index, sink in enumerate(self.sinks):
             fn = getattr(sink, method, None)
             if fn is None:
                 continue  # on_error is optional
@@ -168,7 +230,8 @@ class Metering:
                 fn(arg)
             except Exception as exc:
                 self.errors["export"] += 1
-                self.failures.failed(f"exporter {sink!r}", "record a call" if method == "record" else "count an error", exc)
+                who = f"exporter {type(sink).__qualname__} (exporters[{index}])"
+                self.failures.failed(who, "record a call" if method == "record" else "count an error", exc)
                 if method == "record":  # tell the others; a failing on_error is not retried
                     self._to_sinks("on_error", "export")
 
@@ -188,14 +251,44 @@ class MeteredCall:
         "want_text",
         "finished",
         "fmt",
+        "call_view",
+        "origin",
+        "incoming",
+        "metered",
+        "counted_elsewhere",
+        "overrides",
     )
 
-    def __init__(self, metering: Metering, view: RequestView) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        view: RequestView,
+        *,
+        call_view: RequestView | None = None,
+        origin: Origin = "incoming",
+        incoming: MeteredCall | None = None,
+    ) -> None:
         self.metering = metering
+        #: What the dimensions are evaluated on: the incoming request.
         self.view = view
+        #: The LLM request itself (route, body fields, prompt size): the incoming request
+        #: for a proxied call, the outgoing one for a call the app makes.
+        self.call_view = call_view = view if call_view is None else call_view
+        self.origin: Origin = origin
+        #: The incoming request an outgoing call was made in (None: outside any request).
+        self.incoming = incoming
+        #: Set when an outgoing LLM call of this request was metered: this response only
+        #: relays (or summarises) it and is not counted again.
+        self.counted_elsewhere = False
+        #: Dimension values set by ``metering_context()`` for this call, by name or label.
+        self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(view.path)
-        self.peek: BodyPeek | None = view.start_peek()
+        self.route: Route = route_of(call_view.path)
+        #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
+        self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
+        # Peeked on every path: the dimensions of outgoing calls made while serving a
+        # non-LLM path read the incoming body too (its "user").
+        self.peek: BodyPeek | None = call_view.start_peek()
         self.status = 0
         self.extractor: UsageExtractor | None = None
         self.first_chunk: float | None = None
@@ -214,7 +307,7 @@ class MeteredCall:
     def response_start(self, status: int, content_type: str | None, content_encoding: str | None) -> None:
         try:
             self.status = status
-            if status >= 400 or status < 200:
+            if status >= 400 or status < 200 or not self.metered or self.counted_elsewhere:
                 return
             decompressor = None
             if not is_identity(content_encoding):
@@ -226,13 +319,12 @@ class MeteredCall:
                 return
             metering = self.metering
             route = self.route
-            body = self.view.body
+            body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             provider = metering.provider or route.provider
             self.want_text = (
                 metering.estimate
-                and not include_usage
                 and provider not in ALWAYS_REPORTS
                 and route.operation not in NO_TEXT_OPERATIONS
             )
@@ -241,7 +333,10 @@ class MeteredCall:
                 fmt,
                 custom=metering.custom,
                 want_text=self.want_text,
-                token_counter=metering.token_counter,
+                # A stream that asked for usage is still estimated when none came (the client
+                # left after the finish chunk, the upstream ignored the option), but its text
+                # is only measured in bytes: usage almost always comes, so no tokenizer runs.
+                token_counter=None if include_usage else metering.token_counter,
                 decompressor=decompressor,
             )
         except Exception as exc:
@@ -268,17 +363,22 @@ class MeteredCall:
     def _finish(self, outcome: Outcome) -> None:
         metering = self.metering
         route = self.route
-        extraction = self.extractor.close() if self.extractor is not None else None
+        extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
-        # Only LLM calls are counted: a known LLM path, or a body that reported usage.
+        if not self.metered or self.counted_elsewhere:
+            return
+        # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
+        # path include_paths= allows.
         if route.operation is None and usage is None:
             if extraction is not None and extraction.error is not None and self.metering.custom is not None:
                 metering.count_error(body_error(extraction.error))
             return
         if extraction is not None and extraction.error is not None:
             metering.count_error(body_error(extraction.error))
-            logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
-        body = self.view.body
+            logger.debug(
+                "llm-metrics: body of %s %s not read: %s", self.call_view.method, self.call_view.path, extraction.error
+            )
+        body = self.call_view.body
         source: UsageSource = NO_USAGE
         if self.status >= 400:
             usage = None
@@ -290,22 +390,27 @@ class MeteredCall:
             and extraction.text_tokens > 0
             and metering.estimate
         ):
-            prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
+            prompt = min(tokens_from_bytes(self.call_view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
             usage = Usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
             request_model = route.model
-        response_model = extraction.model if extraction is not None else None
-        provider = (
+        # Strings from the request or response: made encodable before any exporter sees them.
+        request_model = safe_text(request_model)
+        response_model = safe_text(extraction.model if extraction is not None else None)
+        provider = safe_text(
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(self.view)
+            or _provider_from_headers(self.call_view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
+        values = metering.schema.values(self.view, ctx, metering.count_error)
+        if self.overrides:
+            values = metering.schema.override(values, self.overrides)
+        dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
@@ -324,7 +429,8 @@ class MeteredCall:
             duration_s=now - self.started,
             time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
             parse_error=extraction.error if extraction is not None else None,
-            request=self.view,
+            origin=self.origin,
+            request=self.view if self.origin == "incoming" or self.incoming is not None else None,
         )
         metering.deliver(call)
 
