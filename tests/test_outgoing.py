@@ -547,3 +547,26 @@ def test_connection_error_is_a_request_with_outcome_error() -> None:
         client.post("/v1/chat/completions", json={"model": OPENAI_MODEL, "messages": []})
     [call] = outside.calls
     assert (call.outcome, call.status, call.usage, call.request_model) == ("error", 0, None, OPENAI_MODEL)
+
+
+def test_token_limits_charge_outgoing_calls_to_the_incoming_key(upstream: tuple[str, Upstream]) -> None:
+    import time
+
+    from llm_metrics_middleware import TokenLimit
+
+    exporter = InMemoryExporter()
+    app = create_fastapi_app(upstream[0], exporters=[exporter], dimensions=DIMENSIONS,
+                             limits=[TokenLimit("per-user", tokens=30, per="minute", key="User ID")])
+    instrument_httpx()
+    with uvicorn_server(app) as url:
+        first, second = (ask(url, "olga", "openai", 10) for _ in range(2))  # 16 tokens each
+        assert (first.status_code, second.status_code) == (200, 200)
+        deadline = time.monotonic() + 10
+        while True:  # the charge lands a moment after the response; polling costs no tokens
+            probe = httpx.get(url + "/me/usage", headers={"x-user-id": "olga"}, timeout=10)
+            if probe.status_code == 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert probe.status_code == 429 and int(probe.headers["retry-after"]) >= 1
+        assert httpx.get(url + "/me/usage", headers={"x-user-id": "other"}, timeout=10).status_code == 200
+    assert sum(c.usage.total_tokens for c in calls_of(exporter, "olga")) == 32
