@@ -570,3 +570,23 @@ def test_token_limits_charge_outgoing_calls_to_the_incoming_key(upstream: tuple[
         assert probe.status_code == 429 and int(probe.headers["retry-after"]) >= 1
         assert httpx.get(url + "/me/usage", headers={"x-user-id": "other"}, timeout=10).status_code == 200
     assert sum(c.usage.total_tokens for c in calls_of(exporter, "olga")) == 32
+
+
+def test_an_in_process_app_behind_asgi_transport_still_counts_its_own_calls(upstream: tuple[str, Upstream]) -> None:
+    """The app behind ASGITransport runs in the sender's task: its own calls are other
+    requests, counted by its middleware, while the sender's call is counted once, by the sender."""
+    inner, outer = InMemoryExporter(), InMemoryExporter()
+    app = create_fastapi_app(upstream[0], exporters=[inner], dimensions=DIMENSIONS)
+    instrument_httpx(exporters=[outer], dimensions=["Model"])
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://inner") as client:
+            response = await client.post("/v1/chat/completions", json={
+                "model": OPENAI_MODEL, "user": "pat", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+            return response.json()  # type: ignore[no-any-return]
+
+    body = asyncio.run(run())
+    [sent] = outer.calls
+    [relayed] = inner.calls
+    assert sent.usage.total_tokens == relayed.usage.total_tokens == body["usage"]["total_tokens"]
+    assert inner.dimensions(relayed)["User ID"] == "pat" and relayed.origin == "outgoing"

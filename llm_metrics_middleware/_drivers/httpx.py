@@ -29,7 +29,7 @@ from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall
 from .._metering.paths import PathPatterns
-from .outgoing import SENDING, TAIL, Outgoing, ended
+from .outgoing import SENDING, TAIL, Outgoing, ended, sending
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -136,7 +136,7 @@ def _tee_for(response: Any, is_async: bool) -> type:
 def _begin(outgoing: Outgoing, request: Any) -> MeteredCall | None:
     try:
         url = request.url
-        call = outgoing.begin(request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
+        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
         if call is not None and call.peek is not None:
             try:
                 content = request.content  # bytes bodies (SDKs, json=) are read already
@@ -171,7 +171,7 @@ def _send(outgoing: Outgoing, send: Callable[[Any], Any], request: Any) -> Any:
     call = _begin(outgoing, request)
     if call is None:
         return send(request)
-    token = SENDING.set(True)
+    token = SENDING.set(request)
     try:
         response = send(request)
     except BaseException:
@@ -187,7 +187,7 @@ async def _send_async(outgoing: Outgoing, send: Callable[[Any], Awaitable[Any]],
     call = _begin(outgoing, request)
     if call is None:
         return await send(request)
-    token = SENDING.set(True)
+    token = SENDING.set(request)
     try:
         response = await send(request)
     except BaseException:
@@ -205,7 +205,7 @@ async def _send_async(outgoing: Outgoing, send: Callable[[Any], Awaitable[Any]],
 def _patch_sync(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def handle_request(self: Any, request: Any) -> Any:
         outgoing = _instrumented
-        if outgoing is None or SENDING.get():
+        if outgoing is None or sending(request):
             return original(self, request)
         return _send(outgoing, lambda r: original(self, r), request)
 
@@ -217,7 +217,7 @@ def _patch_sync(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
 def _patch_async(original: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handle_async_request(self: Any, request: Any) -> Any:
         outgoing = _instrumented
-        if outgoing is None or SENDING.get():
+        if outgoing is None or sending(request):
             return await original(self, request)
         return await _send_async(outgoing, lambda r: original(self, r), request)
 
