@@ -590,3 +590,28 @@ def test_an_in_process_app_behind_asgi_transport_still_counts_its_own_calls(upst
     [relayed] = inner.calls
     assert sent.usage.total_tokens == relayed.usage.total_tokens == body["usage"]["total_tokens"]
     assert inner.dimensions(relayed)["User ID"] == "pat" and relayed.origin == "outgoing"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gzipped_responses_are_read_decompressed_and_reach_the_sdk_as_without_us(
+    upstream: tuple[str, Upstream], stream: bool,
+) -> None:
+    url = upstream[0]
+    outside = InMemoryExporter()
+    extra: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "zip it"}], "max_tokens": 7, **extra}
+
+    def read() -> Any:
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="sk", max_retries=0, timeout=20) as client:
+            if not stream:
+                completion = client.chat.completions.create(**request, extra_headers={"x-gzip": "1"})
+                return completion.choices[0].message.content, completion.usage.total_tokens
+            with client.chat.completions.create(**request, extra_headers={"x-gzip": "1"}) as events:
+                chunks = list(events)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage.total_tokens
+
+    want = read()
+    instrument_httpx(exporters=[outside])
+    assert read() == want
+    [call] = outside.calls
+    assert call.usage is not None and call.usage.total_tokens == want[1] and call.usage_source == "reported"
