@@ -615,3 +615,23 @@ def test_gzipped_responses_are_read_decompressed_and_reach_the_sdk_as_without_us
     assert read() == want
     [call] = outside.calls
     assert call.usage is not None and call.usage.total_tokens == want[1] and call.usage_source == "reported"
+
+
+def test_a_caller_that_stops_reading_early_is_a_disconnected_call(upstream: tuple[str, Upstream]) -> None:
+    outside = InMemoryExporter()
+    instrument_httpx(exporters=[outside])
+    request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "long"}], "max_tokens": 40, "stream": True}
+    url, sim = upstream
+    with httpx2.Client(base_url=url, timeout=20) as client:
+        # Gated: the upstream pauses after the first word, so [DONE] cannot have arrived yet.
+        with client.stream("POST", "/v1/chat/completions", json=request, headers={"x-gate": "1"}) as response:
+            for line in response.iter_lines():
+                if '"content":"tokens ' in line:
+                    break  # stops after the first word, long before [DONE]
+        sim.gate.set()  # closed; let the upstream finish
+        with client.stream("POST", "/v1/chat/completions", json=request) as response:
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    break  # what the SDKs do: the stream's last word was read
+    assert [c.outcome for c in outside.calls] == ["disconnected", "completed"]
+    assert outside.calls[0].usage_source == "estimated" and outside.calls[0].usage.completion_tokens < 40

@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall
 from .._metering.paths import PathPatterns
@@ -55,7 +55,8 @@ _patched: list[tuple[type, str, Any]] = []
 # -- the tee ---------------------------------------------------------------------------------
 
 
-def _closed_outcome(tail: bytes) -> Any:
+def _closed_outcome(tail: bytes) -> Outcome:
+    """A stream closed before its end: completed if its last word was said, else abandoned."""
     return COMPLETED if ended(tail) else DISCONNECTED
 
 

@@ -39,14 +39,14 @@ def sending(request: object) -> bool:
 #: Marks of an SSE stream's end, for a caller that closes the response as soon as it has
 #: read them (the OpenAI SDK stops at ``[DONE]``): such a close is a completed call.
 _END_MARKS = (b"[DONE]", b"message_stop", b'"done":true', b'"done": true')
-#: Bytes of a body's end kept to look for those marks.
-TAIL = 64
+#: Bytes of a body's end kept to look for those marks (Ollama's final object carries a
+#: few statistics after its ``"done":true``).
+TAIL = 256
 
 
 def ended(tail: bytes) -> bool:
     """Whether the last bytes of a body show that the stream had said its last word."""
-    stripped = tail.rstrip()
-    return any(mark in stripped[-len(mark) - 24 :] for mark in _END_MARKS)
+    return any(mark in tail for mark in _END_MARKS)
 
 
 class Outgoing:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall
 from .._metering.paths import PathPatterns
@@ -85,7 +85,7 @@ class _TeeRaw:
             self._end(COMPLETED)
         return data
 
-    def _end(self, outcome: Any) -> None:
+    def _end(self, outcome: Outcome) -> None:
         self._start(True)
         if outcome == DISCONNECTED and ended(self._tail):
             outcome = COMPLETED
