@@ -29,6 +29,8 @@ ROUTES = [
      "gcp.vertex_ai", "generateContent", "gemini-1.5-pro"),
     ("/model/anthropic.claude-3-haiku-20240307-v1:0/converse", "aws.bedrock", "converse", "anthropic.claude-3-haiku-20240307-v1:0"),
     ("/model/m/converse-stream", "aws.bedrock", "converse", "m"),
+    ("/model/meta.llama3-1-70b-instruct-v1:0/invoke", "aws.bedrock", "invoke", "meta.llama3-1-70b-instruct-v1:0"),
+    ("/model/amazon.nova-micro-v1:0/invoke-with-response-stream", "aws.bedrock", "invoke", "amazon.nova-micro-v1:0"),
     ("/api/chat", "ollama", "chat", None),
     ("/api/generate", "ollama", "generate", None),
     ("/api/embed", "ollama", "embeddings", None),
@@ -54,11 +56,13 @@ def test_every_place_usage_or_a_model_sits_is_captured_by_the_scanner() -> None:
     # The scanner's paths are derived, so a provider's usage cannot be missed only on
     # bodies large enough to be scanned.
     for provider in PROVIDERS:
-        for path in (*provider.usage_at, *provider.model_at):
+        for path in (*(where for where, _ in provider.usage), *provider.model_at):
             assert path in OBJECT_PATHS or not path, (provider.name, path)
-        for shape in provider.usage_shapes:
-            if () in provider.usage_at:
-                assert all((m,) in OBJECT_PATHS for m in shape.markers), provider.name
+        for where, shapes in provider.usage:
+            if not where:
+                for shape in shapes:
+                    assert all((m,) in OBJECT_PATHS for m in shape.markers), provider.name
+                    assert all(f in OBJECT_PATHS for f in shape.scanned), provider.name
 
 
 @pytest.mark.parametrize("provider", PROVIDERS, ids=[p.name for p in PROVIDERS])
@@ -73,9 +77,12 @@ def test_scanned_objects_read_like_parsed_ones(provider: Provider) -> None:
         "cohere": {"tokens": {"input_tokens": 3, "output_tokens": 4}},
         "gemini": {"promptTokenCount": 3, "candidatesTokenCount": 4},
         "ollama": {"prompt_eval_count": 3, "eval_count": 4},
+        "aws.bedrock.invocation_metrics": {"inputTokenCount": 3, "outputTokenCount": 4, "cacheReadInputTokenCount": 1},
+        "aws.bedrock.titan": {"inputTextTokenCount": 3, "results": [{"tokenCount": 4, "outputText": "hi"}]},
+        "aws.bedrock.llama": {"prompt_token_count": 3, "generation_token_count": 4},
     }
-    for at in provider.usage_at:
-        for shape in provider.usage_shapes:
+    for at, shapes in provider.usage:
+        for shape in shapes:
             obj: dict = dict(samples[shape.name])
             for key in reversed(at):
                 obj = {key: obj}
@@ -94,7 +101,9 @@ def test_derived_hints_match_every_streamed_text_field_and_usage_key() -> None:
         for field in provider.stream_text:
             m = facts.TEXT_FIELD.search(b'{"%s": "abc"}' % field.encode())
             assert m is not None and m.group(1) == b"abc", field
-        for at in provider.usage_at:
+        if provider.stream_format != "sse":
+            continue
+        for at, _ in provider.usage:
             if at:
                 assert facts.USAGE_HINT.search(b'{"%s" : {"x": 1}}' % at[-1].encode()), at
                 assert not facts.USAGE_HINT.search(b'{"%s": null}' % at[-1].encode()), at
@@ -111,3 +120,9 @@ def test_derived_lists() -> None:
     assert facts.provider_from_headers({"api-key": "k"}, {"api-version": "2024-10-21"}) == "azure.ai.openai"
     assert facts.provider_from_headers({"api-key": "k"}, {}) is None
     assert facts.OTEL_OPERATION_NAMES["converse"] == "chat"
+    assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": "5", "x-amzn-bedrock-output-token-count": "10"}) == (5, 10, None, None, None)
+    assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": "5", "x-amzn-bedrock-output-token-count": "10",
+                                      "x-amzn-bedrock-cache-read-input-token-count": "100"}) == (105, 10, None, 100, None)
+    for bad in ("-1", "1e3", "x", "99999999999"):
+        assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": bad, "x-amzn-bedrock-output-token-count": "1"}) is None
+    assert facts.counts_from_headers({}) is None

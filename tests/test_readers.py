@@ -12,10 +12,11 @@ import pytest
 
 from llm_metrics_middleware._core import readers
 from llm_metrics_middleware._core.decoders import decompressor_for
-from llm_metrics_middleware._core.extractor import JSON, NONE, SNIFF, SSE, UsageExtractor
+from llm_metrics_middleware._core.extractor import EVENTSTREAM, JSON, NONE, SNIFF, SSE, UsageExtractor
 from llm_metrics_middleware._core.findings import Findings
 from llm_metrics_middleware._core.readers import (
     READERS,
+    EventStreamReader,
     ScannedJSONReader,
     SmallJSONReader,
     SniffReader,
@@ -77,7 +78,7 @@ def test_the_parse_path_fixture_forces_the_scanner(parse_path: str) -> None:
 
 
 def test_readers_table_covers_every_readable_format() -> None:
-    assert {SNIFF: SniffReader, JSON: SmallJSONReader, SSE: SSEReader} == READERS
+    assert {SNIFF: SniffReader, JSON: SmallJSONReader, SSE: SSEReader, EVENTSTREAM: EventStreamReader} == READERS
     assert isinstance(UsageExtractor(NONE)._reader, Stopped)
 
 

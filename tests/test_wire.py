@@ -55,7 +55,7 @@ def test_asgi(case: WireCase, parse_path: str) -> None:
     for sizes in _splits(body, case.id):
         chunks = split(body, sizes)
         exporter = InMemoryExporter()
-        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type), *case.response_headers], chunks), exporters=[exporter], dimensions=DIMS)
         sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
         assert body_of(sent)[:-1] == chunks  # byte for byte, chunk for chunk
         _check(case, exporter)
@@ -67,7 +67,7 @@ def test_wsgi(case: WireCase, parse_path: str) -> None:
     for sizes in _splits(body, case.id):
         chunks = split(body, sizes)
         exporter = InMemoryExporter()
-        app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type), *case.response_headers], chunks), exporters=[exporter], dimensions=DIMS)
         _, _, blocks = run_wsgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
         assert blocks == chunks
         _check(case, exporter)

@@ -21,7 +21,7 @@ from .estimate import TokenCounter
 from .findings import Findings, TextMeter
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
 from .providers.pointers import UsagePointers
-from .readers import JSON, NONE, READERS, SNIFF, SSE, Reader, Stopped
+from .readers import EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, Reader, Stopped
 from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
@@ -29,7 +29,7 @@ from .usage import Usage
 _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
-__all__ = ["JSON", "NONE", "SNIFF", "SSE", "Extraction", "UsageExtractor", "body_format"]
+__all__ = ["EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {
@@ -54,6 +54,8 @@ def body_format(content_type: str | None) -> str:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
         return SSE
+    if media == "application/vnd.amazon.eventstream":
+        return EVENTSTREAM
     if media in _JSON_TYPES or media.endswith("+json") or media.endswith("+ndjson"):
         return JSON
     if media in _SNIFF_TYPES:

@@ -169,6 +169,36 @@ def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
     return prompt, completion, total, cached, thoughts
 
 
+def read_invocation_metrics(metrics: Mapping[str, Any]) -> Counts | None:
+    """AWS Bedrock ``amazon-bedrock-invocationMetrics`` (last chunk of an InvokeModel stream).
+
+    ``inputTokenCount`` excludes cache reads and writes, as Converse's ``inputTokens`` does.
+    """
+    uncached = _count(metrics, "inputTokenCount")
+    read = _count(metrics, "cacheReadInputTokenCount")
+    written = _count(metrics, "cacheWriteInputTokenCount")
+    prompt = _sum(uncached, written, read) if uncached is not None else None
+    return prompt, _count(metrics, "outputTokenCount"), None, read, None
+
+
+def read_titan(obj: Mapping[str, Any]) -> Counts | None:
+    """Amazon Titan text on Bedrock: top-level counts; ``results[0].tokenCount`` when not streamed."""
+    prompt = _count(obj, "inputTextTokenCount")
+    completion = _count(obj, "totalOutputTextTokenCount")
+    if completion is None:
+        results = obj.get("results")
+        # A list from json.loads; from the scanner, a sparse dict keyed by index.
+        first = (results[0] if results else None) if type(results) is list else results.get(0) if type(results) is dict else None
+        if type(first) is dict:
+            completion = _count(first, "tokenCount")
+    return prompt, completion, None, None, None
+
+
+def read_llama(obj: Mapping[str, Any]) -> Counts | None:
+    """Meta Llama on Bedrock: ``prompt_token_count`` and ``generation_token_count`` at the top."""
+    return _count(obj, "prompt_token_count"), _count(obj, "generation_token_count"), None, None, None
+
+
 def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
     """Ollama: counts only on the final ``"done": true`` object, at its top level."""
     prompt = _count(obj, "prompt_eval_count")
