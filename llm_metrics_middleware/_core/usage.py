@@ -5,7 +5,8 @@ Every provider is normalised to one meaning, so that sums across providers add u
 - ``prompt_tokens``: all input tokens processed, cached ones included (Anthropic and
   Bedrock report cache reads and writes apart from ``input_tokens``; we add them back);
 - ``completion_tokens``: all output tokens, reasoning ("thinking") tokens included
-  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``);
+  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``, xAI its
+  ``reasoning_tokens`` apart from ``completion_tokens``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
 - ``cached_tokens`` and ``reasoning_tokens``: the subsets, 0 when not reported.
 
@@ -102,7 +103,25 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     total = _count(usage, "total_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    return prompt, completion, total, cached, reasoning
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning
+
+
+def _with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:
+    """Completion with billed reasoning in it, for providers that report it outside.
+
+    OpenAI counts reasoning inside ``completion_tokens``; xAI (Grok, directly or on Vertex
+    AI) reports it beside them, its total being prompt + completion + reasoning. The total
+    tells the two apart, so no provider list is needed.
+    """
+    if (
+        reasoning
+        and prompt is not None
+        and completion is not None
+        and total is not None
+        and total == prompt + completion + reasoning
+    ):
+        return completion + reasoning
+    return completion
 
 
 def read_responses(usage: Mapping[str, Any]) -> Counts | None:
@@ -117,7 +136,7 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     cached = _count(usage, "input_tokens_details", "cached_tokens")
     reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
     total = _count(usage, "total_tokens")
-    return prompt, completion, total, cached, reasoning
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning
 
 
 def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:

@@ -109,6 +109,19 @@ CASES: list[WireCase] = [
         note="cassette stores the parsed body; re-serialised in OpenAI's field order; content shortened",
     ),
     WireCase(
+        id="xai-chat-json-reasoning-outside-completion",
+        provider="openai", operation="chat.completions", method="POST",
+        path="/v1/projects/test-project/locations/global/endpoints/openapi/chat/completions",
+        request_body=_req({"model": "xai/grok-4.1-fast-reasoning", "messages": [{"role": "user", "content": "Who are you?"}]}),
+        content_type=_JSON, body_file="xai-chat-json-reasoning-outside-completion.json",
+        prompt_tokens=663, completion_tokens=50 + 124, total_tokens=837, cached_tokens=654, reasoning_tokens=124,
+        model="xai/grok-4.1-fast-reasoning",
+        source="https://docs.cloud.google.com/vertex-ai/generative-ai/docs/partner-models/grok/capabilities/reasoning (example response)",
+        note="Grok reports reasoning_tokens beside completion_tokens (total = 663 + 50 + 124): completion must include the billed "
+        "reasoning. Written compact in the documented field order. The path is Vertex AI's OpenAI-compatible endpoint, "
+        "routed by its /chat/completions suffix, so the provider is reported as openai (force it with provider=)",
+    ),
+    WireCase(
         id="openai-chat-stream-include-usage",
         provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
         request_body=_req({"messages": [{"role": "user", "content": "What is the capital of the UK? Use the tool, then answer."}], "model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}}),
