@@ -37,6 +37,13 @@ ROUTES = [
     ("/api/embeddings", "ollama", "embeddings", None),
     ("/v2/chat", "cohere", "chat", None),
     ("/v2/embed", "cohere", "embeddings", None),
+    ("/v1/messages/count_tokens", "anthropic", "count_tokens", None),
+    ("/v1/moderations", "openai", "moderations", None),
+    ("/model/m/count-tokens", "aws.bedrock", "count_tokens", "m"),
+    ("/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict",
+     "gcp.vertex_ai", "streamRawPredict", "claude-sonnet-4@20250514"),
+    ("/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
+     "gcp.vertex_ai", "rawPredict", "claude-sonnet-4@20250514"),
     ("/health", None, None, None),
 ]
 
@@ -114,7 +121,10 @@ def test_derived_lists() -> None:
     assert facts.KEY_HEADERS == ("Authorization", "api-key", "Ocp-Apim-Subscription-Key", "x-api-key", "x-goog-api-key")
     assert facts.KEY_QUERY == ("key",)
     assert {"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama", "cohere", "aws.bedrock"} == facts.ALWAYS_REPORTS
-    assert {"embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens"} == facts.NO_TEXT_OPERATIONS
+    assert {
+        "embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens", "count_tokens", "moderations",
+    } == facts.NO_TEXT_OPERATIONS
+    assert {"countTokens", "count_tokens", "moderations"} == facts.UNBILLED_OPERATIONS
     assert facts.provider_from_headers({"anthropic-version": "2023-06-01"}, {}) == "anthropic"
     assert facts.provider_from_headers({"x-goog-api-key": "k"}, {}) == "gcp.gemini"
     assert facts.provider_from_headers({"api-key": "k"}, {"api-version": "2024-10-21"}) == "azure.ai.openai"

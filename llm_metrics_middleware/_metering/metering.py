@@ -21,6 +21,7 @@ from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import (
     ALWAYS_REPORTS,
     NO_TEXT_OPERATIONS,
+    UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
@@ -206,6 +207,8 @@ class MeteredCall:
         (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
+            if self.route.operation in UNBILLED_OPERATIONS:
+                return  # token counting, moderation: a call, but no tokens
             if usage_headers:
                 self.header_counts = counts_from_headers(usage_headers)
             if status >= 400 or status < 200:

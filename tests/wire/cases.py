@@ -553,6 +553,59 @@ CASES: list[WireCase] = [
     ),
 ]
 
+CASES.append(
+    WireCase(
+        id="anthropic-messages-stream-web-search",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        request_body=_req({"max_tokens": 4096, "messages": [{"content": [{"text": "Give me the top 3 news in the world today.", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-0", "stream": True, "system": "You are a helpful assistant.\n\n", "tool_choice": {"type": "auto"}, "tools": [{"name": "web_search", "type": "web_search_20250305"}]}),
+        content_type=_SSE_UTF8, body_file="anthropic-messages-stream-web-search.sse",
+        prompt_tokens=31772, completion_tokens=644, total_tokens=31772 + 644, model="claude-sonnet-4-20250514",
+        request_headers=_ANTHROPIC_HEADERS,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_web_search_tool_stream.yaml",
+        note="server tool (web_search, 2 requests): message_start says input_tokens 2050, the final message_delta the cumulative "
+        "31772 (search results read back in); the last value wins. Shortened to 8 KB: content blocks after index 4 dropped, "
+        "2 results per web_search_tool_result kept with encrypted_content cut to 24 characters (those events re-serialised "
+        "compact); every other event, its whitespace padding and the usage events are as recorded; the request's null tool fields dropped",
+    )
+)
+
+#: Calls that bill no tokens (token counting, moderation): recorded as calls with no usage,
+#: whatever their bodies hold.
+UNBILLED_CASES: list[WireCase] = [
+    WireCase(
+        id="unbilled-anthropic-count-tokens", provider="anthropic", operation="count_tokens", method="POST",
+        path="/v1/messages/count_tokens",
+        request_body=_req({"messages": [{"content": [{"text": "Please explain what Python is and its main use cases.", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-5"}),
+        content_type=_JSON, body_file="anthropic-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        request_headers=_ANTHROPIC_HEADERS,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_count_tokens.yaml (1st interaction)",
+        note="cassette stores the parsed body; written compact; the request's repeated prompt shortened; path without ?beta=true",
+    ),
+    WireCase(
+        id="unbilled-gemini-count-tokens", provider="gcp.gemini", operation="countTokens", method="POST",
+        path="/v1beta/models/gemini-embedding-2-preview:countTokens",
+        request_body=_req({"contents": [{"parts": [{"text": "Hello, world!"}], "role": "user"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestGoogle.test_count_tokens.yaml",
+        note="cassette stores the parsed body; written compact",
+    ),
+    WireCase(
+        id="unbilled-bedrock-count-tokens", provider="aws.bedrock", operation="count_tokens", method="POST",
+        path="/model/anthropic.claude-sonnet-4-20250514-v1:0/count-tokens",
+        request_body=_req({"input": {"invokeModel": {"body": "eyJhbnRocm9waWNfdmVyc2lvbiI6ImJlZHJvY2stMjAyMy0wNS0zMSJ9"}}}),
+        content_type=_JSON, body_file="bedrock-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic_bedrock_count_tokens/test_anthropic_bedrock_count_tokens_real_api.yaml",
+        note="cassette stores the parsed body; written compact; the request's base64 InvokeModel body shortened",
+    ),
+    WireCase(
+        id="unbilled-openai-moderations", provider="openai", operation="moderations", method="POST", path="/v1/moderations",
+        request_body=_req({"input": "I want to kill them."}),
+        content_type=_JSON, body_file="openai-moderations.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="https://platform.openai.com/docs/api-reference/moderations/create (example response)",
+        note="the printed example's trailing commas removed; indented as printed",
+    ),
+]
+
 NON_LLM_CASES: list[WireCase] = [
     WireCase(
         id="non-llm-health-json", provider="", operation="", method="GET", path="/health",

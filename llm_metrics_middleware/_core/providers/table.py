@@ -91,6 +91,9 @@ class Operation:
     #: Path parts that make a suffix mean something else (OpenAI Assistants' threads
     #: have ``/messages`` too): such a path is no LLM call at all.
     not_under: tuple[str, ...] = ()
+    #: False for calls that bill no tokens (token counting, moderation): they are
+    #: recorded as calls, and whatever their bodies say counts nothing.
+    billed: bool = True
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ _OPENAI_OPERATIONS = (
     Operation("completions", "text_completion", ("/completions",), ("completions",)),
     Operation("embeddings", "embeddings", ("/embeddings",), ("embeddings",), estimate_text=False),
     Operation("responses", "chat", ("/responses",), estimate_text=False),
+    Operation("moderations", "moderations", ("/moderations",), estimate_text=False, billed=False),
 )
 
 _OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments", "text")
@@ -149,7 +153,7 @@ _GEMINI_OPERATIONS = (
     Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
     Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
     Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
-    Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False),
+    Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False, billed=False),
 )
 _GEMINI_PATH = r"/models/(?P<model>[^/:]+):(?P<op>{ops})$"
 
@@ -185,7 +189,10 @@ AZURE_OPENAI = Provider(
 
 ANTHROPIC_MESSAGES = Provider(
     name="anthropic",
-    operations=(Operation("messages", "chat", ("/messages",), not_under=("/threads/",)),),
+    operations=(
+        Operation("messages", "chat", ("/messages",), not_under=("/threads/",)),
+        Operation("count_tokens", "count_tokens", ("/messages/count_tokens",), estimate_text=False, billed=False),
+    ),
     usage=(at(("usage",), ANTHROPIC), at(("message", "usage"), ANTHROPIC)),
     model_at=(("model",), ("message", "model")),
     stream_text=("text", "thinking", "partial_json"),
@@ -225,12 +232,31 @@ VERTEX_AI = Provider(
     streams_report_usage=True,
 )
 
+#: Anthropic's models on Vertex AI: the Messages API's bodies behind Vertex's paths.
+VERTEX_ANTHROPIC = Provider(
+    name="gcp.vertex_ai",
+    operations=(
+        Operation("rawPredict", "chat", tails=("rawPredict",)),
+        Operation("streamRawPredict", "chat", tails=("streamRawPredict",)),
+    ),
+    path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
+    path_requires=("/publishers/anthropic/",),
+    usage=ANTHROPIC_MESSAGES.usage,
+    model_at=ANTHROPIC_MESSAGES.model_at,
+    stream_text=ANTHROPIC_MESSAGES.stream_text,
+    response_text=ANTHROPIC_MESSAGES.response_text,
+    prompt_roots=ANTHROPIC_MESSAGES.prompt_roots,
+    request_fields=ANTHROPIC_MESSAGES.request_fields,
+    streams_report_usage=True,
+)
+
 BEDROCK = Provider(
     name="aws.bedrock",
     operations=(
         Operation("converse", "chat", tails=("converse", "converse-stream")),
         # InvokeModel: each model family's own body; the operation is named as AWS does.
         Operation("invoke", "invoke_model", tails=("invoke", "invoke-with-response-stream")),
+        Operation("count_tokens", "count_tokens", tails=("count-tokens",), estimate_text=False, billed=False),
     ),
     path=r"/model/(?P<model>[^/]+)/(?P<op>{ops})$",
     usage=(
@@ -290,6 +316,7 @@ PROVIDERS: tuple[Provider, ...] = (
     ANTHROPIC_MESSAGES,
     GEMINI_API,
     VERTEX_AI,
+    VERTEX_ANTHROPIC,
     BEDROCK,
     OLLAMA_API,
     COHERE_V2,
