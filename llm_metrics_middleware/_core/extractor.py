@@ -21,7 +21,7 @@ from .estimate import TokenCounter
 from .findings import Findings, TextMeter
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
 from .providers.pointers import UsagePointers
-from .readers import EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, Reader, Stopped
+from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
@@ -29,7 +29,7 @@ from .usage import Usage
 _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
-__all__ = ["EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "Extraction", "UsageExtractor", "body_format"]
+__all__ = ["BODY_FORMATS", "EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {
@@ -47,7 +47,7 @@ _JSON_TYPES = frozenset(
 _SNIFF_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/octet-stream"})
 
 
-def body_format(content_type: str | None) -> str:
+def body_format(content_type: str | None) -> BodyFormat:
     """The format to read for a response Content-Type; :data:`SNIFF` when it says nothing."""
     if not content_type:
         return SNIFF
@@ -73,7 +73,7 @@ class Extraction:
     #: Provider inferred from the usage shape (``openai``, ``anthropic``...), if any.
     provider: str | None
     #: Body format that was read: ``sse``, ``json`` or ``none``.
-    format: str
+    format: BodyFormat
     #: Bytes of generated text seen, or tokens when a token counter was given;
     #: used to estimate completion tokens when ``usage`` is None.
     text_tokens: int
@@ -93,7 +93,7 @@ class UsageExtractor:
 
     def __init__(
         self,
-        fmt: str,
+        fmt: BodyFormat,
         *,
         custom: UsagePointers | None = None,
         want_text: bool = False,

@@ -98,6 +98,10 @@ class BodyPeek:
     def fields(self) -> JSONObject:
         if self._small is not None:
             self._parse_small()
+        if self._fields is None and self._scanner is not None:
+            # Not read to its end yet (the limit check reads only the body's start): the
+            # fields seen so far.
+            return self._scanner.partial or {}
         return self._fields or {}
 
     @property

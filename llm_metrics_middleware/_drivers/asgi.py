@@ -14,6 +14,7 @@ from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.metering import USAGE_HEADER_NAMES
 from .._metering.request import RequestView
 from .base import MiddlewareBase
+from .limited import asgi_check
 
 # Response headers that carry usage (Bedrock's token-count headers), as ASGI spells them.
 _USAGE_HEADERS = frozenset(name.encode("latin-1") for name in USAGE_HEADER_NAMES)
@@ -47,16 +48,28 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             await self._metrics_app(scope, receive, send)
             return
         state: Any = scope
-        if state.get(self._marker):
+        if not self.enabled or state.get(self._marker):
             await self.app(scope, receive, send)
             return
         state[self._marker] = True
 
         call = self.metering.begin(RequestView.from_scope(scope))
         disconnected = False
+        read_ahead: list[ASGIReceiveEvent] = []
+        extra_headers: list[tuple[bytes, bytes]] = []
+        if self.metering.limits is not None:
+            checked = await asgi_check(self.metering, call, receive, send)
+            if checked is None:
+                return  # refused with 429: the app is not called
+            read_ahead, extra_headers = checked
 
         async def metered_receive() -> ASGIReceiveEvent:
             nonlocal disconnected
+            if read_ahead:  # the body messages the limit check read ahead, already peeked at
+                message = read_ahead.pop(0)
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                return message
             message = await receive()
             kind = message["type"]
             if kind == "http.request":
@@ -68,6 +81,8 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
 
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
+            if extra_headers and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
             try:
                 await send(message)
             except OSError:

@@ -15,7 +15,10 @@ What lands where (see docs/azure.md for the portal and KQL side):
   ``"Status Code"`` and ``"Outcome"``), ``"LLM Request Duration"`` and
   ``"LLM Time To First Chunk"`` (seconds; Application Insights keeps sum, count, min and
   max), and ``"LLM Metering Errors"`` (dimension ``"Kind"`` only);
-- every metric but the last carries the configured dimensions as custom dimensions keyed by
+- with ``limits=``: ``"LLM Limit Authorized Calls"``, ``"LLM Limit Limited Calls"``,
+  ``"LLM Limit Authorized Tokens"`` (dimension ``"Limit"``) and ``"LLM Limit Tokens"``
+  (dimensions ``"Limit"`` and ``"Window Seconds"``: each configured budget, a gauge);
+- every metric but these and the metering errors carries the configured dimensions as custom dimensions keyed by
   their names exactly as configured (``"API ID"``, ``"User ID"``, ``"tier"``);
 - sums are exported as deltas: each ``customMetrics`` row holds what was added during one
   export interval, so ``sum(valueSum)`` over any time range is the total for that range;
@@ -35,11 +38,13 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._metering.call import CallRecord
-from .totals import CallTotals
+from .._metering.failures import FailureLog
+from .namespaces import Namespaces, check_reserved
+from .totals import CallTotals, LimitTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[azure]'"
 
@@ -72,9 +77,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
+T = TypeVar("T")
 
 CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 NAMESPACE_OPT_IN_ENV = "APPLICATIONINSIGHTS_METRIC_NAMESPACE_OPT_IN"
@@ -117,6 +123,15 @@ _HISTOGRAMS = {
     "request_duration": REQUEST_DURATION,
     "time_to_first_chunk": TIME_TO_FIRST_CHUNK,
 }
+#: Token-limit instruments (only fed when a middleware has ``limits=``).
+_LIMIT_COUNTERS = {
+    "limit_authorized_calls": "LLM Limit Authorized Calls",
+    "limit_limited_calls": "LLM Limit Limited Calls",
+    "limit_authorized_tokens": "LLM Limit Authorized Tokens",
+}
+_LIMIT_GAUGE = ("limit_tokens", "LLM Limit Tokens")
+LIMIT = "Limit"
+WINDOW_SECONDS = "Window Seconds"
 #: An observable gauge that reports nothing; its callback feeds the interval's sums to the SDK.
 _DRAIN_INSTRUMENT = "interval_sums"
 
@@ -232,6 +247,7 @@ class _Namespace:
         self.names = names
         self.provider = provider
         self.totals = CallTotals(names)
+        self.failures = FailureLog()
         self._timing_lock = threading.Lock()
         self._timings: list[tuple[tuple[str, ...], float, float | None]] = []
         meter = provider.get_meter(namespace, __version__)
@@ -247,6 +263,11 @@ class _Namespace:
         self.first_chunk = meter.create_histogram("time_to_first_chunk", "s")
         # Reports nothing itself; see the class docstring.
         meter.create_observable_gauge(_DRAIN_INSTRUMENT, callbacks=[self._drain_callback])
+        self.limits = LimitTotals()
+        self.limit_counters = [
+            meter.create_counter(name, "{token}" if name.endswith("tokens") else "{request}") for name in _LIMIT_COUNTERS
+        ]
+        meter.create_observable_gauge(_LIMIT_GAUGE[0], callbacks=[self._observe_budgets], unit="{token}")
 
     # -- request path ----------------------------------------------------------------------
 
@@ -274,8 +295,17 @@ class _Namespace:
             logger.exception("AzureMonitorExporter failed to hand the interval's sums to the SDK")
         return ()
 
+    def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.limits.lock:
+            configured = list(self.limits.configured)
+        return [Observation(tokens, {LIMIT: name, WINDOW_SECONDS: str(window)}) for name, tokens, window in configured]
+
     def drain(self) -> None:
         """Move the interval's sums into the SDK instruments (runs in the export thread)."""
+        for name, sums in self.limits.take().items():
+            for counter, value in zip(self.limit_counters, sums, strict=True):
+                if value:
+                    counter.add(value, {LIMIT: name})
         tokens, requests, errors = self.totals.take()
         with self._timing_lock:
             timings, self._timings = self._timings, []
@@ -316,25 +346,32 @@ class _AzureSink:
         self._namespace = namespace
 
     def record(self, call: CallRecord) -> None:
-        if self._exporter._closed:
-            return
-        try:
-            self._namespace.add(call)
-        except Exception:
-            logger.exception("AzureMonitorExporter failed to record a call; the request is unaffected")
+        self._guarded(self._namespace.add, call, "record a call")
 
     def on_error(self, kind: str) -> None:
+        self._guarded(self._namespace.add_error, kind, "count a metering error")
+
+    def _guarded(self, add: Callable[[T], None], arg: T, doing: str) -> None:
         if self._exporter._closed:
-            return
+            return  # after shutdown nothing more is exported: drop it quietly
         try:
-            self._namespace.add_error(kind)
-        except Exception:
-            logger.exception("AzureMonitorExporter failed to count a metering error")
+            add(arg)
+        except Exception as exc:
+            self._namespace.failures.failed("AzureMonitorExporter", doing, exc)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        self._namespace.limits.configure(limits)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        if not self._exporter._closed:
+            self._namespace.limits.add(name, authorized, limited, tokens)
 
 
 def _views(max_attribute_sets: int) -> list[View]:
     views: list[View] = []
     for instrument, name in _COUNTERS.items():
+        views.append(View(instrument_name=instrument, name=name, aggregation_cardinality_limit=max_attribute_sets))
+    for instrument, name in (*_LIMIT_COUNTERS.items(), _LIMIT_GAUGE):
         views.append(View(instrument_name=instrument, name=name, aggregation_cardinality_limit=max_attribute_sets))
     for instrument, name in _HISTOGRAMS.items():
         # Application Insights keeps sum, count, min and max of a histogram; buckets would
@@ -444,7 +481,7 @@ class AzureMonitorExporter:
         self._resource = resource if resource is not None else Resource.create()
         self._offline_storage = not disable_offline_storage
         self._serial = _SerialExporter(azure)
-        self._namespaces: dict[str, _Namespace] = {}
+        self._namespaces: Namespaces[_Namespace] = Namespaces("AzureMonitorExporter")
         self._lock = threading.Lock()
         self._closed = False
         atexit.register(_shutdown_at_exit, weakref.ref(self))
@@ -464,30 +501,20 @@ class AzureMonitorExporter:
 
     def bind(self, schema: Schema) -> _AzureSink:
         names = schema.names
+        check_reserved(names, (TOKEN_TYPE, STATUS_CODE, OUTCOME), "a dimension the Azure exporter adds")
         for name in names:
-            if name in (TOKEN_TYPE, STATUS_CODE, OUTCOME):
-                raise ValueError(
-                    f"dimension {name!r} clashes with a dimension the Azure exporter adds "
-                    f"({TOKEN_TYPE!r}, {STATUS_CODE!r}, {OUTCOME!r}); rename it"
-                )
             if len(name) > MAX_KEY_LENGTH:
                 raise ValueError(
                     f"dimension name {name[:40]!r}... is {len(name)} characters; Application Insights drops "
                     f"custom dimension keys over {MAX_KEY_LENGTH}; shorten it"
                 )
         self._check_dimension_limit(schema)
-        with self._lock:
+        with self._lock:  # not while shutting down: a provider built then would never stop
             if self._closed:
                 raise RuntimeError("this AzureMonitorExporter is shut down; build a new one")
-            namespace = self._namespaces.get(schema.namespace)
-            if namespace is None:
-                namespace = _Namespace(schema.namespace, names, self._new_provider())
-                self._namespaces[schema.namespace] = namespace
-            elif namespace.names != names:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this AzureMonitorExporter with "
-                    f"dimensions {namespace.names}; give this middleware another namespace= or the same dimensions"
-                )
+            namespace = self._namespaces.bind(
+                schema.namespace, names, lambda: _Namespace(schema.namespace, names, self._new_provider())
+            )
         return _AzureSink(self, namespace)
 
     @staticmethod
@@ -524,7 +551,7 @@ class AzureMonitorExporter:
         deadline = time.monotonic() + timeout_millis / 1000
         failures = self._serial.failures
         with self._lock:
-            providers = [ns.provider for ns in self._namespaces.values()]
+            providers = [ns.provider for ns in self._namespaces.states()]
         for provider in providers:
             try:
                 provider.force_flush(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
@@ -550,7 +577,7 @@ class AzureMonitorExporter:
             if self._closed:
                 return
             self._closed = True
-            providers = [ns.provider for ns in self._namespaces.values()]
+            providers = [ns.provider for ns in self._namespaces.states()]
         if timeout_millis is None:
             timeout_millis = int(self.timeout * 1000) + 5000
         deadline = time.monotonic() + timeout_millis / 1000

@@ -11,6 +11,9 @@ vendor distro, or the global provider (the default). For each middleware namespa
   of the token counters that was estimated because the response reported no usage;
 - ``llm.requests`` {dimensions, ``status``, ``outcome``, ``usage``}: LLM calls metered;
 - ``llm.metering_errors`` {``kind``}: bodies that could not be read, values refused...;
+- with ``limits=``: ``llm.limit.authorized_calls``, ``llm.limit.limited_calls``,
+  ``llm.limit.authorized_tokens`` {``limit``} (observable counters) and ``llm.limit.tokens``
+  {``limit``, ``window_seconds``} (observable gauge: each configured budget);
 - the GenAI client instruments of the OpenTelemetry semantic conventions, version
   :data:`SEMCONV_VERSION` (they are still in development upstream, so the version we
   follow is pinned here and in the meter's schema URL):
@@ -31,14 +34,16 @@ the conventions allow for offline token counting.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._core.providers.facts import OTEL_OPERATION_NAMES, OTEL_PROVIDER_NAMES
 from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
-from .totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals
+from .._metering.failures import FailureLog
+from .._metering.names import OTEL, safe_name
+from .namespaces import Namespaces, check_reserved
+from .totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals, LimitTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
 
@@ -55,7 +60,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"OpenTelemetryExporter needs the OpenTelemetry API and SDK: {_IMPORT_HINT}") from exc
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -89,7 +94,6 @@ OPERATION_NAMES: Mapping[str, str] = OTEL_OPERATION_NAMES
 UNKNOWN = "unknown"
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind")
-_NAME_PART = re.compile(r"[^a-zA-Z0-9_./-]+")
 
 
 def operation_name(operation: str | None) -> str:
@@ -101,12 +105,7 @@ def operation_name(operation: str | None) -> str:
 
 def instrument_prefix(namespace: str) -> str:
     """``"LLM gateway"`` -> ``LLM_gateway``: a namespace usable in instrument names."""
-    prefix = _NAME_PART.sub("_", namespace).strip("_./-")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for an OpenTelemetry instrument name")
-    if not prefix[0].isalpha():
-        prefix = "ns_" + prefix
-    return prefix[:200]
+    return safe_name(namespace, OTEL)
 
 
 def _error_type(call: CallRecord) -> str | None:
@@ -134,8 +133,13 @@ class _Namespace:
 
     def __init__(self, meter: Meter, prefix: str, labels: tuple[str, ...], semconv: bool) -> None:
         self.labels = labels
+        self.failures = FailureLog()
         self.semconv = semconv
         self.totals = CallTotals(labels)
+        self.meter = meter
+        self.prefix = prefix
+        self.limits: LimitTotals | None = None
+        self._limits_lock = threading.Lock()
         token = "{token}"
         counters = (
             ("prompt_tokens", "Prompt (input) tokens, cached included.", PROMPT),
@@ -234,6 +238,42 @@ class _Namespace:
         return [Observation(count, {"kind": kind}) for kind, count in items]
 
 
+    # -- token limits (instruments created when a middleware with limits= binds) ------------
+
+    def limit_totals(self) -> LimitTotals:
+        with self._limits_lock:
+            if self.limits is None:
+                self.limits = _limit_instruments(self.meter, self.prefix)
+            return self.limits
+
+
+def _limit_instruments(meter: Meter, prefix: str) -> LimitTotals:
+    totals = LimitTotals()
+
+    def counter(index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(sums[index], {"limit": name}) for name, sums in totals.snapshot().items()]
+
+        return observe
+
+    for name, index, unit, description in (
+        ("authorized_calls", 0, "{request}", "Requests a token limit let through, by limit."),
+        ("limited_calls", 1, "{request}", "Requests a token limit refused with 429, by limit."),
+        ("authorized_tokens", 2, "{token}", "Tokens charged to a token limit, by limit."),
+    ):
+        meter.create_observable_counter(f"{prefix}.limit.{name}", [counter(index)], unit, description)
+
+    def observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
+        with totals.lock:
+            configured = list(totals.configured)
+        return [Observation(tokens, {"limit": name, "window_seconds": window}) for name, tokens, window in configured]
+
+    meter.create_observable_gauge(
+        f"{prefix}.limit.tokens", [observe_budgets], "{token}", "Configured token budget of a limit per window."
+    )
+    return totals
+
+
 class _OTelSink:
     def __init__(self, namespace: _Namespace, server: Mapping[str, Any]) -> None:
         self._ns = namespace
@@ -244,8 +284,8 @@ class _OTelSink:
             self._ns.add(call)
             if self._ns.semconv:
                 self._record_semconv(call)
-        except Exception:
-            logger.exception("OpenTelemetryExporter failed to record a call; the request is unaffected")
+        except Exception as exc:
+            self._ns.failures.failed("OpenTelemetryExporter", "record a call", exc)
 
     def _record_semconv(self, call: CallRecord) -> None:
         ns = self._ns
@@ -272,8 +312,17 @@ class _OTelSink:
     def on_error(self, kind: str) -> None:
         try:
             self._ns.add_error(kind)
-        except Exception:
-            logger.exception("OpenTelemetryExporter failed to count a metering error")
+        except Exception as exc:
+            self._ns.failures.failed("OpenTelemetryExporter", "count a metering error", exc)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        totals = self._ns.limit_totals()
+        totals.configure(limits)
+        for name, _tokens, _window in limits:
+            totals.add(name, 0, 0, 0)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        self._ns.limit_totals().add(name, authorized, limited, tokens)
 
 
 class OpenTelemetryExporter:
@@ -311,7 +360,7 @@ class OpenTelemetryExporter:
             self._server["server.address"] = server_address
             if server_port is not None:
                 self._server["server.port"] = server_port
-        self._namespaces: dict[str, _Namespace] = {}
+        self._namespaces: Namespaces[_Namespace] = Namespaces("OpenTelemetryExporter")
         self._lock = threading.Lock()
         self._shut_down = False
 
@@ -324,27 +373,16 @@ class OpenTelemetryExporter:
 
     def bind(self, schema: Schema) -> _OTelSink:
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with an attribute the OpenTelemetry exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
+        check_reserved(labels, _RESERVED, "an attribute the OpenTelemetry exporter adds")
         prefix = instrument_prefix(schema.namespace)
-        with self._lock:
-            namespace = self._namespaces.get(schema.namespace)
-            if namespace is None:
-                from .. import __version__
 
-                meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
-                namespace = _Namespace(meter, prefix, labels, self._semconv)
-                self._namespaces[schema.namespace] = namespace
-            elif namespace.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this OpenTelemetryExporter with "
-                    f"dimensions {namespace.labels}; give this middleware another namespace= or the same dimensions"
-                )
-        return _OTelSink(namespace, self._server)
+        def build() -> _Namespace:
+            from .. import __version__
+
+            meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
+            return _Namespace(meter, prefix, labels, self._semconv)
+
+        return _OTelSink(self._namespaces.bind(schema.namespace, labels, build), self._server)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         flush = getattr(self.meter_provider, "force_flush", None)

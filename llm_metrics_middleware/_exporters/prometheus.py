@@ -11,7 +11,11 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``.
+  exporter failures, dimension combinations that overflowed ``max_series``;
+- with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
+  ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
+  ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
+  window_seconds}: each configured budget, to draw usage against.
 
 Under gunicorn and other pre-fork servers, set ``PROMETHEUS_MULTIPROC_DIR`` before Python
 starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_app` and
@@ -21,18 +25,21 @@ starts (prometheus_client's multiprocess mode); :meth:`PrometheusExporter.asgi_a
 from __future__ import annotations
 
 import os
-import re
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .._metering.call import CallRecord
+from .._metering.names import PROMETHEUS, safe_name
+from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
+from .namespaces import Namespaces, check_reserved
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -40,15 +47,15 @@ FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
+# Registry -> its families by metric prefix, shared by every exporter of that registry.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Family]] = weakref.WeakKeyDictionary()
+_LIMIT_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _LimitMetrics]] = weakref.WeakKeyDictionary()
+_REGISTRIES_LOCK = threading.Lock()
+
 
 def metric_prefix(namespace: str) -> str:
-    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
-    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
-    if prefix[0].isdigit():
-        prefix = "_" + prefix
-    return prefix
+    """``"LLM gateway"`` -> ``LLM_gateway``: a valid Prometheus name prefix."""
+    return safe_name(namespace, PROMETHEUS)
 
 
 class _Family:
@@ -163,6 +170,63 @@ class _PrometheusSink:
         self._family.errors.labels(kind).inc()
 
 
+# -- token limits (kept apart from the token families: created only when limits= is used) ----
+
+
+class _LimitMetrics:
+    """The ``{prefix}_limit_*`` metrics of one namespace in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.authorized = Counter(
+            f"{prefix}_limit_authorized_calls", "Requests a token limit let through, by limit.", ["limit"], registry=registry
+        )
+        self.limited = Counter(
+            f"{prefix}_limit_limited_calls", "Requests a token limit refused with 429, by limit.", ["limit"], registry=registry
+        )
+        self.tokens = Counter(
+            f"{prefix}_limit_authorized_tokens", "Tokens charged to a token limit, by limit.", ["limit"], registry=registry
+        )
+        self.budget = Gauge(
+            f"{prefix}_limit_tokens",
+            "Configured token budget of a limit per window.",
+            ["limit", "window_seconds"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+
+class _LimitedPrometheusSink(_PrometheusSink):
+    """The sink with the two token-limit hooks (``limits_configured``, ``on_limit``)."""
+
+    def __init__(self, family: _Family, limit_metrics: Callable[[], _LimitMetrics]) -> None:
+        super().__init__(family)
+        self._limit_metrics = limit_metrics
+        # limit name -> (authorized, limited, tokens) children; one per configured limit.
+        self._limit_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        metrics = self._limit_metrics()
+        for name, tokens, window in limits:
+            metrics.budget.labels(name, str(window)).set(tokens)
+            # Zero series from the start, so rate() and ratios see the limit before its first event.
+            metrics.authorized.labels(name)
+            metrics.limited.labels(name)
+            metrics.tokens.labels(name)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        children = self._limit_children.get(name)
+        if children is None:
+            metrics = self._limit_metrics()
+            children = (metrics.authorized.labels(name), metrics.limited.labels(name), metrics.tokens.labels(name))
+            self._limit_children[name] = children
+        if authorized:
+            children[0].inc(authorized)
+        if limited:
+            children[1].inc(limited)
+        if tokens:
+            children[2].inc(tokens)
+
+
 class PrometheusExporter:
     """Token counters in a Prometheus registry (default ``prometheus_client.REGISTRY``).
 
@@ -173,28 +237,40 @@ class PrometheusExporter:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else REGISTRY
-        self._families: dict[str, _Family] = {}
-        self._lock = threading.Lock()
+        # The families belong to the registry, not to this exporter: a second
+        # PrometheusExporter() on the same registry (an app factory called twice, a test per
+        # app, a reloaded module) reuses them instead of failing with prometheus_client's
+        # "Duplicated timeseries in CollectorRegistry".
+        with _REGISTRIES_LOCK:
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = Namespaces(
+                    "registry's PrometheusExporter",
+                    "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
+                )
+        self._families = families
+        with _REGISTRIES_LOCK:
+            self._limit_families = _LIMIT_FAMILIES.setdefault(self.registry, {})
+        self._limit_lock = _REGISTRIES_LOCK
 
     def bind(self, schema: Schema) -> _PrometheusSink:
         prefix = metric_prefix(schema.namespace)
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
-        with self._lock:
-            family = self._families.get(prefix)
-            if family is None:
-                family = self._families[prefix] = _Family(self.registry, prefix, labels)
-            elif family.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
-                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
-                )
-        return _PrometheusSink(family)
+        check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
+        # Keyed by the prefix: two namespaces that sanitise alike would be one family.
+        family = self._families.bind(
+            schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
+        )
+        return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
+
+    def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
+        metrics = self._limit_families.get(prefix)
+        if metrics is None:
+            with self._limit_lock:
+                metrics = self._limit_families.get(prefix)
+                if metrics is None:
+                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
+        return metrics
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.
@@ -209,22 +285,30 @@ class PrometheusExporter:
             return registry
         return self.registry
 
-    def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def asgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        It answers GET and HEAD only; ``auth`` (``"Bearer <token>"``, ``"Basic
+        <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``) makes
+        it refuse scrapes without those credentials. The metrics show per-user usage.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
-            return app
-        return make_asgi_app(self.registry)
+            return guard_asgi(app, metrics_auth(auth))
+        return guard_asgi(make_asgi_app(self.registry), metrics_auth(auth))
 
-    def wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def wsgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        GET and HEAD only, and ``auth`` as for :meth:`asgi_app`.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             def app(environ: Any, start_response: Any) -> Any:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
-            return app
-        return make_wsgi_app(self.registry)
+            return guard_wsgi(app, metrics_auth(auth))
+        return guard_wsgi(make_wsgi_app(self.registry), metrics_auth(auth))

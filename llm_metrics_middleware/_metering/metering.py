@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
-from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, UsageExtractor, body_format
+from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import (
@@ -27,8 +29,21 @@ from .._core.providers.facts import (
     provider_from_headers,
 )
 from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator
-from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .call import (
+    ESTIMATED,
+    NO_USAGE,
+    REPORTED,
+    CallRecord,
+    ErrorKind,
+    Exporter,
+    Outcome,
+    Sink,
+    UsageSource,
+    is_error_kind,
+)
+from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
+from .failures import FailureLog
+from .limits import HeaderNames, TokenLimit, TokenLimiter
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -53,6 +68,13 @@ def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
         acc.update((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens))
     acc.update(counts)
     return acc.result()
+
+
+def body_error(error: str) -> ErrorKind:
+    """The ``kind`` label for why the core could not read a body. The label set stays closed
+    even if the core ever names a reason not in :data:`ErrorKind` (a bug that
+    ``tests/test_vocabulary.py`` catches first): that one is counted as ``internal``."""
+    return error if is_error_kind(error) else "internal"
 
 
 class SeriesLimiter:
@@ -132,28 +154,109 @@ class Metering:
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
         self.limiter = SeriesLimiter(max_series)
         #: Self-observability: what went wrong, by kind, since start.
-        self.errors: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[ErrorKind] = collections.Counter()
+        self.failures = FailureLog()
+
+    #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
+    limits: TokenLimiter | None = None
+    _limit_hooks: list[Callable[[str, int, int, int], None]] | None = None
+
+    def enable_limits(
+        self,
+        limits: Sequence[TokenLimit],
+        *,
+        storage: str,
+        asynchronous: bool,
+        fail_closed: bool,
+        timeout: float,
+        headers: HeaderNames,
+        location: str | None,
+        gateway_id: str | None,
+        subscription_secret: bytes | str | None,
+    ) -> None:
+        """Check ``limits`` and connect their store; sinks learn the configured limits."""
+        schema = self.schema
+
+        def source(name: str) -> Source | None:
+            for dim in schema.dimensions:
+                if dim.name == name:
+                    return dim.source
+            try:  # a default name the middleware does not export: its documented source
+                built = build_schema(
+                    schema.namespace, [name], location=location, gateway_id=gateway_id,
+                    subscription_secret=subscription_secret,
+                )
+            except (TypeError, ValueError):
+                return None
+            return built.dimensions[0].source
+
+        self.limits = TokenLimiter(
+            limits,
+            storage=storage,
+            asynchronous=asynchronous,
+            namespace=schema.namespace,
+            sources=source,
+            fail_closed=fail_closed,
+            timeout=timeout,
+            headers=headers,
+            count_error=self.count_error,
+            on_limit=self._on_limit,
+            subscription_secret_set=bool(subscription_secret or os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")),
+        )
+        described = self.limits.describe()
+        for sink in self.sinks:
+            configured = getattr(sink, "limits_configured", None)
+            if configured is not None:
+                configured(described)
+
+    def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        hooks = self._limit_hooks
+        if hooks is None:
+            hooks = self._limit_hooks = [h for h in (getattr(s, "on_limit", None) for s in self.sinks) if h is not None]
+        for on_limit in hooks:
+            try:
+                on_limit(name, authorized, limited, tokens)
+            except Exception as exc:
+                self.errors["export"] += 1
+                self.failures.failed(f"exporter hook {on_limit!r}", "count a limit event", exc)
+
+    def limit_context(self, view: RequestView, route: Route) -> CallContext:
+        """What the built-in key sources know at the start of a request."""
+        model = view.body.get("model")
+        return CallContext(
+            provider=self.provider or route.provider,
+            operation=route.operation,
+            model=model if isinstance(model, str) and model else route.model,
+        )
 
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
-    def count_error(self, kind: str) -> None:
+    def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
-        for sink in self.sinks:
-            on_error = getattr(sink, "on_error", None)
-            if on_error is not None:
-                try:
-                    on_error(kind)
-                except Exception:
-                    logger.exception("exporter failed to count an error")
+        self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
-        for sink in self.sinks:
+        if self.limits is not None:
+            self.limits.charge(call)
+        self._to_sinks("record", call)
+
+    def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
+        """The one guard around exporter code: a sink that raises is logged once per sink and
+        kind of failure (not a traceback per request), counted as ``export`` and skipped; the
+        other sinks still get the call."""
+        for index, sink in enumerate(self.sinks):
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue  # on_error is optional
             try:
-                sink.record(call)
-            except Exception:
-                logger.exception("exporter %r failed to record a call; the request is unaffected", sink)
+                fn(arg)
+            except Exception as exc:
                 self.errors["export"] += 1
+                who = f"exporter {type(sink).__qualname__} (exporters[{index}])"
+                self.failures.failed(who, "record a call" if method == "record" else "count an error", exc)
+                if method == "record":  # tell the others; a failing on_error is not retried
+                    self._to_sinks("on_error", "export")
 
 
 class MeteredCall:
@@ -185,7 +288,7 @@ class MeteredCall:
         self.first_chunk: float | None = None
         self.want_text = False
         self.finished = False
-        self.fmt = NONE
+        self.fmt: BodyFormat = NONE
         self.header_counts: Counts | None = None
 
     def request_body(self, chunk: bytes) -> None:
@@ -241,8 +344,8 @@ class MeteredCall:
                 token_counter=metering.token_counter,
                 decompressor=decompressor,
             )
-        except Exception:
-            logger.exception("llm-metrics: could not start reading a response; it is not counted")
+        except Exception as exc:
+            self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)
             self.metering.count_error("internal")
 
     def body(self, chunk: bytes) -> None:
@@ -258,8 +361,8 @@ class MeteredCall:
         self.finished = True
         try:
             self._finish(outcome)
-        except Exception:
-            logger.exception("llm-metrics: failed to record a call; the request is unaffected")
+        except Exception as exc:
+            self.metering.failures.failed("llm-metrics", "meter a call", exc)
             self.metering.count_error("internal")
 
     def _finish(self, outcome: Outcome) -> None:
@@ -272,10 +375,10 @@ class MeteredCall:
         # Only LLM calls are counted: a known LLM path, or a body that reported usage.
         if route.operation is None and usage is None:
             if extraction is not None and extraction.error is not None and self.metering.custom is not None:
-                metering.count_error(extraction.error)
+                metering.count_error(body_error(extraction.error))
             return
         if extraction is not None and extraction.error is not None:
-            metering.count_error(extraction.error)
+            metering.count_error(body_error(extraction.error))
             logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
         body = self.view.body
         source: UsageSource = NO_USAGE
@@ -304,7 +407,7 @@ class MeteredCall:
             or _provider_from_headers(self.view)
         )
         ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
+        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
