@@ -569,6 +569,30 @@ CASES.append(
     )
 )
 
+CASES += [
+    WireCase(
+        id="bedrock-invoke-titan-embed",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-embed-text-v2:0/invoke",
+        request_body=_req({"inputText": "Hello, world!", "normalize": True}),
+        content_type=_JSON, body_file="bedrock-invoke-titan-embed.json",
+        prompt_tokens=5, completion_tokens=0, total_tokens=5, model="amazon.titan-embed-text-v2:0",
+        response_headers=(("X-Amzn-Bedrock-Input-Token-Count", "5"),),
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestBedrock.test_titan_v2_minimal.yaml",
+        note="cassette stores the parsed body; written compact; both vectors cut from 1024 to 64 numbers. Usage "
+        "(inputTextTokenCount) after the vector, and an input-count header with no output-count header",
+    ),
+    WireCase(
+        id="bedrock-invoke-cohere-embed",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.embed-english-v3/invoke",
+        request_body=_req({"texts": ["Hello, world!"], "input_type": "search_query", "truncate": "NONE"}),
+        content_type=_JSON, body_file="bedrock-invoke-cohere-embed.json",
+        prompt_tokens=4, completion_tokens=0, total_tokens=4, model="cohere.embed-english-v3",
+        response_headers=(("X-Amzn-Bedrock-Input-Token-Count", "4"),),
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestBedrock.test_cohere_v3_minimal.yaml",
+        note="cassette stores the parsed body; written compact; the vector cut from 1024 to 64 numbers; no usage in the body: the header only",
+    ),
+]
+
 #: Calls that bill no tokens (token counting, moderation): recorded as calls with no usage,
 #: whatever their bodies hold.
 UNBILLED_CASES: list[WireCase] = [
