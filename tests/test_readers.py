@@ -125,3 +125,37 @@ def test_a_bug_in_a_reader_is_malformed_and_never_raises(monkeypatch: pytest.Mon
         x.feed(body)
         result = x.close()
         assert result.usage is None and result.error == "malformed", fmt
+
+
+@pytest.mark.parametrize("fmt,body,counts,model,provider,read_as", BODIES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BODIES)])
+def test_a_leading_byte_order_mark_is_dropped_however_cut(
+    parse_path: str, fmt: str, body: bytes, counts: Any, model: str, provider: str, read_as: str
+) -> None:
+    # WHATWG: "a single U+FEFF BYTE ORDER MARK character at the start of a stream is ignored";
+    # RFC 8259 lets a JSON parser ignore one too. Some servers (.NET's among them) send it.
+    expected = (counts, model, provider, read_as, None)
+    check_every_split(lambda chunks: _extract(fmt, chunks), b"\xef\xbb\xbf" + body.lstrip(), expected, examples=20)
+
+
+def test_a_byte_order_mark_in_a_compressed_stream_is_dropped() -> None:
+    data_first = STREAM.split(b"\r\n", 1)[1]  # the mark then "data:", so a kept mark would hide the usage
+    compressed = gzip.compress(b"\xef\xbb\xbf" + data_first)
+    for size in (1, 7, len(compressed)):
+        x = UsageExtractor(SSE, decompressor=decompressor_for("gzip"))
+        for i in range(0, len(compressed), size):
+            x.feed(compressed[i : i + size])
+        usage = x.close().usage
+        assert usage is not None and usage.total_tokens == 15
+
+
+def test_a_mark_before_the_first_data_line_hides_nothing() -> None:
+    data_first = STREAM.split(b"\r\n", 1)[1]
+    for fmt in (SSE, SNIFF):
+        check_every_split(lambda chunks: _extract(fmt, chunks), b"\xef\xbb\xbf" + data_first,
+                          ((9, 6, 15, 0), "claude", "anthropic", SSE, None), examples=20)
+
+
+def test_bodies_shorter_than_a_mark_are_still_read() -> None:
+    for body, fmt in ((b"\xef", SNIFF), (b"\xef\xbb", JSON), (b"{}", JSON)):
+        result = _extract(fmt, [body])
+        assert result[0] is None

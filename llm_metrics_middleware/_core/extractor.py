@@ -26,6 +26,7 @@ from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
+_BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
@@ -89,7 +90,7 @@ class UsageExtractor:
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
     """
 
-    __slots__ = ("_reader", "_found", "_decoder")
+    __slots__ = ("_reader", "_found", "_decoder", "_head")
 
     def __init__(
         self,
@@ -105,6 +106,9 @@ class UsageExtractor:
         start = READERS.get(fmt)
         # The SSE fast path skips whole events unread: only for uncompressed bodies.
         self._reader: Reader = start(self._found, decompressor is None) if start is not None else Stopped()
+        # The body's first bytes, held until a UTF-8 byte order mark is ruled in (and
+        # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
+        self._head: bytes | None = b""
 
     def feed(self, chunk: bytes) -> None:
         reader = self._reader
@@ -123,6 +127,8 @@ class UsageExtractor:
             return
         decoder = self._decoder
         if decoder is None:
+            if self._head is not None:
+                chunk = self._without_bom(chunk)
             try:
                 self._reader = reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
@@ -131,12 +137,22 @@ class UsageExtractor:
         if not chunk:
             return
         for piece in decoder.decode(chunk):
+            if self._head is not None:
+                piece = self._without_bom(piece)
             try:
                 self._reader = self._reader.feed(piece)
             except Exception:
                 self._stop()
         if decoder.error is not None:
             self._found.fail(decoder.error)
+
+    def _without_bom(self, chunk: bytes) -> bytes:
+        head = (self._head or b"") + chunk
+        if len(head) < 3 and _BOM.startswith(head):
+            self._head = head  # maybe a mark split across chunks: wait for more
+            return b""
+        self._head = None
+        return head[3:] if head.startswith(_BOM) else head
 
     def _stop(self) -> None:
         self._found.error = "malformed"
@@ -150,6 +166,9 @@ class UsageExtractor:
             found.fail(decoder.error or "bad_compression")
             reader = Stopped(reader.format)
         try:
+            if self._head:  # a body of one or two bytes that began like a mark
+                reader = reader.feed(self._head)
+                self._head = None
             reader.close()
         except Exception:
             found.fail("malformed")
