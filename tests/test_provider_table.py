@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from llm_metrics_middleware._core.extractor import JSON, SSE, UsageExtractor
 from llm_metrics_middleware._core.jsonscan import JSONScanner
 from llm_metrics_middleware._core.providers import facts, route_of
 from llm_metrics_middleware._core.providers.objects import OBJECT_PATHS, counts_from_object, model_from_object
@@ -136,3 +137,19 @@ def test_derived_lists() -> None:
     for bad in ("-1", "1e3", "x", "99999999999"):
         assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": bad, "x-amzn-bedrock-output-token-count": "1"}) is None
     assert facts.counts_from_headers({}) is None
+
+
+@pytest.mark.parametrize("terminal,counted", [("response.incomplete", True), ("response.completed", True), ("response.failed", False)])
+def test_responses_terminal_events(parse_path: str, terminal: str, counted: bool) -> None:
+    # A failed response bills nothing even if its event carries usage; an incomplete one
+    # (max_output_tokens reached) is billed like a completed one.
+    response = {"id": "resp_1", "status": terminal.split(".")[1], "model": "gpt-5",
+                "usage": {"input_tokens": 11, "output_tokens": 4, "total_tokens": 15}}
+    event = {"type": terminal, "sequence_number": 9, "response": response}
+    stream = b"event: " + terminal.encode() + b"\ndata: " + json.dumps(event).encode() + b"\n\n"
+    for fmt, body in ((SSE, stream), (JSON, json.dumps(event).encode())):
+        x = UsageExtractor(fmt)
+        for i in range(len(body)):
+            x.feed(body[i : i + 1])
+        usage = x.close().usage
+        assert (usage is not None and usage.total_tokens == 15) is counted, (fmt, terminal)

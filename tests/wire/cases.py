@@ -593,7 +593,7 @@ CASES += [
     ),
 ]
 
-#: Calls that bill no tokens (token counting, moderation): recorded as calls with no usage,
+#: Calls that bill no tokens (token counting, moderation, a failed response): recorded as calls with no usage,
 #: whatever their bodies hold.
 UNBILLED_CASES: list[WireCase] = [
     WireCase(
@@ -620,6 +620,14 @@ UNBILLED_CASES: list[WireCase] = [
         content_type=_JSON, body_file="bedrock-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
         source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic_bedrock_count_tokens/test_anthropic_bedrock_count_tokens_real_api.yaml",
         note="cassette stores the parsed body; written compact; the request's base64 InvokeModel body shortened",
+    ),
+    WireCase(
+        id="failed-openai-responses-stream", provider="openai", operation="responses", method="POST", path="/v1/responses",
+        request_body=_req({"model": "gpt-5.1", "input": "Summarise the repository.", "stream": True}),
+        content_type=_SSE, body_file="openai-responses-stream-failed.sse", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="openai/codex codex-rs/core/src/client.rs (test error_when_error_event: a rate-limited response.failed event)",
+        note="the test's event framed as the test frames it (event: line, one data: line); a failed response bills nothing "
+        "(here usage is null; a failed event that carried usage would not count either)",
     ),
     WireCase(
         id="unbilled-openai-moderations", provider="openai", operation="moderations", method="POST", path="/v1/moderations",

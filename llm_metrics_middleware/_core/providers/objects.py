@@ -44,11 +44,15 @@ TOP_LEVEL_FIELDS: tuple[FieldPath, ...] = tuple(
     dict.fromkeys(f for path, shapes in USAGE_CONTAINERS if not path for s, _ in shapes for f in s.scanned)
 )
 
+#: (key, value) pairs of objects whose usage is not billed.
+UNBILLED_OBJECTS: tuple[tuple[str, str], ...] = tuple(dict.fromkeys(m for p in PROVIDERS for m in p.unbilled_objects))
+
 #: Object-relative paths the JSON scanner must capture for the functions below.
 OBJECT_PATHS: Sequence[FieldPath] = (
     *(path for path, _ in USAGE_CONTAINERS if path),
     *MODEL_PATHS,
     *TOP_LEVEL_FIELDS,
+    *dict.fromkeys((key,) for key, _ in UNBILLED_OBJECTS),
 )
 
 
@@ -57,6 +61,9 @@ def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
 
     Raises :class:`~.usage.Invalid` when a usage object holds values we refuse to count.
     """
+    for key, value in UNBILLED_OBJECTS:
+        if obj.get(key) == value:
+            return None
     for path, shapes in _SHAPES_AT:
         node: Any = obj
         for key in path:  # inline: this runs for every object of every body

@@ -133,6 +133,9 @@ class Provider:
     #: How it streams: ``sse``, ``ndjson``, or ``eventstream`` (AWS's binary framing). The
     #: SSE fast path's hint is derived from the providers that stream SSE.
     stream_format: str = "sse"
+    #: (key, value) pairs that mark a JSON object whose usage is not billed (the Responses
+    #: API's ``response.failed``): its counts are ignored.
+    unbilled_objects: tuple[tuple[str, str], ...] = ()
     #: Response headers that report usage (authoritative when present): input, output,
     #: cache read, cache write.
     usage_headers: tuple[str, str, str, str] | None = None
@@ -168,6 +171,9 @@ OPENAI = Provider(
     prompt_roots=("messages", "prompt", "input", "instructions"),
     request_fields=(("model",), ("stream",), ("user",), ("stream_options", "include_usage")),
     key_headers=("Authorization",),
+    # A failed response bills nothing; response.incomplete (cut short by max_output_tokens
+    # or a content filter) is billed and counted.
+    unbilled_objects=(("type", "response.failed"),),
 )
 
 AZURE_OPENAI = Provider(
