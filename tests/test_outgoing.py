@@ -547,3 +547,91 @@ def test_connection_error_is_a_request_with_outcome_error() -> None:
         client.post("/v1/chat/completions", json={"model": OPENAI_MODEL, "messages": []})
     [call] = outside.calls
     assert (call.outcome, call.status, call.usage, call.request_model) == ("error", 0, None, OPENAI_MODEL)
+
+
+def test_token_limits_charge_outgoing_calls_to_the_incoming_key(upstream: tuple[str, Upstream]) -> None:
+    import time
+
+    from llm_metrics_middleware import TokenLimit
+
+    exporter = InMemoryExporter()
+    app = create_fastapi_app(upstream[0], exporters=[exporter], dimensions=DIMENSIONS,
+                             limits=[TokenLimit("per-user", tokens=30, per="minute", key="User ID")])
+    instrument_httpx()
+    with uvicorn_server(app) as url:
+        first, second = (ask(url, "olga", "openai", 10) for _ in range(2))  # 16 tokens each
+        assert (first.status_code, second.status_code) == (200, 200)
+        deadline = time.monotonic() + 10
+        while True:  # the charge lands a moment after the response; polling costs no tokens
+            probe = httpx.get(url + "/me/usage", headers={"x-user-id": "olga"}, timeout=10)
+            if probe.status_code == 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert probe.status_code == 429 and int(probe.headers["retry-after"]) >= 1
+        assert httpx.get(url + "/me/usage", headers={"x-user-id": "other"}, timeout=10).status_code == 200
+    assert sum(c.usage.total_tokens for c in calls_of(exporter, "olga")) == 32
+
+
+def test_an_in_process_app_behind_asgi_transport_still_counts_its_own_calls(upstream: tuple[str, Upstream]) -> None:
+    """The app behind ASGITransport runs in the sender's task: its own calls are other
+    requests, counted by its middleware, while the sender's call is counted once, by the sender."""
+    inner, outer = InMemoryExporter(), InMemoryExporter()
+    app = create_fastapi_app(upstream[0], exporters=[inner], dimensions=DIMENSIONS)
+    instrument_httpx(exporters=[outer], dimensions=["Model"])
+
+    async def run() -> dict[str, Any]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://inner") as client:
+            response = await client.post("/v1/chat/completions", json={
+                "model": OPENAI_MODEL, "user": "pat", "max_tokens": 3, "messages": [{"role": "user", "content": "hi"}]})
+            return response.json()  # type: ignore[no-any-return]
+
+    body = asyncio.run(run())
+    [sent] = outer.calls
+    [relayed] = inner.calls
+    assert sent.usage.total_tokens == relayed.usage.total_tokens == body["usage"]["total_tokens"]
+    assert inner.dimensions(relayed)["User ID"] == "pat" and relayed.origin == "outgoing"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gzipped_responses_are_read_decompressed_and_reach_the_sdk_as_without_us(
+    upstream: tuple[str, Upstream], stream: bool,
+) -> None:
+    url = upstream[0]
+    outside = InMemoryExporter()
+    extra: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}} if stream else {}
+    request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "zip it"}], "max_tokens": 7, **extra}
+
+    def read() -> Any:
+        with openai.OpenAI(base_url=f"{url}/v1", api_key="sk", max_retries=0, timeout=20) as client:
+            if not stream:
+                completion = client.chat.completions.create(**request, extra_headers={"x-gzip": "1"})
+                return completion.choices[0].message.content, completion.usage.total_tokens
+            with client.chat.completions.create(**request, extra_headers={"x-gzip": "1"}) as events:
+                chunks = list(events)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage.total_tokens
+
+    want = read()
+    instrument_httpx(exporters=[outside])
+    assert read() == want
+    [call] = outside.calls
+    assert call.usage is not None and call.usage.total_tokens == want[1] and call.usage_source == "reported"
+
+
+def test_a_caller_that_stops_reading_early_is_a_disconnected_call(upstream: tuple[str, Upstream]) -> None:
+    outside = InMemoryExporter()
+    instrument_httpx(exporters=[outside])
+    request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "long"}], "max_tokens": 40, "stream": True}
+    url, sim = upstream
+    with httpx2.Client(base_url=url, timeout=20) as client:
+        # Gated: the upstream pauses after the first word, so [DONE] cannot have arrived yet.
+        with client.stream("POST", "/v1/chat/completions", json=request, headers={"x-gate": "1"}) as response:
+            for line in response.iter_lines():
+                if '"content":"tokens ' in line:
+                    break  # stops after the first word, long before [DONE]
+        sim.gate.set()  # closed; let the upstream finish
+        with client.stream("POST", "/v1/chat/completions", json=request) as response:
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    break  # what the SDKs do: the stream's last word was read
+    assert [c.outcome for c in outside.calls] == ["disconnected", "completed"]
+    assert outside.calls[0].usage_source == "estimated" and outside.calls[0].usage.completion_tokens < 40

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -99,6 +100,14 @@ def _anthropic_stream_usage() -> dict[str, Any]:
             usage.update(event.get("usage", {}))
     usage.pop("iterations", None)
     return usage
+
+
+def wait_for_calls(memory: InMemoryExporter, n: int) -> None:
+    """A client can read a response's last byte before the middleware has recorded it."""
+    deadline = time.monotonic() + 10
+    while len(memory.calls) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(memory.calls) == n, memory.calls
 
 
 # -- Price ------------------------------------------------------------------------------
@@ -202,6 +211,7 @@ def test_openai_stream_with_cached_tokens_through_the_sdk(served: tuple[str, InM
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "Hello there"
+    wait_for_calls(memory, 1)
     [call] = memory.calls
     assert call.usage is not None and call.usage.cached_tokens == 1920 and call.usage.reasoning_tokens == 128
     assert call.cost_usd is not None
@@ -222,7 +232,9 @@ def test_anthropic_stream_and_json_with_cache_writes_through_the_sdk(
     assert final.usage.cache_creation_input_tokens == 9165
     message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Summarise."}])
     assert message.usage.cache_read_input_tokens == 1111
-    streamed, plain = memory.calls
+    wait_for_calls(memory, 2)
+    [streamed] = [c for c in memory.calls if c.streamed]
+    [plain] = [c for c in memory.calls if not c.streamed]
     assert streamed.cost_usd is not None and plain.cost_usd is not None
     # claude-opus-4-7: $5 in, $0.50 cache read, $10 per million 1h cache writes, $25 out
     stream_hand = (5 * 5 + 6025 * 0.5 + 9165 * 10 + 15 * 25) / 1e6

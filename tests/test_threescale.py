@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -308,6 +309,10 @@ def test_requests_never_wait_for_the_backend(capture: CaptureServer, made: list[
             response = client.post("/v1/chat/completions", content=chat(stream=stream), headers={"x-api-key": key})
             assert response.status_code == 200 and response.content
             assert not capture.release.is_set() and capture.accepted == []
+        # The client can read a response's last byte before the middleware has recorded it.
+        deadline = time.monotonic() + 10
+        while len(memory.calls) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert len(memory.calls) == 4
         capture.mode = OK
         capture.release.set()
@@ -447,3 +452,46 @@ def test_gunicorn_workers_report_their_own_usage_when_they_stop(capture: Capture
                 )
         assert capture.accepted == []  # nothing is due before the workers stop
     assert capture.sums() == expected  # every worker flushed at exit: nothing lost, nothing twice
+
+
+# -- outgoing calls ------------------------------------------------------------------------
+
+
+def test_outgoing_llm_calls_are_reported_for_the_incoming_application(
+    capture: CaptureServer, made: list[ThreeScaleExporter]
+) -> None:
+    """An app that calls the LLM itself (httpx, instrumented): the credential is the incoming
+    request's, and the exporter's own reports (http.client) are never metered."""
+    from llm_metrics_middleware import Price, instrument_httpx, uninstrument_httpx
+
+    exporter = make(made, capture.url)
+    memory = InMemoryExporter()
+    simulated = SimulatedLLM()
+
+    async def upstream(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            await simulated.asgi(scope, receive, send)
+
+    with uvicorn_server(upstream) as upstream_url:
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            while (await receive()).get("more_body"):
+                pass
+            async with httpx.AsyncClient(base_url=upstream_url, timeout=10) as client:
+                answer = await client.post("/v1/chat/completions", content=chat("outgoing call words"))
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": answer.content})
+
+        wrapped = LLMMetricsMiddleware(app, exporters=[exporter, memory], pricing={"sim-gpt": Price(1, 2)})
+        instrument_httpx()
+        try:
+            with uvicorn_server(wrapped) as url, httpx.Client(base_url=url, timeout=10) as client:
+                for key in ("alice", "bob", "alice"):
+                    assert client.post("/ask", content=b"{}", headers={"x-api-key": key}).status_code == 200
+                assert exporter.force_flush(10_000) is True
+        finally:
+            uninstrument_httpx()
+    assert len(memory.calls) == 3 and all(c.origin == "outgoing" and c.cost_usd for c in memory.calls)
+    assert capture.sums() == counted(memory)

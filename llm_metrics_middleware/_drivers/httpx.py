@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall
 from .._metering.paths import PathPatterns
-from .outgoing import SENDING, TAIL, Outgoing, ended
+from .outgoing import SENDING, TAIL, Outgoing, ended, sending
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -55,7 +55,8 @@ _patched: list[tuple[type, str, Any]] = []
 # -- the tee ---------------------------------------------------------------------------------
 
 
-def _closed_outcome(tail: bytes) -> Any:
+def _closed_outcome(tail: bytes) -> Outcome:
+    """A stream closed before its end: completed if its last word was said, else abandoned."""
     return COMPLETED if ended(tail) else DISCONNECTED
 
 
@@ -136,7 +137,7 @@ def _tee_for(response: Any, is_async: bool) -> type:
 def _begin(outgoing: Outgoing, request: Any) -> MeteredCall | None:
     try:
         url = request.url
-        call = outgoing.begin(request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
+        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
         if call is not None and call.peek is not None:
             try:
                 content = request.content  # bytes bodies (SDKs, json=) are read already
@@ -171,7 +172,7 @@ def _send(outgoing: Outgoing, send: Callable[[Any], Any], request: Any) -> Any:
     call = _begin(outgoing, request)
     if call is None:
         return send(request)
-    token = SENDING.set(True)
+    token = SENDING.set(request)
     try:
         response = send(request)
     except BaseException:
@@ -187,7 +188,7 @@ async def _send_async(outgoing: Outgoing, send: Callable[[Any], Awaitable[Any]],
     call = _begin(outgoing, request)
     if call is None:
         return await send(request)
-    token = SENDING.set(True)
+    token = SENDING.set(request)
     try:
         response = await send(request)
     except BaseException:
@@ -205,7 +206,7 @@ async def _send_async(outgoing: Outgoing, send: Callable[[Any], Awaitable[Any]],
 def _patch_sync(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     def handle_request(self: Any, request: Any) -> Any:
         outgoing = _instrumented
-        if outgoing is None or SENDING.get():
+        if outgoing is None or sending(request):
             return original(self, request)
         return _send(outgoing, lambda r: original(self, r), request)
 
@@ -217,7 +218,7 @@ def _patch_sync(original: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any
 def _patch_async(original: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handle_async_request(self: Any, request: Any) -> Any:
         outgoing = _instrumented
-        if outgoing is None or SENDING.get():
+        if outgoing is None or sending(request):
             return await original(self, request)
         return await _send_async(outgoing, lambda r: original(self, r), request)
 

@@ -25,21 +25,28 @@ from .._metering.request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
 
-#: True while an outgoing call is being sent by a metering layer: layers below it (an
-#: instrumented transport inside a ``LLMMetricsTransport``) pass it through uncounted.
-SENDING: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_metrics_middleware.sending", default=False)
+#: The request a metering layer is sending: layers below it (an instrumented transport
+#: inside a ``LLMMetricsTransport``) pass that same request through uncounted. The request
+#: itself, not a flag: an in-process app behind ``ASGITransport`` runs in the sender's task,
+#: and the calls it makes (other request objects) are still counted.
+SENDING: contextvars.ContextVar[object] = contextvars.ContextVar("llm_metrics_middleware.sending", default=None)
+
+
+def sending(request: object) -> bool:
+    """Whether an outer metering layer is already sending ``request``."""
+    return SENDING.get() is request
 
 #: Marks of an SSE stream's end, for a caller that closes the response as soon as it has
 #: read them (the OpenAI SDK stops at ``[DONE]``): such a close is a completed call.
 _END_MARKS = (b"[DONE]", b"message_stop", b'"done":true', b'"done": true')
-#: Bytes of a body's end kept to look for those marks.
-TAIL = 64
+#: Bytes of a body's end kept to look for those marks (Ollama's final object carries a
+#: few statistics after its ``"done":true``).
+TAIL = 256
 
 
 def ended(tail: bytes) -> bool:
     """Whether the last bytes of a body show that the stream had said its last word."""
-    stripped = tail.rstrip()
-    return any(mark in stripped[-len(mark) - 24 :] for mark in _END_MARKS)
+    return any(mark in tail for mark in _END_MARKS)
 
 
 class Outgoing:
@@ -74,10 +81,12 @@ class Outgoing:
         else:
             self.default = Metering(exporters=exporters, dimensions=dimensions, **options)
 
-    def begin(self, method: str, path: str, query: str, raw_headers: Iterable[tuple[bytes, bytes]]) -> MeteredCall | None:
-        """The per-call state for an outgoing request, or None when it is not counted."""
+    def begin(
+        self, request: object, method: str, path: str, query: str, raw_headers: Iterable[tuple[bytes, bytes]]
+    ) -> MeteredCall | None:
+        """The per-call state for an outgoing ``request``, or None when it is not counted."""
         try:
-            if SENDING.get():
+            if sending(request):
                 return None
             route = route_of(path)
             if not self.paths.meters(path, route.operation is not None):

@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import requests
 import requests.adapters
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall
 from .._metering.paths import PathPatterns
-from .outgoing import SENDING, TAIL, Outgoing, ended
+from .outgoing import SENDING, TAIL, Outgoing, ended, sending
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -85,7 +85,7 @@ class _TeeRaw:
             self._end(COMPLETED)
         return data
 
-    def _end(self, outcome: Any) -> None:
+    def _end(self, outcome: Outcome) -> None:
         self._start(True)
         if outcome == DISCONNECTED and ended(self._tail):
             outcome = COMPLETED
@@ -112,7 +112,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
     try:
         url = urlsplit(request.url)
         headers = [(_latin1(k), _latin1(v)) for k, v in request.headers.items()]
-        call = outgoing.begin(request.method or "GET", url.path or "/", url.query, headers)
+        call = outgoing.begin(request, request.method or "GET", url.path or "/", url.query, headers)
         body = request.body
         if call is not None and call.peek is not None and isinstance(body, (bytes, str)):
             call.request_body(body.encode("utf-8") if isinstance(body, str) else body)
@@ -121,7 +121,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
         call = None
     if call is None:
         return _ORIGINAL_SEND(adapter, request, *args, **kwargs)
-    token = SENDING.set(True)
+    token = SENDING.set(request)
     try:
         response = _ORIGINAL_SEND(adapter, request, *args, **kwargs)
     except BaseException:
@@ -141,7 +141,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
 
 def _patched_send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
     outgoing = _instrumented
-    if outgoing is None or SENDING.get():
+    if outgoing is None or sending(request):
         return _ORIGINAL_SEND(self, request, *args, **kwargs)
     return _send(outgoing, self, request, args, kwargs)
 
