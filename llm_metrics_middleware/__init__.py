@@ -13,10 +13,12 @@ from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
+from ._exporters.rules import MetricRule
 from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
 from ._metering.context import carry_context, metering_context
 from ._metering.dimensions import Dimension
 from ._metering.limits import TokenLimit
+from ._metering.pricing import Price
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from ._exporters.azure import AzureMonitorExporter
     from ._exporters.otel import OpenTelemetryExporter
     from ._exporters.prometheus import PrometheusExporter
+    from ._exporters.threescale import ThreeScaleExporter
 
 __all__ = [
     "AzureMonitorExporter",
@@ -37,12 +40,15 @@ __all__ = [
     "LLMMetricsMiddleware",
     "LLMMetricsTransport",
     "LLMMetricsWSGIMiddleware",
+    "MetricRule",
     "OpenTelemetryExporter",
     "Outcome",
+    "Price",
     "PrometheusExporter",
     "RequestView",
     "Schema",
     "Sink",
+    "ThreeScaleExporter",
     "TokenLimit",
     "Usage",
     "UsagePointers",
@@ -83,4 +89,8 @@ def __getattr__(name: str) -> Any:
         from ._exporters.otel import OpenTelemetryExporter
 
         return OpenTelemetryExporter
+    if name == "ThreeScaleExporter":
+        from ._exporters.threescale import ThreeScaleExporter
+
+        return ThreeScaleExporter
     raise AttributeError(f"module 'llm_metrics_middleware' has no attribute {name!r}")

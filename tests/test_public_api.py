@@ -15,12 +15,15 @@ def test_exported_members_are_pinned() -> None:
         "LLMMetricsMiddleware",
         "LLMMetricsTransport",
         "LLMMetricsWSGIMiddleware",
+        "MetricRule",
         "OpenTelemetryExporter",
         "Outcome",
+        "Price",
         "PrometheusExporter",
         "RequestView",
         "Schema",
         "Sink",
+        "ThreeScaleExporter",
         "TokenLimit",
         "Usage",
         "UsagePointers",
@@ -37,6 +40,6 @@ def test_exported_members_are_pinned() -> None:
 
 
 def test_every_exporter_has_flush_and_shutdown() -> None:
-    for name in ("PrometheusExporter", "AzureMonitorExporter", "OpenTelemetryExporter"):
+    for name in ("PrometheusExporter", "AzureMonitorExporter", "OpenTelemetryExporter", "ThreeScaleExporter"):
         cls = getattr(llm_metrics_middleware, name)
         assert callable(cls.force_flush) and callable(cls.shutdown), name

@@ -34,8 +34,8 @@ def _check(case: WireCase, exporter: InMemoryExporter) -> None:
         assert usage.estimated and call.usage_source == "estimated" and usage.completion_tokens > 0
     else:
         assert not usage.estimated and call.usage_source == "reported"
-        got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens)
-        want = (case.prompt_tokens, case.completion_tokens, case.total_tokens, case.cached_tokens, case.reasoning_tokens)
+        got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        want = (case.prompt_tokens, case.completion_tokens, case.total_tokens, case.cached_tokens, case.reasoning_tokens, case.cache_write_tokens, case.cache_write_1h_tokens)
         assert got == want, case.id
     dims = exporter.dimensions(call)
     assert dims["Provider"] == case.provider, case.id

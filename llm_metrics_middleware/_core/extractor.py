@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
 from .findings import Findings, TextMeter
-from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
+from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
 from .readers import BODY_FORMATS, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
@@ -27,6 +27,7 @@ from .usage import Usage
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _usage_hint = USAGE_HINT.search
+_usage_marker = USAGE_MARKER.search
 _text_fields = TEXT_FIELD.finditer
 
 __all__ = ["BODY_FORMATS", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
@@ -112,6 +113,7 @@ class UsageExtractor:
             and skim.at_boundary
             and chunk[-2:] == b"\n\n"
             and _usage_hint(chunk) is None
+            and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
         ):
             # The SSE fast path (see SSEReader): whole events that cannot hold usage.
             text = self._found.text
@@ -140,11 +142,14 @@ class UsageExtractor:
         self._found.error = "malformed"
         self._reader = Stopped()
 
-    def close(self) -> Extraction:
+    def close(self, *, ended: bool = True) -> Extraction:
+        """What the body said. ``ended=False``: the body was cut short (the client left,
+        the app failed), so a compressed stream that stops midway is expected, not bad:
+        what was decoded so far is read."""
         found = self._found
         reader = self._reader
         decoder = self._decoder
-        if decoder is not None and (decoder.error is not None or not decoder.complete):
+        if decoder is not None and (decoder.error is not None or (ended and not decoder.complete)):
             found.fail(decoder.error or "bad_compression")
             reader = Stopped(reader.format)
         try:

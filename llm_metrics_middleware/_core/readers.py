@@ -14,10 +14,10 @@ new format (a binary event stream, say) is one more class and one more entry.
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Final, Literal, Protocol, get_args
 
 from .findings import Findings
-from .jsonscan import JSONScanner
+from .jsonscan import JSONScanner, string_bytes
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
 from .sse import SSEDecoder
 
@@ -72,17 +72,6 @@ class Stopped:
 
     def close(self) -> None:
         pass
-
-
-def _string_bytes(value: Any) -> int:
-    """Length of the strings in a parsed JSON value (keys included), for estimates."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + _string_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_string_bytes(v) for v in value)
-    return 0
 
 
 class SniffReader:
@@ -160,7 +149,7 @@ class SmallJSONReader:
         text = found.text
         if text is not None and not found.acc.seen:
             text.add_bytes(
-                sum(_string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
+                sum(string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
             )
 
 
@@ -249,6 +238,14 @@ class SSEReader:
                 obj = json.loads(data)
             except ValueError:
                 found.fail("malformed")
+                return
+            except RecursionError:
+                # Valid JSON nested past json.loads' limit: the scanner (no recursion) reads
+                # it, and the events after it are read as usual.
+                scanner = found.scanner(text=False)
+                scanner.feed(data)
+                if scanner.failed:
+                    found.fail("malformed")
                 return
             if isinstance(obj, dict):
                 found.on_object(obj)

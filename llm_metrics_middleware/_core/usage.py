@@ -7,7 +7,10 @@ Every provider is normalised to one meaning, so that sums across providers add u
 - ``completion_tokens``: all output tokens, reasoning ("thinking") tokens included
   (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
-- ``cached_tokens`` and ``reasoning_tokens``: the subsets, 0 when not reported.
+- ``cached_tokens`` (prompt tokens read from the provider's cache), ``cache_write_tokens``
+  (prompt tokens written to it: Anthropic's and Bedrock's cache creation, which they bill
+  above the input price; ``cache_write_1h_tokens`` the part of them written for an hour,
+  billed higher still) and ``reasoning_tokens``: the subsets, 0 when not reported.
 
 Streams repeat usage cumulatively (Gemini, vLLM's continuous usage stats, Anthropic's
 ``message_delta``), so objects are merged field by field, the last value winning; nothing
@@ -37,6 +40,10 @@ class Usage:
     reasoning_tokens: int = 0
     #: True when the counts were estimated because the response carried no usage.
     estimated: bool = False
+    #: Prompt tokens written to the provider's prompt cache (a subset of ``prompt_tokens``).
+    cache_write_tokens: int = 0
+    #: The part of ``cache_write_tokens`` cached for one hour (Anthropic's 1h TTL).
+    cache_write_1h_tokens: int = 0
 
 
 def as_count(value: Any) -> int | None:
@@ -59,10 +66,11 @@ def _sum(*values: int | None) -> int | None:
     return sum(present) if present else None
 
 
-# (prompt, completion, total, cached, reasoning); None where the object does not say.
+# (prompt, completion, total, cached, reasoning, cache written, of which for 1h); None where
+# the object does not say.
 # Records are plain dicts (from json.loads or the scanner): isinstance(x, dict) is far
 # cheaper than an ABC check on the hot path.
-Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+Counts = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None]
 
 
 class Invalid(Exception):
@@ -102,7 +110,7 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     total = _count(usage, "total_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    return prompt, completion, total, cached, reasoning
+    return prompt, completion, total, cached, reasoning, None, None
 
 
 def read_responses(usage: Mapping[str, Any]) -> Counts | None:
@@ -117,7 +125,7 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     cached = _count(usage, "input_tokens_details", "cached_tokens")
     reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
     total = _count(usage, "total_tokens")
-    return prompt, completion, total, cached, reasoning
+    return prompt, completion, total, cached, reasoning, None, None
 
 
 def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
@@ -125,9 +133,10 @@ def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
     uncached = _count(usage, "input_tokens")
     written = _count(usage, "cache_creation_input_tokens")
     read = _count(usage, "cache_read_input_tokens")
+    hour = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
     prompt = _sum(uncached, written, read) if uncached is not None else None
     completion = _count(usage, "output_tokens")
-    return prompt, completion, None, read, None
+    return prompt, completion, None, read, None, written, hour
 
 
 def read_converse(usage: Mapping[str, Any]) -> Counts | None:
@@ -138,7 +147,7 @@ def read_converse(usage: Mapping[str, Any]) -> Counts | None:
     prompt = _sum(uncached, written, read) if uncached is not None else None
     completion = _count(usage, "outputTokens")
     total = _count(usage, "totalTokens")
-    return prompt, completion, total, read, None
+    return prompt, completion, total, read, None, written, None
 
 
 def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
@@ -150,7 +159,7 @@ def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
     prompt = _count(source, "input_tokens")
     completion = _count(source, "output_tokens")
     cached = _count(usage, "cached_tokens")
-    return prompt, completion, None, cached, None
+    return prompt, completion, None, cached, None, None, None
 
 
 def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
@@ -166,20 +175,20 @@ def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
     completion = _sum(candidates, thoughts)
     if completion is None and prompt is not None:
         completion = 0  # a chunk before any candidate text, or embeddings
-    return prompt, completion, total, cached, thoughts
+    return prompt, completion, total, cached, thoughts, None, None
 
 
 def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
     """Ollama: counts only on the final ``"done": true`` object, at its top level."""
     prompt = _count(obj, "prompt_eval_count")
     completion = _count(obj, "eval_count")
-    return prompt, completion if completion is not None else 0, None, None, None
+    return prompt, completion if completion is not None else 0, None, None, None, None, None
 
 
 class UsageAccumulator:
     """Merges the usage seen in a response's objects: per field, the last value wins."""
 
-    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "seen")
+    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "written", "written_1h", "seen")
 
     def __init__(self) -> None:
         self.prompt: int | None = None
@@ -187,10 +196,12 @@ class UsageAccumulator:
         self.total: int | None = None
         self.cached: int | None = None
         self.reasoning: int | None = None
+        self.written: int | None = None
+        self.written_1h: int | None = None
         self.seen = False
 
     def update(self, counts: Counts) -> None:
-        prompt, completion, total, cached, reasoning = counts
+        prompt, completion, total, cached, reasoning, written, written_1h = counts
         if prompt is None and completion is None and total is None:
             return
         self.seen = True
@@ -205,12 +216,18 @@ class UsageAccumulator:
             self.cached = cached
         if reasoning is not None:
             self.reasoning = reasoning
+        if written is not None:
+            self.written = written
+        if written_1h is not None:
+            self.written_1h = written_1h
 
     def result(self) -> Usage | None:
         if not self.seen or (self.prompt is None and self.completion is None):
             return None
         prompt = self.prompt or 0
         completion = self.completion or 0
+        cached = min(self.cached or 0, prompt)
+        written = min(self.written or 0, prompt - cached)
         total = prompt + completion
         if self.total is not None and self.total >= total:
             total = self.total
@@ -218,6 +235,8 @@ class UsageAccumulator:
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=total,
-            cached_tokens=min(self.cached or 0, prompt),
+            cached_tokens=cached,
             reasoning_tokens=min(self.reasoning or 0, completion),
+            cache_write_tokens=written,
+            cache_write_1h_tokens=min(self.written_1h or 0, written),
         )

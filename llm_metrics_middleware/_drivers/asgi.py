@@ -14,7 +14,7 @@ from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.request import RequestView
 from .base import MiddlewareBase
-from .limited import asgi_check
+from .limited import asgi_check, with_raw_headers
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -79,11 +79,14 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
             if extra_headers and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
+                message = {**message, "headers": with_raw_headers(message.get("headers", ()), extra_headers)}
             try:
                 await send(message)
-            except OSError:
-                disconnected = True  # uvicorn raises on a closed connection
+            except BaseException:
+                # A send that fails is the client gone (uvicorn raises OSError on a closed
+                # connection); an OSError the app raises itself (a TimeoutError or
+                # ConnectionRefusedError from its upstream) is an error, not a disconnect.
+                disconnected = True
                 raise
             kind: str = message["type"]
             if kind == "http.response.body":
@@ -101,13 +104,17 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 call.response_start(message["status"], content_type, content_encoding)  # type: ignore[typeddict-item]
             elif kind == "http.response.pathsend":
                 call.finish(COMPLETED)
+            elif kind == "http.response.zerocopysend":
+                # The body goes from a file descriptor straight to the socket: not read.
+                if not message.get("more_body", False):
+                    call.finish(COMPLETED)
 
         # The request is current for the whole app call, streaming body included: outgoing
         # LLM calls the app makes meanwhile are counted here (see _metering/context.py).
         token = context.enter(call)
         try:
             await self.app(scope, metered_receive, metered_send)
-        except (asyncio.CancelledError, OSError):
+        except asyncio.CancelledError:
             call.finish(DISCONNECTED)
             raise
         except BaseException:

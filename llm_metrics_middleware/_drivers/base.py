@@ -12,6 +12,7 @@ from .._metering.dimensions import Dimension
 from .._metering.limits import DEFAULT_TIMEOUT, HeaderNames, TokenLimit
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
 from .._metering.paths import PathPatterns
+from .._metering.pricing import PricingOption, pricing_from_environment
 from . import environment
 
 AppT = TypeVar("AppT")
@@ -57,6 +58,8 @@ class MiddlewareBase(Generic[AppT]):
       ``limit_fail_closed`` refuse (503) instead of passing when the store fails,
       ``limit_timeout`` seconds per store call, ``limit_headers`` ``"openai"`` (or a
       mapping of header names) to add remaining-tokens headers to allowed responses.
+    - ``pricing``: None, ``"genai-prices"``, a :class:`Price` or ``{model: Price}``: the
+      cost of each call (``llm_cost_usd_total``).
     - ``include_paths``, ``exclude_paths``: path prefixes or compiled regular expressions
       read besides the known LLM paths, and never read (``include_paths=["/"]``: read
       every response for usage, the behaviour before 0.2).
@@ -89,6 +92,7 @@ class MiddlewareBase(Generic[AppT]):
         limit_fail_closed: bool = False,
         limit_timeout: float = DEFAULT_TIMEOUT,
         limit_headers: HeaderNames = None,
+        pricing: PricingOption = None,
         include_paths: PathPatterns | None = None,
         exclude_paths: PathPatterns | None = None,
     ) -> None:
@@ -110,6 +114,7 @@ class MiddlewareBase(Generic[AppT]):
             location=location,
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
+            pricing=pricing_from_environment(pricing),
             include_paths=include_paths,
             exclude_paths=exclude_paths,
         )

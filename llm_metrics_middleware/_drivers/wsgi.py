@@ -24,20 +24,37 @@ if TYPE_CHECKING:
 
 
 class _TeeInput:
-    """``wsgi.input`` that shows what the app reads to the body peek."""
+    """``wsgi.input`` that shows what the app reads to the body peek, each byte once.
+
+    The peek sees the body in stream order: an app that seeks back (``seek(0)``) and
+    reads the body again gets the same bytes, and the peek sees only what lies past the
+    furthest byte it was already shown, so nothing is counted twice.
+    """
 
     def __init__(self, stream: Any, sink: Callable[[bytes], None]) -> None:
         self._stream = stream
         self._sink = sink
+        self._pos = 0  # where the next read starts, in stream offsets
+        self._shown = 0  # bytes [0, _shown) went to the sink; -1: position lost, tee off
+        self._lines: Any = None
+
+    def _show(self, data: bytes) -> None:
+        start = self._pos
+        end = self._pos = start + len(data)
+        shown = self._shown
+        if shown < 0 or end <= shown:
+            return
+        self._shown = end
+        self._sink(data if start >= shown else data[shown - start :])
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self._stream.read(*args)
-        self._sink(data)
+        self._show(data)
         return data
 
     def readline(self, *args: Any) -> bytes:
         data: bytes = self._stream.readline(*args)
-        self._sink(data)
+        self._show(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -51,19 +68,34 @@ class _TeeInput:
         else:
             n = readinto(buffer) or 0
         if n:
-            self._sink(bytes(memoryview(buffer)[:n]))
+            self._show(bytes(memoryview(buffer)[:n]))
         return n
 
     def readlines(self, *args: Any) -> list[bytes]:
         lines: list[bytes] = self._stream.readlines(*args)
         for line in lines:
-            self._sink(line)
+            self._show(line)
         return lines
 
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self._sink(line)
-            yield line
+    def __iter__(self) -> _TeeInput:
+        return self
+
+    def __next__(self) -> bytes:
+        lines = self._lines
+        if lines is None:
+            stream = self._stream
+            lines = self._lines = stream if hasattr(stream, "__next__") else iter(stream)
+        line: bytes = next(lines)
+        self._show(line)
+        return line
+
+    def seek(self, *args: Any) -> int:
+        result = self._stream.seek(*args)
+        try:
+            self._pos = int(result if result is not None else self._stream.tell())
+        except Exception:
+            self._shown = -1  # we no longer know where reads start: stop showing them
+        return result  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -123,6 +155,39 @@ class _MeteredIterable:
             else:
                 outcome = DISCONNECTED  # the server stopped iterating: the client left
             self._call.finish(outcome)
+
+
+class _SizedMeteredIterable(_MeteredIterable):
+    """For an iterable with ``len()``: waitress sets Content-Length from a one-element list."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._iterable)  # type: ignore[arg-type]
+
+
+def _metered_file(response: Any, call: MeteredCall) -> Any:
+    """The server's own ``wsgi.file_wrapper`` response, returned as it is.
+
+    Servers send it their fast way (gunicorn's ``sendfile``, waitress's file buffer with
+    its Content-Length) only when they get their own object back, so we neither wrap nor
+    read it: the call is finished when the server closes it, with no usage read from the
+    file.
+    """
+    inner_close = getattr(response, "close", None)
+
+    def close() -> None:
+        try:
+            if inner_close is not None:
+                inner_close()
+        finally:
+            call.finish(COMPLETED)
+
+    try:
+        response.close = close
+    except Exception:  # a wrapper with __slots__: finish now rather than never
+        call.finish(COMPLETED)
+    return response
 
 
 class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
@@ -186,4 +251,9 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
             raise
         finally:
             context.leave(token)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+            return _metered_file(iterable, call)  # type: ignore[no-any-return]
+        if hasattr(iterable, "__len__"):
+            return _SizedMeteredIterable(iterable, call)
         return _MeteredIterable(iterable, call)

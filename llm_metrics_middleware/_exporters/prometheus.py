@@ -11,7 +11,12 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``;
+  exporter failures, dimension combinations that overflowed ``max_series``, models
+  without a price (``unpriced_model``, once per model);
+- ``llm_cost_usd_total`` {dimensions}: the calls' cost in USD, when the middleware has
+  ``pricing=`` (calls of unpriced models add nothing);
+- one counter per :class:`MetricRule` of ``rules=`` (``{namespace}_{metric}_total``
+  {dimensions}): a usage field, added only for the calls the rule's condition holds for.
 - with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
   ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
   ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
@@ -27,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
@@ -37,6 +42,7 @@ from .._metering.call import CallRecord
 from .._metering.names import PROMETHEUS, safe_name
 from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
 from .namespaces import Namespaces, check_reserved
+from .rules import MetricRule, check_rules
 
 if TYPE_CHECKING:
     from .._metering.call import Schema
@@ -44,6 +50,12 @@ if TYPE_CHECKING:
 # Generation takes seconds to minutes; request-oriented default buckets stop at 10 s.
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 FIRST_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+#: Our metric names after the namespace prefix, which a MetricRule must not take.
+_OWN_NAMES = frozenset({
+    "prompt_tokens", "completion_tokens", "tokens", "cached_tokens", "reasoning_tokens", "estimated_tokens",
+    "requests", "request_duration_seconds", "time_to_first_chunk_seconds", "metering_errors", "cost_usd",
+})
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
@@ -105,6 +117,29 @@ class _Family:
             ["kind"],
             registry=registry,
         )
+        self.cost = Counter(
+            f"{prefix}_cost_usd",
+            "Cost of the LLM calls in USD (the middleware's pricing=); calls of unpriced models add nothing.",
+            L,
+            registry=registry,
+        )
+        #: MetricRule metric -> its counter, made by the first exporter bound with that rule.
+        self.rules: dict[str, Counter] = {}
+        self._registry, self._prefix = registry, prefix
+        self._rules_lock = threading.Lock()
+
+    def rule_counters(self, rules: tuple[MetricRule, ...]) -> tuple[tuple[MetricRule, Counter], ...]:
+        """Each rule with its counter (the family is shared by the registry's exporters)."""
+        with self._rules_lock:
+            for rule in rules:
+                if rule.metric not in self.rules:
+                    self.rules[rule.metric] = Counter(
+                        f"{self._prefix}_{metric_prefix(rule.metric)}",
+                        rule.description or f"{rule.usage} of the calls that match the rule {rule.metric!r}.",
+                        list(self.labels),
+                        registry=self._registry,
+                    )
+            return tuple((rule, self.rules[rule.metric]) for rule in rules)
 
 
 class _Series:
@@ -132,9 +167,11 @@ class _Series:
 
 
 class _PrometheusSink:
-    def __init__(self, family: _Family) -> None:
+    def __init__(self, family: _Family, rules: tuple[MetricRule, ...] = ()) -> None:
         self._family = family
         self._series: dict[tuple[str, ...], _Series] = {}
+        self._cost: dict[tuple[str, ...], Any] = {}
+        self._rules = family.rule_counters(rules)
 
     def record(self, call: CallRecord) -> None:
         values = call.dimensions
@@ -165,6 +202,17 @@ class _PrometheusSink:
         series.duration.observe(call.duration_s)
         if call.time_to_first_chunk_s is not None:
             series.first_chunk.observe(call.time_to_first_chunk_s)
+        # Cost and rule counters: kept apart from the token series on purpose.
+        cost = call.cost_usd
+        if cost:
+            child = self._cost.get(values)
+            if child is None:
+                child = self._cost[values] = family.cost.labels(*values) if values else family.cost
+            child.inc(cost)
+        for rule, counter in self._rules:
+            amount = rule.amount(call)
+            if amount:
+                (counter.labels(*values) if values else counter).inc(amount)
 
     def on_error(self, kind: str) -> None:
         self._family.errors.labels(kind).inc()
@@ -198,8 +246,10 @@ class _LimitMetrics:
 class _LimitedPrometheusSink(_PrometheusSink):
     """The sink with the two token-limit hooks (``limits_configured``, ``on_limit``)."""
 
-    def __init__(self, family: _Family, limit_metrics: Callable[[], _LimitMetrics]) -> None:
-        super().__init__(family)
+    def __init__(
+        self, family: _Family, rules: tuple[MetricRule, ...], limit_metrics: Callable[[], _LimitMetrics]
+    ) -> None:
+        super().__init__(family, rules)
         self._limit_metrics = limit_metrics
         # limit name -> (authorized, limited, tokens) children; one per configured limit.
         self._limit_children: dict[str, tuple[Any, Any, Any]] = {}
@@ -235,8 +285,15 @@ class PrometheusExporter:
     or mount :meth:`asgi_app` / :meth:`wsgi_app` yourself.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, rules: Sequence[MetricRule] = ()) -> None:
         self.registry = registry if registry is not None else REGISTRY
+        self._rules = check_rules(rules)
+        for rule in self._rules:
+            if metric_prefix(rule.metric) in _OWN_NAMES:
+                raise ValueError(
+                    f"MetricRule metric {rule.metric!r} would clash with the exporter's own "
+                    f"{metric_prefix(rule.metric)} metric; name the rule's metric otherwise"
+                )
         # The families belong to the registry, not to this exporter: a second
         # PrometheusExporter() on the same registry (an app factory called twice, a test per
         # app, a reloaded module) reuses them instead of failing with prometheus_client's
@@ -261,7 +318,7 @@ class PrometheusExporter:
         family = self._families.bind(
             schema.namespace, labels, lambda: _Family(self.registry, prefix, labels), key=prefix
         )
-        return _LimitedPrometheusSink(family, lambda: self._limit_metrics_for(prefix))
+        return _LimitedPrometheusSink(family, self._rules, lambda: self._limit_metrics_for(prefix))
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
         metrics = self._limit_families.get(prefix)

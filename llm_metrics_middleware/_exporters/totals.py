@@ -36,6 +36,8 @@ class CallTotals:
         self.tokens: dict[Dims, list[int]] = {}
         self.requests: dict[RequestKey, int] = {}
         self.errors: dict[str, int] = {}
+        #: USD by dimension tuple (calls priced by ``pricing=``).
+        self.cost: dict[Dims, float] = {}
         self._attrs: dict[Dims, dict[str, str]] = {}
 
     def add(self, call: CallRecord) -> None:
@@ -58,6 +60,9 @@ class CallTotals:
                     sums[EST_PROMPT] += usage.prompt_tokens
                     sums[EST_COMPLETION] += usage.completion_tokens
             self.requests[key] = self.requests.get(key, 0) + 1
+            cost = call.cost_usd
+            if cost:
+                self.cost[dims] = self.cost.get(dims, 0.0) + cost
 
     def add_error(self, kind: str) -> None:
         with self.lock:
@@ -68,6 +73,12 @@ class CallTotals:
         with self.lock:
             taken = self.tokens, self.requests, self.errors
             self.tokens, self.requests, self.errors = {}, {}, {}
+        return taken
+
+    def take_cost(self) -> dict[Dims, float]:
+        """The cost sums so far, and start again from zero (for delta export)."""
+        with self.lock:
+            taken, self.cost = self.cost, {}
         return taken
 
     def attributes(self, dims: Dims) -> dict[str, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -23,6 +22,7 @@ from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
 from .call import (
+    COMPLETED,
     ESTIMATED,
     NO_USAGE,
     REPORTED,
@@ -35,11 +35,13 @@ from .call import (
     UsageSource,
     is_error_kind,
 )
-from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
+from .dimensions import CallContext, Dimension, Source, build_schema, safe_text
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
 from .paths import PathFilter, PathPatterns
+from .pricing import PricingOption, build_pricing
 from .request import RequestView
+from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -60,33 +62,6 @@ def body_error(error: str) -> ErrorKind:
     return error if is_error_kind(error) else "internal"
 
 
-class SeriesLimiter:
-    """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
-
-    Sums stay exact: overflowed calls are still counted, under ``__overflow__`` values.
-    Memory is bounded by the cap.
-    """
-
-    def __init__(self, max_series: int) -> None:
-        if not isinstance(max_series, int) or isinstance(max_series, bool) or max_series < 1:
-            raise ValueError(f"max_series must be a positive int, got {max_series!r}")
-        self.max_series = max_series
-        self._seen: set[tuple[str, ...]] = set()
-        self._lock = threading.Lock()
-        self.overflowed = 0
-
-    def admit(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        """The values to export, and whether they overflowed."""
-        if values in self._seen:
-            return values, False
-        with self._lock:
-            if len(self._seen) < self.max_series:
-                self._seen.add(values)
-                return values, False
-            self.overflowed += 1
-        return (OVERFLOW,) * len(values), True
-
-
 class Metering:
     """One middleware's configuration and sinks. Built once, shared by all requests."""
 
@@ -104,6 +79,7 @@ class Metering:
         location: str | None = None,
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
+        pricing: PricingOption = None,
         include_paths: PathPatterns | None = None,
         exclude_paths: PathPatterns | None = None,
     ) -> None:
@@ -137,12 +113,13 @@ class Metering:
         self.custom = custom_usage
         self.estimate = estimate
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
-        self.limiter = SeriesLimiter(max_series)
+        self.limiter: SeriesLimiter = series_limiter(max_series, namespace, self.schema.labels)
         #: Which paths besides the known LLM ones are read, and which never are.
         self.paths = PathFilter(include_paths, exclude_paths)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
+        self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
@@ -230,6 +207,13 @@ class Metering:
         self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
+        pricing = self.pricing
+        if pricing is not None and call.cost_usd is None:
+            try:
+                call.cost_usd = pricing.cost(call)
+            except Exception as exc:  # a bug of ours: the call is delivered without a cost
+                self.failures.failed("pricing", "price a call", exc)
+                self.count_error("internal")
         if self.limits is not None:
             self.limits.charge(call)
         self._to_sinks("record", call)
@@ -341,7 +325,6 @@ class MeteredCall:
             provider = metering.provider or route.provider
             self.want_text = (
                 metering.estimate
-                and not include_usage
                 and provider not in ALWAYS_REPORTS
                 and route.operation not in NO_TEXT_OPERATIONS
             )
@@ -350,7 +333,10 @@ class MeteredCall:
                 fmt,
                 custom=metering.custom,
                 want_text=self.want_text,
-                token_counter=metering.token_counter,
+                # A stream that asked for usage is still estimated when none came (the client
+                # left after the finish chunk, the upstream ignored the option), but its text
+                # is only measured in bytes: usage almost always comes, so no tokenizer runs.
+                token_counter=None if include_usage else metering.token_counter,
                 decompressor=decompressor,
             )
         except Exception as exc:
@@ -377,7 +363,7 @@ class MeteredCall:
     def _finish(self, outcome: Outcome) -> None:
         metering = self.metering
         route = self.route
-        extraction = self.extractor.close() if self.extractor is not None else None
+        extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
         if not self.metered or self.counted_elsewhere:
             return
@@ -411,8 +397,10 @@ class MeteredCall:
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
             request_model = route.model
-        response_model = extraction.model if extraction is not None else None
-        provider = (
+        # Strings from the request or response: made encodable before any exporter sees them.
+        request_model = safe_text(request_model)
+        response_model = safe_text(extraction.model if extraction is not None else None)
+        provider = safe_text(
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)

@@ -18,6 +18,9 @@ Expected numbers follow the package's normalisation:
 * ``cached_tokens``: OpenAI ``prompt_tokens_details.cached_tokens``, Responses
   ``input_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``, Bedrock
   ``cacheReadInputTokens``, Gemini ``cachedContentTokenCount``, Cohere ``usage.cached_tokens``.
+* ``cache_write_tokens``: Anthropic ``cache_creation_input_tokens``, Bedrock
+  ``cacheWriteInputTokens`` (billed above the input price, so pricing needs them apart);
+  ``cache_write_1h_tokens``: Anthropic ``cache_creation.ephemeral_1h_input_tokens``.
 * ``total_tokens`` is the provider's total when it reports one at least prompt + completion,
   else prompt + completion.
 * Streams whose usage is cumulative (Gemini, vLLM continuous usage stats, Anthropic
@@ -49,6 +52,8 @@ class WireCase:
     total_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     model: str | None = None     # expected response model (from the body; else from path; else request)
     estimated: bool = False      # True when the body carries no usage at all
     source: str = ""             # where the format came from (URL or repo/path)
@@ -214,7 +219,7 @@ CASES: list[WireCase] = [
         provider="anthropic", operation="messages", method="POST", path="/v1/messages",
         request_body=_req({"max_tokens": 4096, "messages": [{"role": "user", "content": [{"type": "text", "text": "Can you summarize that in one sentence?"}]}], "model": "claude-sonnet-4-5", "system": "You are a helpful assistant.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}),
         content_type=_JSON, body_file="anthropic-messages-json-cache.json",
-        prompt_tokens=3 + 418 + 1111, completion_tokens=33, total_tokens=3 + 418 + 1111 + 33, cached_tokens=1111,
+        prompt_tokens=3 + 418 + 1111, completion_tokens=33, total_tokens=3 + 418 + 1111 + 33, cached_tokens=1111, cache_write_tokens=418,
         model="claude-sonnet-4-5-20250929",
         source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_real_api.yaml (2nd interaction)",
         note="cassette stores the parsed body; written compact in Anthropic's field order",
@@ -236,7 +241,7 @@ CASES: list[WireCase] = [
         provider="anthropic", operation="messages", method="POST", path="/v1/messages",
         request_body=_req({"model": "claude-opus-4-7", "max_tokens": 256, "system": [{"type": "text", "text": "Summarise the service notes.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}], "messages": [{"role": "user", "content": "Summarise the notes."}], "stream": True}),
         content_type=_SSE_UTF8, body_file="anthropic-messages-stream-cache.sse",
-        prompt_tokens=5 + 9165 + 6025, completion_tokens=15, total_tokens=5 + 9165 + 6025 + 15, cached_tokens=6025,
+        prompt_tokens=5 + 9165 + 6025, completion_tokens=15, total_tokens=5 + 9165 + 6025 + 15, cached_tokens=6025, cache_write_tokens=9165, cache_write_1h_tokens=9165,
         model="claude-opus-4-7",
         source="real probe stream of claude-opus-4-7 (msg_01Jh7SDewyGoAtTkU72DkSVA) kept in a public Go test (TestExtractUsageFromSSEHandlesRealProbeStreamShape)",
         note="verbatim as kept by that test (no ping); message_start has Anthropic's padding before the closing brace; message_delta usage repeats input/cache and nests an 'iterations' list",

@@ -69,10 +69,13 @@ def _usage_hint() -> re.Pattern[bytes]:
     keys = sorted({path[-1] for path, _ in USAGE_CONTAINERS if path})
     prefix = os.path.commonprefix(keys)
     rests = "|".join(re.escape(k[len(prefix):]) for k in sorted(keys, key=len, reverse=True))
-    return re.compile(f'{re.escape(prefix)}(?:{rests})"\\s*:\\s*\\{{'.encode())
+    # Anything but null follows: an object, or the end of a data line whose next line
+    # opens it (raw chunks still hold the "data:" between them).
+    return re.compile(f'{re.escape(prefix)}(?:{rests})"\\s*:(?!\\s*null)'.encode())
 
 
-#: Whether SSE event data can hold usage: a usage object, not null.
+#: Whether SSE event data (or a raw chunk of events) can hold usage: a usage key not
+#: followed by null.
 USAGE_HINT = _usage_hint()
 
 
@@ -84,6 +87,8 @@ def _markers() -> tuple[bytes, ...]:
 
 #: Bytes whose presence in event data means top-level usage (Ollama's ``eval_count"``).
 USAGE_MARKERS = _markers()
+#: Any of :data:`USAGE_MARKERS`, for one search per raw chunk.
+USAGE_MARKER = re.compile(b"|".join(re.escape(m) for m in USAGE_MARKERS))
 
 #: Strings worth counting in SSE event data when a stream carries no usage: the streamed
 #: text fields of every provider. Matched on the raw JSON, escapes included: an estimate.
