@@ -13,13 +13,8 @@ from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, PrometheusEx
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import body_of, chunk_app, request_json, run_asgi
+from .samples import OPENAI_STREAM
 
-OPENAI_STREAM = (
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}\n\n'
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello"}}],"usage":null}\n\n'
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}\n\n'
-    b"data: [DONE]\n\n"
-)
 SSE_HEADERS = [("content-type", "text/event-stream")]
 
 

@@ -21,16 +21,17 @@ from .estimate import TokenCounter
 from .findings import Findings, TextMeter
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
-from .readers import BODY_FORMATS, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
+from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
+_BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
 _text_fields = TEXT_FIELD.finditer
 
-__all__ = ["BODY_FORMATS", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
+__all__ = ["BODY_FORMATS", "EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {
@@ -55,6 +56,8 @@ def body_format(content_type: str | None) -> BodyFormat:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
         return SSE
+    if media == "application/vnd.amazon.eventstream":
+        return EVENTSTREAM
     if media in _JSON_TYPES or media.endswith("+json") or media.endswith("+ndjson"):
         return JSON
     if media in _SNIFF_TYPES:
@@ -88,7 +91,7 @@ class UsageExtractor:
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
     """
 
-    __slots__ = ("_reader", "_found", "_decoder")
+    __slots__ = ("_reader", "_found", "_decoder", "_head")
 
     def __init__(
         self,
@@ -104,6 +107,9 @@ class UsageExtractor:
         start = READERS.get(fmt)
         # The SSE fast path skips whole events unread: only for uncompressed bodies.
         self._reader: Reader = start(self._found, decompressor is None) if start is not None else Stopped()
+        # The body's first bytes, held until a UTF-8 byte order mark is ruled in (and
+        # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
+        self._head: bytes | None = b""
 
     def feed(self, chunk: bytes) -> None:
         reader = self._reader
@@ -123,6 +129,8 @@ class UsageExtractor:
             return
         decoder = self._decoder
         if decoder is None:
+            if self._head is not None:
+                chunk = self._without_bom(chunk)
             try:
                 self._reader = reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
@@ -131,12 +139,22 @@ class UsageExtractor:
         if not chunk:
             return
         for piece in decoder.decode(chunk):
+            if self._head is not None:
+                piece = self._without_bom(piece)
             try:
                 self._reader = self._reader.feed(piece)
             except Exception:
                 self._stop()
         if decoder.error is not None:
             self._found.fail(decoder.error)
+
+    def _without_bom(self, chunk: bytes) -> bytes:
+        head = (self._head or b"") + chunk
+        if len(head) < 3 and _BOM.startswith(head):
+            self._head = head  # maybe a mark split across chunks: wait for more
+            return b""
+        self._head = None
+        return head[3:] if head.startswith(_BOM) else head
 
     def _stop(self) -> None:
         self._found.error = "malformed"
@@ -153,6 +171,9 @@ class UsageExtractor:
             found.fail(decoder.error or "bad_compression")
             reader = Stopped(reader.format)
         try:
+            if self._head:  # a body of one or two bytes that began like a mark
+                reader = reader.feed(self._head)
+                self._head = None
             reader.close()
         except Exception:
             found.fail("malformed")

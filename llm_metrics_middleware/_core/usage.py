@@ -5,7 +5,8 @@ Every provider is normalised to one meaning, so that sums across providers add u
 - ``prompt_tokens``: all input tokens processed, cached ones included (Anthropic and
   Bedrock report cache reads and writes apart from ``input_tokens``; we add them back);
 - ``completion_tokens``: all output tokens, reasoning ("thinking") tokens included
-  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``);
+  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``, xAI its
+  ``reasoning_tokens`` apart from ``completion_tokens``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
 - ``cached_tokens`` (prompt tokens read from the provider's cache), ``cache_write_tokens``
   (prompt tokens written to it: Anthropic's and Bedrock's cache creation, which they bill
@@ -110,7 +111,25 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     total = _count(usage, "total_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    return prompt, completion, total, cached, reasoning, None, None
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
+
+
+def _with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:
+    """Completion with billed reasoning in it, for providers that report it outside.
+
+    OpenAI counts reasoning inside ``completion_tokens``; xAI (Grok, directly or on Vertex
+    AI) reports it beside them, its total being prompt + completion + reasoning. The total
+    tells the two apart, so no provider list is needed.
+    """
+    if (
+        reasoning
+        and prompt is not None
+        and completion is not None
+        and total is not None
+        and total == prompt + completion + reasoning
+    ):
+        return completion + reasoning
+    return completion
 
 
 def read_responses(usage: Mapping[str, Any]) -> Counts | None:
@@ -125,7 +144,7 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     cached = _count(usage, "input_tokens_details", "cached_tokens")
     reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
     total = _count(usage, "total_tokens")
-    return prompt, completion, total, cached, reasoning, None, None
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
 
 
 def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
@@ -176,6 +195,36 @@ def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
     if completion is None and prompt is not None:
         completion = 0  # a chunk before any candidate text, or embeddings
     return prompt, completion, total, cached, thoughts, None, None
+
+
+def read_invocation_metrics(metrics: Mapping[str, Any]) -> Counts | None:
+    """AWS Bedrock ``amazon-bedrock-invocationMetrics`` (last chunk of an InvokeModel stream).
+
+    ``inputTokenCount`` excludes cache reads and writes, as Converse's ``inputTokens`` does.
+    """
+    uncached = _count(metrics, "inputTokenCount")
+    read = _count(metrics, "cacheReadInputTokenCount")
+    written = _count(metrics, "cacheWriteInputTokenCount")
+    prompt = _sum(uncached, written, read) if uncached is not None else None
+    return prompt, _count(metrics, "outputTokenCount"), None, read, None, written, None
+
+
+def read_titan(obj: Mapping[str, Any]) -> Counts | None:
+    """Amazon Titan text on Bedrock: top-level counts; ``results[0].tokenCount`` when not streamed."""
+    prompt = _count(obj, "inputTextTokenCount")
+    completion = _count(obj, "totalOutputTextTokenCount")
+    if completion is None:
+        results = obj.get("results")
+        # A list from json.loads; from the scanner, a sparse dict keyed by index.
+        first = (results[0] if results else None) if type(results) is list else results.get(0) if type(results) is dict else None
+        if type(first) is dict:
+            completion = _count(first, "tokenCount")
+    return prompt, completion, None, None, None, None, None
+
+
+def read_llama(obj: Mapping[str, Any]) -> Counts | None:
+    """Meta Llama on Bedrock: ``prompt_token_count`` and ``generation_token_count`` at the top."""
+    return _count(obj, "prompt_token_count"), _count(obj, "generation_token_count"), None, None, None, None, None
 
 
 def read_ollama(obj: Mapping[str, Any]) -> Counts | None:

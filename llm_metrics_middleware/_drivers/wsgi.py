@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
-from .._metering.metering import MeteredCall
+from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
 from .._metering.request import RequestView
 from .base import MiddlewareBase
 from .limited import with_headers, wsgi_check
@@ -224,17 +224,22 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
         ) -> Callable[[bytes], object]:
             write = start_response(status, with_headers(headers, extra_headers), exc_info)
             content_type = content_encoding = None
+            usage_headers: dict[str, str] | None = None
             for key, value in headers:
                 lower = key.lower()
                 if lower == "content-type":
                     content_type = value
                 elif lower == "content-encoding":
                     content_encoding = value
+                elif lower in USAGE_HEADER_NAMES:
+                    if usage_headers is None:
+                        usage_headers = {}
+                    usage_headers[lower] = value
             try:
                 code = int(status[:3])
             except ValueError:
                 code = 0
-            call.response_start(code, content_type, content_encoding)
+            call.response_start(code, content_type, content_encoding, usage_headers)
 
             def metered_write(data: bytes) -> object:
                 result = write(data)

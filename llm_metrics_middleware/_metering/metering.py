@@ -11,16 +11,23 @@ import collections
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
-from .._core.extractor import JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
+from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
-from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
-from .._core.usage import MAX_TOKENS, Usage
+from .._core.providers.facts import (
+    ALWAYS_REPORTS,
+    NO_TEXT_OPERATIONS,
+    UNBILLED_OPERATIONS,
+    USAGE_HEADER_NAMES,
+    counts_from_headers,
+    provider_from_headers,
+)
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -45,6 +52,8 @@ from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
 
+__all__ = ["DEFAULT_MAX_SERIES", "USAGE_HEADER_NAMES", "MeteredCall", "Metering", "SeriesLimiter"]
+
 #: Default cap on distinct dimension-value combinations per middleware (the default
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
 DEFAULT_MAX_SERIES = 2000
@@ -53,6 +62,26 @@ DEFAULT_MAX_SERIES = 2000
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
+    """The body's usage with the headers' counts over it: the headers are authoritative
+    (the provider's billing counts); the body may add what they lack (cached, reasoning)."""
+    acc = UsageAccumulator()
+    if usage is not None:
+        acc.update(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+                usage.cache_write_tokens,
+                usage.cache_write_1h_tokens,
+            )
+        )
+    acc.update(counts)
+    return acc.result()
 
 
 def body_error(error: str) -> ErrorKind:
@@ -257,6 +286,7 @@ class MeteredCall:
         "metered",
         "counted_elsewhere",
         "overrides",
+        "header_counts",
     )
 
     def __init__(
@@ -295,6 +325,7 @@ class MeteredCall:
         self.want_text = False
         self.finished = False
         self.fmt: BodyFormat = NONE
+        self.header_counts: Counts | None = None
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -304,9 +335,21 @@ class MeteredCall:
             except Exception:
                 self.peek = None
 
-    def response_start(self, status: int, content_type: str | None, content_encoding: str | None) -> None:
+    def response_start(
+        self,
+        status: int,
+        content_type: str | None,
+        content_encoding: str | None,
+        usage_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``usage_headers``: the response headers named in ``facts.USAGE_HEADER_NAMES``
+        (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
+            if self.route.operation in UNBILLED_OPERATIONS:
+                return  # token counting, moderation: a call, but no tokens
+            if usage_headers:
+                self.header_counts = counts_from_headers(usage_headers)
             if status >= 400 or status < 200 or not self.metered or self.counted_elsewhere:
                 return
             decompressor = None
@@ -367,6 +410,8 @@ class MeteredCall:
         usage = extraction.usage if extraction is not None else None
         if not self.metered or self.counted_elsewhere:
             return
+        if self.header_counts is not None and self.status < 400:
+            usage = _with_header_counts(usage, self.header_counts)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:
@@ -413,7 +458,7 @@ class MeteredCall:
         dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
+        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
         now = time.perf_counter()
         call = CallRecord(
             dimensions=dims,
