@@ -203,13 +203,7 @@ class AzureMonitorExporter:
         if isinstance(max_attribute_sets, bool) or not isinstance(max_attribute_sets, int) or max_attribute_sets < 1:
             raise ValueError(f"max_attribute_sets must be a positive int, got {max_attribute_sets!r}")
         azure = azure_exporter(
-            conn,
-            disable_offline_storage=disable_offline_storage,
-            storage_retry_interval=retry_s,
-            timeout=timeout_s,
-            storage_directory=storage_directory,
-            credential=credential,
-            exporter_options=exporter_options,
+            conn, retry_s, timeout_s, disable_offline_storage, storage_directory, credential, exporter_options
         )
         self.timeout = timeout_s
         self.max_attribute_sets = max_attribute_sets

@@ -83,13 +83,13 @@ class ReaderPort(MetricExporter):
 
 def azure_exporter(
     connection_string: str,
-    *,
-    disable_offline_storage: bool,
     storage_retry_interval: float,
     timeout: float,
+    disable_offline_storage: bool,
     storage_directory: str | os.PathLike[str] | None,
     credential: TokenCredential | None,
     exporter_options: Mapping[str, Any] | None,
+    /,
 ) -> AzureMonitorMetricExporter:
     """The Azure exporter ``AzureMonitorExporter``'s options describe (already checked).
 

@@ -206,10 +206,6 @@ class ThreeScaleExporter:
         self._log_once = LogOnce()
         self._delivery = Delivery(
             url=self.url,
-            https=parts.scheme == "https",
-            host=parts.hostname,
-            port=parts.port,
-            path=(parts.path.rstrip("/") or "") + "/transactions.xml",
             form=self._form,
             flush_interval=_positive("flush_interval", flush_interval),
             timeout=_positive("timeout", timeout),

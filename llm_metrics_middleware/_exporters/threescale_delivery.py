@@ -29,8 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from .threescale_wire import SERVICE_ERRORS, Batch, PendingKey, error_code
+from .threescale_wire import REPORT_PATH, SERVICE_ERRORS, Batch, PendingKey, error_code
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -76,7 +77,7 @@ def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
 class Delivery:
     """The pending per-application sums of one exporter and the thread that reports them.
 
-    ``form`` turns a batch into the POST body; ``stats`` and ``log_once`` are the
+    ``url`` is the backend's (checked, no trailing slash); ``form`` turns a batch into the POST body; ``stats`` and ``log_once`` are the
     exporter's, so that its :attr:`stats` tells the whole story in one place.
     """
 
@@ -84,10 +85,6 @@ class Delivery:
         self,
         *,
         url: str,
-        https: bool,
-        host: str,
-        port: int | None,
-        path: str,
         form: Callable[[Batch], bytes],
         flush_interval: float,
         timeout: float,
@@ -98,10 +95,12 @@ class Delivery:
         log_once: LogOnce,
     ) -> None:
         self._url = url
-        self._https = https
-        self._host = host
-        self._port = port
-        self._path = path
+        target = urlsplit(url)
+        self._https = target.scheme == "https"
+        self._host = target.hostname or ""
+        self._port = target.port
+        self._path = target.path.rstrip("/") + REPORT_PATH
+        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self._https else None
         self._form = form
         self._flush_interval = flush_interval
         self._timeout = timeout
@@ -110,7 +109,6 @@ class Delivery:
         self._max_pending = max_pending
         self._stats = stats
         self._log_once = log_once
-        self._ssl: ssl.SSLContext | None = ssl.create_default_context() if https else None
         self._reset_state()
 
     def _reset_state(self) -> None:

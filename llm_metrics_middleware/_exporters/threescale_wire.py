@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from typing import Union
 from urllib.parse import urlencode
 
+#: Where reports go, below the backend's URL.
+REPORT_PATH = "/transactions.xml"
 #: 3scale accepts at most 1000 transactions per report.
 MAX_TRANSACTIONS_PER_REPORT = 1000
 #: With ``timestamps=True``, calls are summed per application and minute (3scale's finest
