@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
-from .._metering.metering import MeteredCall
+from .._metering.metering import MeteredCall, usage_headers_of
 from .._metering.paths import PathPatterns
 from .outgoing import SENDING, TAIL, Outgoing, ended, sending
 
@@ -155,7 +155,9 @@ def _attach(call: MeteredCall, response: Any, is_async: bool) -> None:
     """Start reading ``response`` into ``call``; never raises."""
     try:
         headers = response.headers
-        call.response_start(response.status_code, headers.get("content-type"), headers.get("content-encoding"))
+        call.response_start(
+            response.status_code, headers.get("content-type"), headers.get("content-encoding"), usage_headers_of(headers)
+        )
         if hasattr(response, "_content"):
             # Built with its body (a mock's Response(json=...)): nothing will iterate the stream.
             call.body(response._content)

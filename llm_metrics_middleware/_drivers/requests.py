@@ -25,7 +25,7 @@ import requests.adapters
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
-from .._metering.metering import MeteredCall
+from .._metering.metering import MeteredCall, usage_headers_of
 from .._metering.paths import PathPatterns
 from .outgoing import SENDING, TAIL, Outgoing, ended, sending
 
@@ -42,17 +42,26 @@ def _latin1(value: Any) -> bytes:
 class _TeeRaw:
     """``response.raw`` as the caller reads it, shown to the call on the way."""
 
-    def __init__(self, raw: Any, call: MeteredCall, status: int, content_type: str | None, encoding: str | None) -> None:
+    def __init__(
+        self,
+        raw: Any,
+        call: MeteredCall,
+        status: int,
+        content_type: str | None,
+        encoding: str | None,
+        usage_headers: dict[str, str] | None = None,
+    ) -> None:
         self._raw = raw
         self._call = call
         self._head: tuple[int, str | None, str | None] | None = (status, content_type, encoding)
+        self._usage_headers = usage_headers
         self._tail = b""
 
     def _start(self, decoded: bool) -> None:
         head = self._head
         if head is not None:
             self._head = None
-            self._call.response_start(head[0], head[1], None if decoded else head[2])
+            self._call.response_start(head[0], head[1], None if decoded else head[2], self._usage_headers)
 
     def _feed(self, data: bytes) -> None:
         if data:
@@ -132,7 +141,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
     try:
         got = response.headers
         response.raw = _TeeRaw(response.raw, call, response.status_code, got.get("content-type"),
-                               got.get("content-encoding"))
+                               got.get("content-encoding"), usage_headers_of(got))
     except Exception:
         logger.exception("llm-metrics: could not read an outgoing response; it is not counted")
         call.finished = True
