@@ -100,11 +100,11 @@ class Upstream:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(
-        self, send: Any, status: int, content_type: str, chunks: list[bytes], headers: Any = ()
+        self, send: Any, status: int, content_type: str, chunks: list[bytes], extra: tuple[tuple[str, str], ...] = ()
     ) -> None:
-        # The recorded headers too: Bedrock reports some calls' usage only in them.
-        raw = [(b"content-type", content_type.encode()), *((k.encode(), v.encode()) for k, v in headers)]
-        await send({"type": "http.response.start", "status": status, "headers": raw})
+        """``extra``: the recorded response's other headers (Bedrock's token counts)."""
+        headers = [(b"content-type", content_type.encode()), *((k.encode(), v.encode()) for k, v in extra)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
