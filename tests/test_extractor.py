@@ -110,7 +110,7 @@ def test_large_sse_event_with_usage_is_scanned_not_kept() -> None:
 
 
 def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    import llm_metrics_middleware._core.extractor as extractor_module
+    import llm_metrics_middleware._core.readers as readers_module
 
     calls = []
     real_loads = json.loads
@@ -121,7 +121,7 @@ def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkey
             calls.append(data)
             return real_loads(data)
 
-    monkeypatch.setattr(extractor_module, "json", CountingJSON)
+    monkeypatch.setattr(readers_module, "json", CountingJSON)
     stream = b"".join(b'data: {"tick": %d}\n\n' % i for i in range(1000))
     stream += b'data: {"usage": {"input_tokens": 2, "output_tokens": 3}}\n\n'
     x = UsageExtractor(SSE)

@@ -83,27 +83,10 @@ class JSONScanner:
     """
 
     __slots__ = (
-        "_trie",
-        "_on_object",
-        "_text_roots",
-        "_state",
-        "_frames",
-        "_object",
-        "_pending",
-        "_skip_depth",
-        "_string_kind",
-        "_string_escape",
-        "_key",
-        "_capture",
-        "_capture_path",
-        "_cap_from",
-        "_counting",
-        "_string_len",
-        "_string_spaced",
-        "text_bytes",
-        "failed",
-        "overflowed",
-        "objects",
+        "_trie", "_on_object", "_text_roots", "_state", "_frames", "_object", "_pending",
+        "_skip_depth", "_string_kind", "_string_escape", "_key", "_capture", "_capture_path",
+        "_cap_from", "_counting", "_string_len", "_string_spaced", "text_bytes", "failed",
+        "overflowed", "objects",
     )
 
     def __init__(

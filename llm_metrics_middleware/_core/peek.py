@@ -12,16 +12,13 @@ import json
 from typing import Any
 
 from .jsonscan import JSONObject, JSONScanner
+from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
+from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
 
-_BODY_PATHS = (
-    ("model",),
-    ("stream",),
-    ("user",),
-    ("stream_options", "include_usage"),
-    ("metadata", "user_id"),
-)
-# Request fields whose strings are the prompt, across providers.
-_PROMPT_ROOTS = ("messages", "prompt", "input", "system", "contents", "instructions", "systemInstruction", "message")
+# The fields, split for the json.loads path: top-level ones, and (parent, key) pairs.
+_TOP_FIELDS = tuple(path[0] for path in _BODY_PATHS if len(path) == 1)
+_NESTED_FIELDS = tuple((path[0], path[1]) for path in _BODY_PATHS if len(path) == 2)
+assert len(_TOP_FIELDS) + len(_NESTED_FIELDS) == len(_BODY_PATHS), "request fields are at most two deep"
 
 
 #: Request bodies up to this size are kept and parsed with json.loads when first needed;
@@ -89,11 +86,11 @@ class BodyPeek:
         if not isinstance(value, dict):
             return
         # The same sparse object the scanner builds from _BODY_PATHS, without its loops.
-        fields: JSONObject = {key: value[key] for key in ("model", "stream", "user") if _scalar(value.get(key))}
-        for parent, key in (("stream_options", "include_usage"), ("metadata", "user_id")):
+        fields: JSONObject = {key: value[key] for key in _TOP_FIELDS if _scalar(value.get(key))}
+        for parent, key in _NESTED_FIELDS:
             node = value.get(parent)
             if type(node) is dict and _scalar(node.get(key)):
-                fields[parent] = {key: node[key]}
+                fields.setdefault(parent, {})[key] = node[key]
         self._fields = fields
         self._value = value  # at most SMALL_REQUEST bytes' worth, until the call ends
 

@@ -17,7 +17,7 @@ is ever summed across events.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +54,6 @@ def as_count(value: Any) -> int | None:
     return count
 
 
-def _get(obj: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
-
-
 def _sum(*values: int | None) -> int | None:
     present = [v for v in values if v is not None]
     return sum(present) if present else None
@@ -92,61 +84,76 @@ def _count(obj: Any, key: str, sub: str | None = None) -> int | None:
     return count
 
 
-def counts_from_usage(usage: Mapping[str, Any]) -> tuple[Counts, str] | None:
-    """Read one usage object of any known shape; returns counts and the shape's family."""
-    if "prompt_tokens" in usage or "completion_tokens" in usage:
-        # OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek...
-        prompt = _count(usage, "prompt_tokens")
-        completion = _count(usage, "completion_tokens")
-        cached = _count(usage, "prompt_tokens_details", "cached_tokens")
-        if cached is None:
-            cached = _count(usage, "prompt_cache_hit_tokens")  # DeepSeek
-        reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
-        total = _count(usage, "total_tokens")
-        if completion is None and prompt is not None and total is not None:
-            completion = 0  # embeddings
-        return (prompt, completion, total, cached, reasoning), "openai"
-    if "input_tokens" in usage or "output_tokens" in usage:
-        if "input_tokens_details" in usage or "output_tokens_details" in usage or (
-            "total_tokens" in usage
-        ):
-            # OpenAI Responses API: input_tokens already includes the cached ones.
-            prompt = _count(usage, "input_tokens")
-            completion = _count(usage, "output_tokens")
-            cached = _count(usage, "input_tokens_details", "cached_tokens")
-            reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
-            total = _count(usage, "total_tokens")
-            return (prompt, completion, total, cached, reasoning), "openai"
-        # Anthropic Messages: input_tokens excludes cache writes and reads.
-        uncached = _count(usage, "input_tokens")
-        written = _count(usage, "cache_creation_input_tokens")
-        read = _count(usage, "cache_read_input_tokens")
-        prompt = _sum(uncached, written, read) if uncached is not None else None
-        completion = _count(usage, "output_tokens")
-        return (prompt, completion, None, read, None), "anthropic"
-    if "inputTokens" in usage or "outputTokens" in usage:
-        # AWS Bedrock Converse: inputTokens excludes cache reads and writes.
-        uncached = _count(usage, "inputTokens")
-        read = _count(usage, "cacheReadInputTokens")
-        written = _count(usage, "cacheWriteInputTokens")
-        prompt = _sum(uncached, written, read) if uncached is not None else None
-        completion = _count(usage, "outputTokens")
-        total = _count(usage, "totalTokens")
-        return (prompt, completion, total, read, None), "aws.bedrock"
+# -- one reader per usage shape ---------------------------------------------------------
+# Each takes the usage object (the dict a provider puts its counts in) and returns its
+# counts, or None when the object is not of its shape after all. Which shapes are tried
+# where, in which order, and which provider each one names is the provider table's
+# business (``providers/table.py``); these functions only know the field names.
+
+
+def read_chat(usage: Mapping[str, Any]) -> Counts | None:
+    """OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek..."""
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
+    cached = _count(usage, "prompt_tokens_details", "cached_tokens")
+    if cached is None:
+        cached = _count(usage, "prompt_cache_hit_tokens")  # DeepSeek
+    reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
+    total = _count(usage, "total_tokens")
+    if completion is None and prompt is not None and total is not None:
+        completion = 0  # embeddings
+    return prompt, completion, total, cached, reasoning
+
+
+def read_responses(usage: Mapping[str, Any]) -> Counts | None:
+    """OpenAI Responses API: ``input_tokens`` already includes the cached ones.
+
+    Told from Anthropic's ``input_tokens`` by its details objects or its total.
+    """
+    if not ("input_tokens_details" in usage or "output_tokens_details" in usage or "total_tokens" in usage):
+        return None
+    prompt = _count(usage, "input_tokens")
+    completion = _count(usage, "output_tokens")
+    cached = _count(usage, "input_tokens_details", "cached_tokens")
+    reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
+    total = _count(usage, "total_tokens")
+    return prompt, completion, total, cached, reasoning
+
+
+def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
+    """Anthropic Messages: ``input_tokens`` excludes cache writes and reads."""
+    uncached = _count(usage, "input_tokens")
+    written = _count(usage, "cache_creation_input_tokens")
+    read = _count(usage, "cache_read_input_tokens")
+    prompt = _sum(uncached, written, read) if uncached is not None else None
+    completion = _count(usage, "output_tokens")
+    return prompt, completion, None, read, None
+
+
+def read_converse(usage: Mapping[str, Any]) -> Counts | None:
+    """AWS Bedrock Converse: ``inputTokens`` excludes cache reads and writes."""
+    uncached = _count(usage, "inputTokens")
+    read = _count(usage, "cacheReadInputTokens")
+    written = _count(usage, "cacheWriteInputTokens")
+    prompt = _sum(uncached, written, read) if uncached is not None else None
+    completion = _count(usage, "outputTokens")
+    total = _count(usage, "totalTokens")
+    return prompt, completion, total, read, None
+
+
+def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
+    """Cohere v2: actual token counts in ``tokens``, billed ones in ``billed_units``."""
     tokens = usage.get("tokens")
-    billed = usage.get("billed_units")
-    if isinstance(tokens, dict) or isinstance(billed, dict):
-        # Cohere v2: actual token counts in "tokens", billed ones in "billed_units".
-        source = tokens if isinstance(tokens, dict) else billed
-        assert isinstance(source, dict)
-        prompt = _count(source, "input_tokens")
-        completion = _count(source, "output_tokens")
-        cached = _count(usage, "cached_tokens")
-        return (prompt, completion, None, cached, None), "cohere"
-    return None
+    source = tokens if isinstance(tokens, dict) else usage.get("billed_units")
+    if not isinstance(source, dict):
+        return None
+    prompt = _count(source, "input_tokens")
+    completion = _count(source, "output_tokens")
+    cached = _count(usage, "cached_tokens")
+    return prompt, completion, None, cached, None
 
 
-def counts_from_usage_metadata(meta: Mapping[str, Any]) -> Counts:
+def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
     """Google Gemini / Vertex AI ``usageMetadata``."""
     prompt = _count(meta, "promptTokenCount")
     tool_prompt = _count(meta, "toolUsePromptTokenCount")
@@ -162,53 +169,11 @@ def counts_from_usage_metadata(meta: Mapping[str, Any]) -> Counts:
     return prompt, completion, total, cached, thoughts
 
 
-def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
-    """Find usage anywhere a known provider puts it in one JSON obj."""
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        found = counts_from_usage(usage)
-        if found is not None:
-            return found
-    meta = obj.get("usageMetadata")
-    if isinstance(meta, dict):
-        return counts_from_usage_metadata(meta), "gemini"
-    for parent in ("message", "response", "delta"):
-        # Anthropic message_start, Responses API events, Cohere v2 message-end.
-        nested = _get(obj, parent, "usage")
-        if isinstance(nested, dict):
-            found = counts_from_usage(nested)
-            if found is not None:
-                return found
-    if "eval_count" in obj or "prompt_eval_count" in obj:
-        # Ollama: counts only on the final ``"done": true`` object.
-        prompt = _count(obj, "prompt_eval_count")
-        completion = _count(obj, "eval_count")
-        return (prompt, completion if completion is not None else 0, None, None, None), "ollama"
-    return None
-
-
-def model_from_object(obj: Mapping[str, Any]) -> str | None:
-    for keys in (("model",), ("modelVersion",), ("message", "model"), ("response", "model")):
-        value = _get(obj, *keys)
-        if isinstance(value, str) and value:
-            return value
-    return None
-
-
-#: JSONObject-relative paths the JSON scanner must capture for the functions above.
-OBJECT_PATHS: Sequence[tuple[str, ...]] = (
-    ("usage",),
-    ("usageMetadata",),
-    ("model",),
-    ("modelVersion",),
-    ("message", "usage"),
-    ("message", "model"),
-    ("response", "usage"),
-    ("response", "model"),
-    ("delta", "usage"),
-    ("eval_count",),
-    ("prompt_eval_count",),
-)
+def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
+    """Ollama: counts only on the final ``"done": true`` object, at its top level."""
+    prompt = _count(obj, "prompt_eval_count")
+    completion = _count(obj, "eval_count")
+    return prompt, completion if completion is not None else 0, None, None, None
 
 
 class UsageAccumulator:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._core.providers.facts import OTEL_OPERATION_NAMES, OTEL_PROVIDER_NAMES
 from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
 from .totals import CallTotals, Series
 
@@ -79,25 +80,12 @@ TOKEN_USAGE = "gen_ai.client.token.usage"
 OPERATION_DURATION = "gen_ai.client.operation.duration"
 TIME_TO_FIRST_CHUNK = "gen_ai.client.operation.time_to_first_chunk"
 
-#: Our operation names (from the request path) -> ``gen_ai.operation.name``. Chat-shaped
-#: APIs (Anthropic Messages, OpenAI Responses, Bedrock Converse, Ollama and Cohere chat)
-#: are ``chat``: the well-known value for "chat completion operation", and what the
-#: OpenAI and Anthropic instrumentations report. Names not listed are passed through as
-#: a custom value, which the conventions allow.
-OPERATION_NAMES: Mapping[str, str] = {
-    "chat.completions": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "chat": "chat",
-    "converse": "chat",
-    "completions": "text_completion",
-    "generate": "text_completion",
-    "embeddings": "embeddings",
-    "embedContent": "embeddings",
-    "batchEmbedContents": "embeddings",
-    "generateContent": "generate_content",
-    "streamGenerateContent": "generate_content",
-}
+#: Our operation names (from the request path) -> ``gen_ai.operation.name``, from the
+#: provider table. Chat-shaped APIs (Anthropic Messages, OpenAI Responses, Bedrock
+#: Converse, Ollama and Cohere chat) are ``chat``: the well-known value for "chat
+#: completion operation", and what the OpenAI and Anthropic instrumentations report. Names
+#: not listed are passed through as a custom value, which the conventions allow.
+OPERATION_NAMES: Mapping[str, str] = OTEL_OPERATION_NAMES
 UNKNOWN = "unknown"
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind")
@@ -257,7 +245,7 @@ class _OTelSink:
         ns = self._ns
         gen_ai: dict[str, Any] = {
             "gen_ai.operation.name": operation_name(call.operation),
-            "gen_ai.provider.name": call.provider or UNKNOWN,
+            "gen_ai.provider.name": OTEL_PROVIDER_NAMES.get(call.provider, call.provider) if call.provider else UNKNOWN,
         }
         if call.request_model:
             gen_ai["gen_ai.request.model"] = call.request_model

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -108,8 +109,6 @@ class CallContext:
 
 Source = Callable[[RequestView, CallContext], str | None]
 
-_KEY_HEADERS = (b"authorization", b"api-key", b"x-api-key", b"x-goog-api-key", b"ocp-apim-subscription-key")
-_KEY_HEADER_NAMES = ("Authorization", "api-key", "x-api-key", "x-goog-api-key", "Ocp-Apim-Subscription-Key")
 
 
 def _api_id(request: RequestView, ctx: CallContext) -> str:
@@ -149,7 +148,7 @@ def _user_id(request: RequestView, ctx: CallContext) -> str | None:
 
 def _api_key(request: RequestView) -> str | None:
     headers = request.headers
-    for name in _KEY_HEADER_NAMES:
+    for name in KEY_HEADERS:
         value = headers.get(name)
         if value:
             if name == "Authorization":
@@ -158,8 +157,11 @@ def _api_key(request: RequestView) -> str | None:
                     continue
                 return token.strip()
             return value.strip()
-    key = request.query.get("key")  # Gemini's ?key=
-    return key or None
+    for name in KEY_QUERY:  # Gemini's ?key=
+        key = request.query.get(name)
+        if key:
+            return key
+    return None
 
 
 class SubscriptionHasher:

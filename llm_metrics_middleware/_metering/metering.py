@@ -18,6 +18,7 @@ from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
 from .._core.extractor import JSON, NONE, SSE, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
+from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
 from .._core.usage import MAX_TOKENS, Usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
 from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
@@ -29,21 +30,10 @@ logger = logging.getLogger("llm_metrics_middleware")
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
 DEFAULT_MAX_SERIES = 2000
 
-# Providers whose streams always carry usage: counting their text would be wasted work.
-_ALWAYS_REPORTS = frozenset({"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama", "cohere", "aws.bedrock"})
-_NO_TEXT_OPERATIONS = frozenset({"embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens"})
-
 
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
-    headers = view.headers
-    if "anthropic-version" in headers:
-        return "anthropic"
-    if "x-goog-api-key" in headers:
-        return "gcp.gemini"
-    if "api-key" in headers and "api-version" in view.query:
-        return "azure.ai.openai"
-    return None
+    return provider_from_headers(view.headers, view.query)
 
 
 class SeriesLimiter:
@@ -207,8 +197,8 @@ class MeteredCall:
             self.want_text = (
                 metering.estimate
                 and not include_usage
-                and provider not in _ALWAYS_REPORTS
-                and route.operation not in _NO_TEXT_OPERATIONS
+                and provider not in ALWAYS_REPORTS
+                and route.operation not in NO_TEXT_OPERATIONS
             )
             self.fmt = fmt
             self.extractor = UsageExtractor(

@@ -1,110 +1,12 @@
-"""Which LLM API a request is for, from its path alone, and custom usage formats.
-
-Paths are matched by their end, so an app that proxies a provider under a prefix
-(``/llm/openai/v1/chat/completions``) is recognised as well as a direct call. Provider
-names follow OpenTelemetry's ``gen_ai.provider.name`` values. OpenAI-compatible servers
-(Mistral, vLLM, DeepSeek, Groq...) share OpenAI's paths and wire format, so they are
-reported as ``openai`` unless the middleware is told otherwise with ``provider=``.
-"""
+"""Custom usage formats: where an upstream of your own puts its counts, as JSON pointers."""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .usage import Counts, as_count
-
-
-@dataclass(frozen=True)
-class Route:
-    """What the request path says about the LLM call."""
-
-    provider: str | None
-    operation: str | None
-    #: A model named in the path (Azure deployment, Gemini model, Bedrock model ID).
-    model: str | None = None
-
-
-_UNKNOWN = Route(None, None)
-
-_AZURE = re.compile(r"/openai/deployments/([^/]+)/(.+?)/?$")
-_GEMINI = re.compile(r"/models/([^/:]+):(generateContent|streamGenerateContent|embedContent|batchEmbedContents|countTokens)$")
-_BEDROCK = re.compile(r"/model/([^/]+)/(converse|converse-stream)$")
-
-# Path suffix -> (provider, operation). Longest suffixes first.
-_SUFFIXES: Sequence[tuple[str, str, str]] = (
-    ("/chat/completions", "openai", "chat.completions"),
-    ("/completions", "openai", "completions"),
-    ("/embeddings", "openai", "embeddings"),
-    ("/responses", "openai", "responses"),
-    ("/messages", "anthropic", "messages"),
-    ("/api/chat", "ollama", "chat"),
-    ("/api/generate", "ollama", "generate"),
-    ("/api/embed", "ollama", "embeddings"),
-    ("/api/embeddings", "ollama", "embeddings"),
-    ("/v2/chat", "cohere", "chat"),
-    ("/v2/embed", "cohere", "embeddings"),
-)
-
-_OPERATION_OF_AZURE_TAIL = {
-    "chat/completions": "chat.completions",
-    "completions": "completions",
-    "embeddings": "embeddings",
-}
-
-
-_CACHE: dict[str, Route] = {}
-_CACHE_SIZE = 1024
-
-
-def route_of(path: str) -> Route:
-    """Provider, operation and path model for a request path (no query string).
-
-    Cached: an app serves few distinct paths. Paths come from clients, so the cache is
-    emptied whenever it fills.
-    """
-    route = _CACHE.get(path)
-    if route is None:
-        route = _route_of(path)
-        if len(_CACHE) >= _CACHE_SIZE:
-            _CACHE.clear()
-        _CACHE[path] = route
-    return route
-
-
-def _route_of(path: str) -> Route:
-    m = _AZURE.search(path)
-    if m:
-        operation = _OPERATION_OF_AZURE_TAIL.get(m.group(2), m.group(2).replace("/", "."))
-        return Route("azure.ai.openai", operation, m.group(1))
-    m = _GEMINI.search(path)
-    if m:
-        vertex = "/projects/" in path and "/locations/" in path
-        return Route("gcp.vertex_ai" if vertex else "gcp.gemini", m.group(2), m.group(1))
-    m = _BEDROCK.search(path)
-    if m:
-        return Route("aws.bedrock", "converse", m.group(1))
-    stripped = path.rstrip("/")
-    for suffix, provider, operation in _SUFFIXES:
-        if stripped.endswith(suffix):
-            if suffix == "/messages" and "/threads/" in stripped:
-                return _UNKNOWN  # OpenAI Assistants threads, not a generation
-            return Route(provider, operation)
-    return _UNKNOWN
-
-
-#: Body-shape family (from :mod:`._usage`) to provider name, when the path said nothing.
-PROVIDER_OF_FAMILY = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "gcp.gemini",
-    "ollama": "ollama",
-    "aws.bedrock": "aws.bedrock",
-    "cohere": "cohere",
-    "custom": "custom",
-}
+from ..usage import Counts, as_count
 
 
 def _parse_pointer(pointer: str) -> tuple[str, ...]:

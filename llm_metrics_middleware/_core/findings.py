@@ -1,0 +1,135 @@
+"""What the readers of one response body found: usage, model, provider, text, error.
+
+Every reader (:mod:`.readers`) hands the JSON objects it finds to one :class:`Findings`,
+whatever the body format; the extractor turns it into an :class:`~.extractor.Extraction`
+when the body ends.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .estimate import TokenCounter
+from .jsonscan import JSONObject, JSONScanner, Path
+from .providers.facts import USAGE_MARKERS
+from .providers.objects import OBJECT_PATHS, counts_from_object, model_from_object
+from .providers.pointers import UsagePointers
+from .usage import Invalid, UsageAccumulator
+
+
+class TextMeter:
+    """Counts generated text without keeping it: bytes/4, or a tokenizer on small batches."""
+
+    __slots__ = ("_counter", "_decoder", "_pending", "bytes", "tokens")
+
+    BATCH = 4096
+
+    def __init__(self, counter: TokenCounter | None) -> None:
+        self._counter = counter
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if counter else None
+        self._pending: list[str] = []
+        self.bytes = 0
+        self.tokens = 0
+
+    def add_json_string(self, raw: bytes) -> None:
+        """``raw`` is a JSON string's body, escapes included."""
+        if self._counter is None:
+            self.bytes += len(raw)
+            return
+        try:
+            text = json.loads(b'"' + raw + b'"')
+        except ValueError:
+            text = raw.decode("utf-8", "replace")
+        self._add_text(text)
+
+    def add_bytes(self, n: int) -> None:
+        self.bytes += n
+
+    def _add_text(self, text: str) -> None:
+        self._pending.append(text)
+        self.bytes += len(text)
+        if self.bytes >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending and self._counter is not None:
+            try:
+                self.tokens += max(0, int(self._counter("".join(self._pending))))
+            except Exception:
+                self.tokens += -(-self.bytes // 4)
+        self._pending.clear()
+        self.bytes = 0
+
+    def result(self) -> int:
+        if self._counter is None:
+            return -(-self.bytes // 4)
+        self._flush()
+        return self.tokens
+
+
+class Findings:
+    """The state every reader of one body reports to.
+
+    ``text`` is None unless the generated text is counted (for an estimate); ``triggers``
+    are the bytes an event must contain to be worth parsing for the custom format.
+    """
+
+    __slots__ = ("acc", "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots")
+
+    def __init__(self, custom: UsagePointers | None, text: TextMeter | None, text_roots: Sequence[str]) -> None:
+        # Built for every response: kept to plain assignments (the scanner's paths are
+        # only worked out when a scanner is needed).
+        self.acc = UsageAccumulator()
+        self.model: str | None = None
+        #: The provider the first usage shape seen names (``custom`` for custom pointers).
+        self.provider: str | None = None
+        #: Why counting failed, or None. The first cause is kept, except where noted.
+        self.error: str | None = None
+        self.text = text
+        self.custom = custom
+        if custom is None:
+            self.triggers: tuple[bytes, ...] = ()
+            #: Bytes whose presence means an event may hold usage besides a usage object.
+            self.markers = USAGE_MARKERS
+        else:
+            self.triggers = custom.triggers
+            self.markers = USAGE_MARKERS + custom.triggers
+        #: Top-level fields whose strings a scanned JSON body's text is measured from.
+        self.text_roots = text_roots if text is not None else ()
+
+    @property
+    def paths(self) -> Sequence[Path]:
+        custom = self.custom
+        return OBJECT_PATHS if custom is None else [*OBJECT_PATHS, *custom.scan_paths()]
+
+    def fail(self, kind: str) -> None:
+        if self.error is None:
+            self.error = kind
+
+    def scanner(self, *, text: bool = True) -> JSONScanner:
+        """An incremental scanner that sends the objects it finds here."""
+        return JSONScanner(self.paths, self.on_object, text_roots=self.text_roots if text else ())
+
+    def on_object(self, obj: JSONObject | dict[str, Any]) -> None:
+        try:
+            custom = self.custom
+            if custom is not None:
+                counts = custom.counts(obj)
+                if counts is not None:
+                    self.acc.update(counts)
+                    self.provider = "custom"
+                if self.model is None:
+                    self.model = custom.model_of(obj)
+            found = counts_from_object(obj)
+            if found is not None:
+                counts, provider = found
+                self.acc.update(counts)
+                if self.provider is None:
+                    self.provider = provider
+            if self.model is None:
+                self.model = model_from_object(obj)
+        except Invalid:
+            self.error = "invalid_usage"  # wins over an earlier cause: the body lied

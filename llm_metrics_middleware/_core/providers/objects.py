@@ -1,0 +1,81 @@
+"""Usage and model in one JSON object, wherever a known provider puts them (from the table)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..usage import Counts
+from .table import PROVIDERS, Path, UsageShape
+
+
+def _ordered(paths: list[Path]) -> tuple[Path, ...]:
+    """Unique paths, shallow before deep (the object itself last), else table order."""
+    unique = list(dict.fromkeys(paths))
+    return tuple(sorted(unique, key=lambda p: (len(p) == 0, len(p), unique.index(p))))
+
+
+def _containers() -> tuple[tuple[Path, tuple[tuple[UsageShape, str], ...]], ...]:
+    # The first provider that declares a shape is the one it names.
+    owner: dict[str, str] = {}
+    for p in PROVIDERS:
+        for shape in p.usage_shapes:
+            owner.setdefault(shape.name, p.name)
+    out = []
+    for path in _ordered([at for p in PROVIDERS for at in p.usage_at]):
+        shapes = dict.fromkeys(s for p in PROVIDERS if path in p.usage_at for s in p.usage_shapes)
+        out.append((path, tuple((s, owner[s.name]) for s in shapes)))
+    return tuple(out)
+
+
+#: (where, ((shape, provider), ...)) in the order they are tried.
+USAGE_CONTAINERS = _containers()
+MODEL_PATHS: tuple[Path, ...] = _ordered([at for p in PROVIDERS for at in p.model_at])
+
+# The same, ready for the hot path: markers as sets (``isdisjoint`` walks the few keys
+# of a usage object in C).
+_SHAPES_AT = tuple(
+    (path, tuple((frozenset(s.markers), s.read, provider) for s, provider in shapes)) for path, shapes in USAGE_CONTAINERS
+)
+
+#: Fields whose presence at an object's top level means usage is there (Ollama's counts).
+TOP_LEVEL_MARKERS: tuple[str, ...] = tuple(
+    dict.fromkeys(m for path, shapes in USAGE_CONTAINERS if not path for s, _ in shapes for m in s.markers)
+)
+
+#: Object-relative paths the JSON scanner must capture for the functions below.
+OBJECT_PATHS: Sequence[Path] = (
+    *(path for path, _ in USAGE_CONTAINERS if path),
+    *MODEL_PATHS,
+    *((m,) for m in TOP_LEVEL_MARKERS),
+)
+
+
+def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
+    """The usage in one JSON object and the provider its shape names, or None.
+
+    Raises :class:`~.usage.Invalid` when a usage object holds values we refuse to count.
+    """
+    for path, shapes in _SHAPES_AT:
+        node: Any = obj
+        for key in path:  # inline: this runs for every object of every body
+            node = node.get(key) if type(node) is dict else None
+        if type(node) is not dict:
+            continue
+        for markers, read, provider in shapes:
+            if markers and markers.isdisjoint(node):
+                continue
+            counts = read(node)
+            if counts is not None:
+                return counts, provider
+    return None
+
+
+def model_from_object(obj: Mapping[str, Any]) -> str | None:
+    for path in MODEL_PATHS:
+        value: Any = obj
+        for key in path:
+            value = value.get(key) if type(value) is dict else None
+        if isinstance(value, str) and value:
+            return value
+    return None

@@ -1,0 +1,257 @@
+"""Every provider fact, one declaration per provider: the only place a provider is described.
+
+Routing (:mod:`.routes`), usage reading (:mod:`.objects`), the request peek's fields, the
+extractor's hints, the API-key headers and the OpenTelemetry names are all derived from
+:data:`PROVIDERS` (:mod:`.facts`), so a field list can no longer drift from the code that
+reads it. Adding a provider is one :class:`Provider` here plus its recorded fixtures in
+``tests/wire/``.
+
+Provider names follow OpenTelemetry's ``gen_ai.provider.name`` values. OpenAI-compatible
+servers (Mistral, vLLM, DeepSeek, Groq...) share OpenAI's paths and wire format, so they
+are reported as ``openai`` unless the middleware is told otherwise with ``provider=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .. import usage as u
+
+#: A place in a JSON object: the keys leading to it (``()`` is the object itself).
+Path = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UsageShape:
+    """One way of writing token counts in a usage object.
+
+    ``read`` is tried when the object has any of ``markers`` (always, when there are
+    none); it returns None when the object turns out not to be of this shape after all,
+    and the next shape is tried.
+    """
+
+    name: str
+    markers: tuple[str, ...]
+    read: Callable[[Mapping[str, Any]], u.Counts | None]
+
+
+CHAT = UsageShape("openai.chat", ("prompt_tokens", "completion_tokens"), u.read_chat)
+RESPONSES = UsageShape("openai.responses", ("input_tokens", "output_tokens"), u.read_responses)
+ANTHROPIC = UsageShape("anthropic", ("input_tokens", "output_tokens"), u.read_anthropic)
+CONVERSE = UsageShape("aws.bedrock.converse", ("inputTokens", "outputTokens"), u.read_converse)
+COHERE = UsageShape("cohere", ("tokens", "billed_units"), u.read_cohere)
+GEMINI = UsageShape("gemini", (), u.read_gemini)
+OLLAMA = UsageShape("ollama", ("eval_count", "prompt_eval_count"), u.read_ollama)
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One API of a provider, as the path names it."""
+
+    #: Our name for it: the ``Operation ID`` dimension value.
+    name: str
+    #: ``gen_ai.operation.name`` (a well-known value where one fits, else our name).
+    otel: str
+    #: Path endings that mean this operation (matched by their end, so an app that
+    #: proxies a provider under a prefix is recognised as well as a direct call).
+    suffixes: tuple[str, ...] = ()
+    #: What the provider's ``path`` pattern captures as ``op`` for this operation.
+    tails: tuple[str, ...] = ()
+    #: Whether counting the response's text for an estimate is worth it: False when there
+    #: is no generated text (embeddings, token counts) or usage always comes (Responses).
+    estimate_text: bool = True
+    #: Path parts that make a suffix mean something else (OpenAI Assistants' threads
+    #: have ``/messages`` too): such a path is no LLM call at all.
+    not_under: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Everything the package knows about one provider."""
+
+    #: ``gen_ai.provider.name``.
+    name: str
+    operations: tuple[Operation, ...]
+    #: A path pattern (``re``, searched) with groups ``model`` and ``op``; ``{ops}`` is
+    #: replaced by the operations' ``tails``. None: the operations' suffixes route.
+    path: str | None = None
+    #: Substrings a path must all contain for ``path`` to apply (Vertex AI's project).
+    path_requires: tuple[str, ...] = ()
+    #: Where usage objects sit in a response's JSON objects, and their shapes, tried in
+    #: order at each of those places.
+    usage_at: tuple[Path, ...] = ()
+    usage_shapes: tuple[UsageShape, ...] = ()
+    #: Where a response names its model.
+    model_at: tuple[Path, ...] = ()
+    #: Fields of streamed chunks whose strings are generated text (for estimates).
+    stream_text: tuple[str, ...] = ()
+    #: Top-level fields of a whole JSON response whose strings are generated text.
+    response_text: tuple[str, ...] = ()
+    #: Top-level request fields whose strings are the prompt.
+    prompt_roots: tuple[str, ...] = ()
+    #: Request fields the peek keeps (``stream``, ``user``, ``stream_options.include_usage``).
+    request_fields: tuple[Path, ...] = ()
+    #: Request headers that carry the API key (for the Subscription ID), and a query
+    #: parameter that may.
+    key_headers: tuple[str, ...] = ()
+    key_query: str | None = None
+    #: Request headers (all of them) and query parameters (all) that only this
+    #: provider's clients send: the provider of a path we do not recognise.
+    sent_headers: tuple[str, ...] = ()
+    sent_query: tuple[str, ...] = ()
+    #: Whether its streams always carry usage (then counting their text is wasted work).
+    streams_report_usage: bool = False
+
+
+_OPENAI_OPERATIONS = (
+    Operation("chat.completions", "chat", ("/chat/completions",), ("chat/completions",)),
+    Operation("completions", "text_completion", ("/completions",), ("completions",)),
+    Operation("embeddings", "embeddings", ("/embeddings",), ("embeddings",), estimate_text=False),
+    Operation("responses", "chat", ("/responses",), estimate_text=False),
+)
+
+_OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments", "text")
+
+_GEMINI_OPERATIONS = (
+    Operation("generateContent", "generate_content", tails=("generateContent",)),
+    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
+    Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
+    Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
+    Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False),
+)
+_GEMINI_PATH = r"/models/(?P<model>[^/:]+):(?P<op>{ops})$"
+
+
+OPENAI = Provider(
+    name="openai",
+    operations=_OPENAI_OPERATIONS,
+    usage_at=(("usage",), ("response", "usage")),
+    usage_shapes=(CHAT, RESPONSES),
+    model_at=(("model",), ("response", "model")),
+    stream_text=_OPENAI_TEXT,
+    response_text=("choices", "output"),
+    prompt_roots=("messages", "prompt", "input", "instructions"),
+    request_fields=(("model",), ("stream",), ("user",), ("stream_options", "include_usage")),
+    key_headers=("Authorization",),
+)
+
+AZURE_OPENAI = Provider(
+    name="azure.ai.openai",
+    # Any deployment API: the ones not listed are named after their path ("audio.speech").
+    operations=_OPENAI_OPERATIONS[:3],
+    path=r"/openai/deployments/(?P<model>[^/]+)/(?P<op>.+?)/?$",
+    usage_at=OPENAI.usage_at,
+    usage_shapes=OPENAI.usage_shapes,
+    model_at=OPENAI.model_at,
+    stream_text=_OPENAI_TEXT,
+    response_text=OPENAI.response_text,
+    prompt_roots=OPENAI.prompt_roots,
+    request_fields=OPENAI.request_fields,
+    # Ocp-Apim-Subscription-Key: Azure API Management's key, in front of Azure OpenAI.
+    key_headers=("api-key", "Ocp-Apim-Subscription-Key"),
+    sent_headers=("api-key",),
+    sent_query=("api-version",),
+)
+
+ANTHROPIC_MESSAGES = Provider(
+    name="anthropic",
+    operations=(Operation("messages", "chat", ("/messages",), not_under=("/threads/",)),),
+    usage_at=(("usage",), ("message", "usage")),
+    usage_shapes=(ANTHROPIC,),
+    model_at=(("model",), ("message", "model")),
+    stream_text=("text", "thinking", "partial_json"),
+    response_text=("content",),
+    prompt_roots=("messages", "system"),
+    request_fields=(("model",), ("stream",), ("metadata", "user_id")),
+    key_headers=("x-api-key",),
+    sent_headers=("anthropic-version",),
+    streams_report_usage=True,
+)
+
+GEMINI_API = Provider(
+    name="gcp.gemini",
+    operations=_GEMINI_OPERATIONS,
+    path=_GEMINI_PATH,
+    usage_at=(("usageMetadata",),),
+    usage_shapes=(GEMINI,),
+    model_at=(("modelVersion",),),
+    stream_text=("text",),
+    response_text=("candidates",),
+    prompt_roots=("contents", "systemInstruction"),
+    key_headers=("x-goog-api-key",),
+    key_query="key",
+    sent_headers=("x-goog-api-key",),
+    streams_report_usage=True,
+)
+
+VERTEX_AI = Provider(
+    name="gcp.vertex_ai",
+    operations=_GEMINI_OPERATIONS,
+    path=_GEMINI_PATH,
+    path_requires=("/projects/", "/locations/"),
+    usage_at=GEMINI_API.usage_at,
+    usage_shapes=GEMINI_API.usage_shapes,
+    model_at=GEMINI_API.model_at,
+    stream_text=GEMINI_API.stream_text,
+    response_text=GEMINI_API.response_text,
+    prompt_roots=GEMINI_API.prompt_roots,
+    streams_report_usage=True,
+)
+
+BEDROCK = Provider(
+    name="aws.bedrock",
+    operations=(Operation("converse", "chat", tails=("converse", "converse-stream")),),
+    path=r"/model/(?P<model>[^/]+)/(?P<op>{ops})$",
+    usage_at=(("usage",),),
+    usage_shapes=(CONVERSE,),
+    stream_text=("text",),
+    response_text=("output",),
+    prompt_roots=("messages", "system"),
+    streams_report_usage=True,
+)
+
+OLLAMA_API = Provider(
+    name="ollama",
+    operations=(
+        Operation("chat", "chat", ("/api/chat",)),
+        Operation("generate", "text_completion", ("/api/generate",)),
+        Operation("embeddings", "embeddings", ("/api/embed", "/api/embeddings"), estimate_text=False),
+    ),
+    usage_at=((),),
+    usage_shapes=(OLLAMA,),
+    model_at=(("model",),),
+    stream_text=("content", "response"),
+    response_text=("message", "response"),
+    prompt_roots=("messages", "prompt"),
+    streams_report_usage=True,
+)
+
+COHERE_V2 = Provider(
+    name="cohere",
+    operations=(
+        Operation("chat", "chat", ("/v2/chat",)),
+        Operation("embeddings", "embeddings", ("/v2/embed",), estimate_text=False),
+    ),
+    usage_at=(("usage",), ("delta", "usage")),
+    usage_shapes=(COHERE,),
+    model_at=(("model",),),
+    stream_text=("text",),
+    response_text=("message", "text", "generations"),
+    prompt_roots=("messages", "message"),
+    streams_report_usage=True,
+)
+
+#: In the order usage shapes are tried (OpenAI's before Anthropic's: both have
+#: ``input_tokens``, only the Responses API's has details or a total).
+PROVIDERS: tuple[Provider, ...] = (
+    OPENAI,
+    AZURE_OPENAI,
+    ANTHROPIC_MESSAGES,
+    GEMINI_API,
+    VERTEX_AI,
+    BEDROCK,
+    OLLAMA_API,
+    COHERE_V2,
+)

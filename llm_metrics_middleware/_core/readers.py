@@ -1,0 +1,277 @@
+"""One reader per body format, each of which may hand the body on to another (h11's READERS).
+
+A reader's :meth:`~Reader.feed` takes the next chunk of the (decompressed) body and
+returns the reader for the chunk after it: itself, or the one it swapped to (the sniffer
+becomes the JSON or SSE reader once it sees the first byte; the small-JSON reader becomes
+the scanning one when the body outgrows :data:`SMALL_BODY`). :meth:`~Reader.close` ends
+the body. Readers report what they find to one :class:`~.findings.Findings` and raise
+nothing on purpose; the extractor turns any bug into ``malformed``.
+
+:data:`READERS` maps each format of :func:`~.extractor.body_format` to its reader. A
+new format (a binary event stream, say) is one more class and one more entry.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from .findings import Findings
+from .jsonscan import JSONScanner
+from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
+from .sse import SSEDecoder
+
+# Bound once here: a method called on an imported name compiles to a slower attribute load
+# plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
+_usage_hint = USAGE_HINT.search
+_text_fields = TEXT_FIELD.finditer
+
+# Body formats.
+NONE = "none"
+SSE = "sse"
+JSON = "json"
+SNIFF = "sniff"
+
+#: Largest JSON body kept whole and parsed with json.loads at the end: json.loads in C
+#: costs a few microseconds where the incremental scanner costs about two per token.
+#: Read when a body starts, so tests can force every body through the scanner.
+SMALL_BODY = 16 * 1024
+
+#: SSE events parsed whole while looking for the model; later ones only if they hold usage.
+MODEL_EVENTS = 16
+
+_WHITESPACE = b" \t\r\n"
+
+
+class Reader(Protocol):
+    #: The format reported in the Extraction.
+    format: str
+    @property
+    def skim(self) -> SSEDecoder | None:
+        """An SSE decoder whose whole-event chunks may be skipped unread (:class:`SSEReader`)."""
+
+    def feed(self, chunk: bytes) -> Reader: ...
+
+    def close(self) -> None: ...
+
+
+class Stopped:
+    """Reads nothing more: an unknown format, a failed decompression, a bug."""
+
+    __slots__ = ("format",)
+    skim: SSEDecoder | None = None
+
+    def __init__(self, fmt: str = NONE) -> None:
+        self.format = fmt
+
+    def feed(self, chunk: bytes) -> Reader:
+        return self
+
+    def close(self) -> None:
+        pass
+
+
+def _string_bytes(value: Any) -> int:
+    """Length of the strings in a parsed JSON value (keys included), for estimates."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(len(k) + _string_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return sum(_string_bytes(v) for v in value)
+    return 0
+
+
+class SniffReader:
+    """A body whose Content-Type said nothing: the first significant byte decides."""
+
+    __slots__ = ("_found", "_may_skip")
+    format = NONE
+    skim: SSEDecoder | None = None
+
+    def __init__(self, found: Findings, may_skip: bool) -> None:
+        self._found = found
+        self._may_skip = may_skip
+
+    def feed(self, chunk: bytes) -> Reader:
+        first = chunk.lstrip(_WHITESPACE)[:1]
+        if not first:
+            return self
+        reader: Reader
+        if first in (b"{", b"["):
+            reader = SmallJSONReader(self._found, self._may_skip)
+        elif first in (b"d", b"e", b":", b"i", b"r"):  # data:, event:, comment, id:, retry:
+            reader = SSEReader(self._found, self._may_skip)
+        else:
+            return Stopped()
+        return reader.feed(chunk)
+
+    def close(self) -> None:
+        pass
+
+
+class SmallJSONReader:
+    """A JSON body kept whole while small, then parsed once with json.loads.
+
+    Past :data:`SMALL_BODY` the bytes move into a :class:`ScannedJSONReader` and nothing
+    more is kept. A body json.loads refuses (NDJSON, or not JSON at all) goes to the
+    scanner too, which reads the first and judges the second.
+    """
+
+    __slots__ = ("_found", "_buffer", "_limit")
+    format = JSON
+    skim: SSEDecoder | None = None
+
+    def __init__(self, found: Findings, may_skip: bool = False) -> None:
+        self._found = found
+        self._buffer = bytearray()
+        self._limit = SMALL_BODY
+
+    def feed(self, chunk: bytes) -> Reader:
+        buffer = self._buffer
+        if len(buffer) + len(chunk) <= self._limit:
+            buffer += chunk
+            return self
+        scanned = ScannedJSONReader(self._found)
+        scanned.feed(bytes(buffer))
+        self._buffer = bytearray()
+        return scanned.feed(chunk)
+
+    def close(self) -> None:
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        if not data.strip():
+            return
+        found = self._found
+        try:
+            value = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):
+            scanned = ScannedJSONReader(found)
+            scanned.feed(data)
+            scanned.close()
+            return
+        objects = value if isinstance(value, list) else [value]
+        for obj in objects:
+            if isinstance(obj, dict):
+                found.on_object(obj)
+        text = found.text
+        if text is not None and not found.acc.seen:
+            text.add_bytes(
+                sum(_string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
+            )
+
+
+class ScannedJSONReader:
+    """JSON, NDJSON or a top-level array of objects, through the incremental scanner.
+
+    Keeps only the fields of the provider table (and a byte count of the answer text), so
+    a body of any size costs constant memory; memchr-style skipping makes vectors cheap.
+    """
+
+    __slots__ = ("_found", "_scanner")
+    format = JSON
+    skim: SSEDecoder | None = None
+
+    def __init__(self, found: Findings) -> None:
+        self._found = found
+        self._scanner = found.scanner()
+
+    def feed(self, chunk: bytes) -> Reader:
+        self._scanner.feed(chunk)
+        return self
+
+    def close(self) -> None:
+        scanner = self._scanner
+        found = self._found
+        if scanner.failed:
+            found.fail("malformed")
+        elif not scanner.idle and not found.acc.seen:
+            found.fail("truncated")
+        if scanner.overflowed and not found.acc.seen:
+            found.fail("too_large")
+        if found.text is not None:
+            found.text.add_bytes(scanner.text_bytes)
+
+
+class SSEReader:
+    """Server-Sent Events: each small event's data is parsed only when it can hold usage.
+
+    Fast path (``may_skip``: nothing custom, nothing compressed): once the model is known,
+    or after :data:`MODEL_EVENTS` events that named none, :attr:`skim` is set, and the
+    extractor does not even call :meth:`feed` for a chunk of whole events that cannot hold
+    a usage object (the usual case: one event per write; saving the call is a third of
+    the cost of such a chunk); it only measures the chunk's text if asked. Top-level counts
+    such as Ollama's come in NDJSON, not SSE; an event that is decoded is still checked
+    for them. Events over the decoder's limit stream into a scanner.
+    """
+
+    __slots__ = ("_found", "_decoder", "_large", "_fast", "_may_skip", "skim")
+    format = SSE
+
+    def __init__(self, found: Findings, may_skip: bool) -> None:
+        self._found = found
+        self._decoder = SSEDecoder(self._on_event, self._on_large_data, self._on_large_end)
+        self._large: JSONScanner | None = None
+        self._fast = False
+        #: The decoder, once whole events may be skipped unread (see the class docstring).
+        self.skim: SSEDecoder | None = None
+        self._may_skip = may_skip and not found.triggers
+
+    def feed(self, chunk: bytes) -> Reader:
+        self._decoder.feed(chunk)
+        return self
+
+    def close(self) -> None:
+        self._decoder.close()
+
+    def _on_event(self, event: bytes, data: bytes) -> None:
+        found = self._found
+        if not self._fast and self._may_skip and (found.model is not None or self._decoder.events > MODEL_EVENTS):
+            # The model is known, or events name none (a non-LLM stream, or a provider
+            # that never does): stop parsing each one; events that can hold usage still are.
+            self._fast = True
+            self.skim = self._decoder
+        text = found.text
+        if text is not None:
+            for m in _text_fields(data):
+                text.add_json_string(m.group(1))
+        if (
+            (found.model is None and not self._fast)
+            or _usage_hint(data) is not None
+            or any(m in data for m in found.markers)
+        ):
+            if data == b"[DONE]":
+                return
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                found.fail("malformed")
+                return
+            if isinstance(obj, dict):
+                found.on_object(obj)
+            elif isinstance(obj, list):  # a batch of objects in one event
+                for item in obj:
+                    if isinstance(item, dict):
+                        found.on_object(item)
+            if found.model is not None and self._may_skip:
+                self._fast = True
+                self.skim = self._decoder
+
+    def _on_large_data(self, piece: bytes) -> None:
+        if self._large is None:
+            self._large = self._found.scanner(text=False)
+        self._large.feed(piece)
+
+    def _on_large_end(self, event: bytes) -> None:
+        large = self._large
+        self._large = None
+        if large is not None and large.failed:
+            self._found.fail("malformed")
+
+
+#: The reader that starts each body format.
+READERS: dict[str, type[SniffReader] | type[SmallJSONReader] | type[SSEReader]] = {
+    SNIFF: SniffReader,
+    JSON: SmallJSONReader,
+    SSE: SSEReader,
+}
