@@ -8,9 +8,9 @@ and keeps only those few fields (plus a byte count of the prompt text for estima
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from .fastjson import loads
 from .jsonscan import JSONObject, JSONScanner
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
@@ -80,7 +80,7 @@ class BodyPeek:
         self._small = None
         self._fields = {}
         try:
-            value = json.loads(data.decode("utf-8")) if data.strip() else None
+            value = loads(data) if data.strip() else None
         except (ValueError, RecursionError):
             return
         if not isinstance(value, dict):

@@ -13,9 +13,9 @@ new format (a binary event stream, say) is one more class and one more entry.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
+from .fastjson import loads
 from .findings import Findings
 from .jsonscan import JSONScanner
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
@@ -144,7 +144,7 @@ class SmallJSONReader:
             return
         found = self._found
         try:
-            value = json.loads(data.decode("utf-8"))
+            value = loads(data)
         except (ValueError, RecursionError):
             scanned = ScannedJSONReader(found)
             scanned.feed(data)
@@ -243,7 +243,7 @@ class SSEReader:
             if data == b"[DONE]":
                 return
             try:
-                obj = json.loads(data)
+                obj = loads(data)
             except ValueError:
                 found.fail("malformed")
                 return
