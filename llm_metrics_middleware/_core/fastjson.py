@@ -22,7 +22,7 @@ except ImportError:  # the standard library only
     orjson = None  # type: ignore[assignment]
 
 
-def _loads_stdlib(data: bytes) -> Any:
+def _loads_stdlib(data: bytes | bytearray) -> Any:
     """``json.loads`` of UTF-8 bytes (a ``str`` is parsed faster than bytes)."""
     return json.loads(data.decode("utf-8"))
 
@@ -30,7 +30,7 @@ def _loads_stdlib(data: bytes) -> Any:
 if orjson is not None:
     _orjson_loads = orjson.loads
 
-    def loads(data: bytes) -> Any:
+    def loads(data: bytes | bytearray) -> Any:
         """The JSON value of ``data``; raises ValueError (or RecursionError) as json.loads does."""
         try:
             return _orjson_loads(data)

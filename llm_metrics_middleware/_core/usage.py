@@ -93,13 +93,28 @@ def _count(obj: Any, key: str, sub: str | None = None) -> int | None:
 
 def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     """OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek..."""
-    prompt = _count(usage, "prompt_tokens")
-    completion = _count(usage, "completion_tokens")
-    cached = _count(usage, "prompt_tokens_details", "cached_tokens")
+    # The most common shape of all: the plain int counts are read inline (one dict get
+    # each); anything else goes through _count, which judges it.
+    get = usage.get
+    prompt = get("prompt_tokens")
+    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_TOKENS):
+        prompt = _count(usage, "prompt_tokens")
+    completion = get("completion_tokens")
+    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_TOKENS):
+        completion = _count(usage, "completion_tokens")
+    total = get("total_tokens")
+    if total is not None and not (type(total) is int and 0 <= total <= MAX_TOKENS):
+        total = _count(usage, "total_tokens")
+    details = get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if type(details) is dict else None
     if cached is None:
         cached = _count(usage, "prompt_cache_hit_tokens")  # DeepSeek
-    reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
-    total = _count(usage, "total_tokens")
+    elif not (type(cached) is int and 0 <= cached <= MAX_TOKENS):
+        cached = _count(usage, "prompt_tokens_details", "cached_tokens")
+    details = get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if type(details) is dict else None
+    if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning <= MAX_TOKENS):
+        reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
     return prompt, completion, total, cached, reasoning
@@ -214,10 +229,12 @@ class UsageAccumulator:
         total = prompt + completion
         if self.total is not None and self.total >= total:
             total = self.total
+        cached = self.cached or 0
+        reasoning = self.reasoning or 0
         return Usage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            total_tokens=total,
-            cached_tokens=min(self.cached or 0, prompt),
-            reasoning_tokens=min(self.reasoning or 0, completion),
+            prompt,
+            completion,
+            total,
+            cached if cached <= prompt else prompt,
+            reasoning if reasoning <= completion else completion,
         )

@@ -222,16 +222,24 @@ class Schema:
         self.dimensions = tuple(dimensions)
         self.names = tuple(d.name for d in dimensions)
         self.labels = tuple(d.label for d in dimensions)
+        self._sources = tuple(d.source for d in dimensions)
 
     def values(self, request: RequestView, ctx: CallContext) -> tuple[str, ...]:
+        """The sanitised value of every dimension, in order. Runs once per call."""
         out = []
-        for dim in self.dimensions:
+        for source in self._sources:
             try:
-                value = dim.source(request, ctx)
+                value = source(request, ctx)
             except Exception:
-                logger.warning("dimension %r failed; exported as %r", dim.name, UNKNOWN, exc_info=True)
+                name = self.dimensions[self._sources.index(source)].name
+                logger.warning("dimension %r failed; exported as %r", name, UNKNOWN, exc_info=True)
                 value = None
-            out.append(sanitize(value))
+            # The usual value (a short printable str) is kept as it is, without a regex;
+            # isprintable() is False for every character _CONTROL removes.
+            if value.__class__ is str and 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
+                out.append(value)
+            else:
+                out.append(sanitize(value))
         return tuple(out)
 
 

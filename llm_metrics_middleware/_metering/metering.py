@@ -268,27 +268,29 @@ class MeteredCall:
             or (extraction.provider if extraction is not None else None)
             or _provider_from_headers(self.view)
         )
-        ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
+        ctx = CallContext(provider, route.operation, response_model or request_model)
         dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx))
         if overflowed:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
         now = time.perf_counter()
+        # Positional: a dataclass call with keywords costs a microsecond more here.
         call = CallRecord(
-            dimensions=dims,
-            usage=usage,
-            usage_source=source,
-            provider=provider,
-            operation=route.operation,
-            request_model=request_model if isinstance(request_model, str) else None,
-            response_model=response_model,
-            status=self.status,
-            outcome=outcome,
-            streamed=streamed,
-            duration_s=now - self.started,
-            time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
-            parse_error=extraction.error if extraction is not None else None,
-            request=self.view,
+            dims,
+            usage,
+            source,
+            provider,
+            route.operation,
+            request_model if isinstance(request_model, str) else None,
+            response_model,
+            self.status,
+            outcome,
+            streamed,
+            now - self.started,
+            (self.first_chunk - self.started) if streamed and self.first_chunk else None,
+            extraction.error if extraction is not None else None,
+            "incoming",
+            self.view,
         )
         metering.deliver(call)
 
