@@ -1,4 +1,4 @@
-"""The optional orjson parser answers exactly as json.loads does, or defers to it."""
+"""The optional orjson parser answers exactly as json.loads does; the fast Usage builder builds the same Usage."""
 
 from __future__ import annotations
 
@@ -41,3 +41,15 @@ def test_loads_agrees_with_json(data: bytes) -> None:
 
 def test_backend_is_reported() -> None:
     assert fastjson.BACKEND in ("orjson", "json")
+
+
+def test_make_usage_builds_the_same_frozen_usage() -> None:
+    import dataclasses
+
+    from llm_metrics_middleware._core.usage import Usage, make_usage
+
+    fast = make_usage(3, 4, 7, 1, 2, True)
+    assert fast == Usage(3, 4, 7, 1, 2, True) and hash(fast) == hash(Usage(3, 4, 7, 1, 2, True))
+    assert [f.name for f in dataclasses.fields(Usage)] == list(vars(fast))  # every field, in order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.prompt_tokens = 1  # type: ignore[misc]

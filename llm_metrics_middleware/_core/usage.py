@@ -39,6 +39,28 @@ class Usage:
     estimated: bool = False
 
 
+_new = object.__new__
+
+
+def make_usage(
+    prompt: int, completion: int, total: int, cached: int = 0, reasoning: int = 0, estimated: bool = False
+) -> Usage:
+    """``Usage(...)`` for the request path, in a third of the time.
+
+    A frozen dataclass sets each field through ``object.__setattr__`` (about a microsecond
+    for six); filling the instance dict directly makes the same, equally frozen object.
+    """
+    usage = _new(Usage)
+    d = usage.__dict__
+    d["prompt_tokens"] = prompt
+    d["completion_tokens"] = completion
+    d["total_tokens"] = total
+    d["cached_tokens"] = cached
+    d["reasoning_tokens"] = reasoning
+    d["estimated"] = estimated
+    return usage
+
+
 def as_count(value: Any) -> int | None:
     """A token count as an ``int``, or None when ``value`` is not a sane count."""
     if isinstance(value, bool):
@@ -231,7 +253,7 @@ class UsageAccumulator:
             total = self.total
         cached = self.cached or 0
         reasoning = self.reasoning or 0
-        return Usage(
+        return make_usage(
             prompt,
             completion,
             total,

@@ -19,7 +19,7 @@ from .._core.extractor import JSON, NONE, SSE, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
-from .._core.usage import MAX_TOKENS, Usage
+from .._core.usage import MAX_TOKENS, make_usage
 from .call import ESTIMATED, NO_USAGE, REPORTED, CallRecord, Exporter, Outcome, Sink, UsageSource
 from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
 from .request import RequestView
@@ -256,7 +256,7 @@ class MeteredCall:
         ):
             prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
-            usage = Usage(prompt, completion, prompt + completion, estimated=True)
+            usage = make_usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
