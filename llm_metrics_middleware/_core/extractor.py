@@ -122,39 +122,42 @@ class UsageExtractor:
         reader = self._reader
         skim = reader.skim
         if skim is not None and skim.at_boundary:
-            # The SSE fast paths (see SSEReader): whole events that cannot hold usage.
-            head = self._head
-            if head is not None and chunk.startswith(head) and chunk.endswith(self._tail):
-                # A chunk of a stream is the same bytes before and after its text (id,
-                # model, created, indices): learnt from one chunk whose single text string
-                # the regex found, every chunk with the same head and tail and no quote in
-                # between is that shape with another string there, so it holds neither
-                # usage nor other text, and its text is the bytes in between. Costs three
-                # C calls instead of two regex scans of the chunk.
-                start = len(head)
-                end = len(chunk) - self._tail_len
-                if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
+            try:
+                # The SSE fast paths (see SSEReader): whole events that cannot hold usage.
+                head = self._head
+                if head is not None and chunk.startswith(head) and chunk.endswith(self._tail):
+                    # A chunk of a stream is the same bytes before and after its text (id,
+                    # model, created, indices): learnt from one chunk whose single text string
+                    # the regex found, every chunk with the same head and tail and no quote in
+                    # between is that shape with another string there, so it holds neither
+                    # usage nor other text, and its text is the bytes in between. Costs three
+                    # C calls instead of two regex scans of the chunk.
+                    start = len(head)
+                    end = len(chunk) - self._tail_len
+                    if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
+                        text = self._found.text
+                        if text is not None:
+                            text.add_span(chunk, start, end)
+                        return
+                if chunk[-2:] == b"\n\n" and _usage_hint(chunk) is None:
                     text = self._found.text
                     if text is not None:
-                        text.add_span(chunk, start, end)
+                        count = 0
+                        last = None
+                        for m in _text_fields(chunk):
+                            text.add_json_string(m.group(1))
+                            count += 1
+                            last = m
+                        if count == 1 and last is not None:
+                            self._learn(chunk, last)
+                    elif self._tries > 0:
+                        self._tries -= 1
+                        found = list(_text_fields(chunk))
+                        if len(found) == 1:
+                            self._learn(chunk, found[0])
                     return
-            if chunk[-2:] == b"\n\n" and _usage_hint(chunk) is None:
-                text = self._found.text
-                if text is not None:
-                    count = 0
-                    last = None
-                    for m in _text_fields(chunk):
-                        text.add_json_string(m.group(1))
-                        count += 1
-                        last = m
-                    if count == 1 and last is not None:
-                        self._learn(chunk, last)
-                elif self._tries > 0:
-                    self._tries -= 1
-                    found = list(_text_fields(chunk))
-                    if len(found) == 1:
-                        self._learn(chunk, found[0])
-                return
+            except Exception:  # not bytes, a bug: the general path decides (and never raises)
+                pass
         decoder = self._decoder
         if decoder is None:
             try:

@@ -94,7 +94,7 @@ class _MeteredIterable:
         except BaseException:
             self._failed = True
             raise
-        self._call.body(chunk)
+        self._call.feed(chunk)
         return chunk
 
     def close(self) -> None:
@@ -154,7 +154,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
 
             def metered_write(data: bytes) -> object:
                 result = write(data)
-                call.body(data)
+                call.feed(data)
                 return result
 
             return metered_write

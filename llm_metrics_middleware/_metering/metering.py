@@ -11,7 +11,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
@@ -137,6 +137,10 @@ class Metering:
                 self.errors["export"] += 1
 
 
+def _ignore(chunk: bytes) -> None:
+    """The body of a response that is not read."""
+
+
 class MeteredCall:
     """Per-request state. Every method is safe to call: none raises."""
 
@@ -152,6 +156,7 @@ class MeteredCall:
         "want_text",
         "finished",
         "fmt",
+        "feed",
     )
 
     def __init__(self, metering: Metering, view: RequestView) -> None:
@@ -166,6 +171,10 @@ class MeteredCall:
         self.want_text = False
         self.finished = False
         self.fmt = NONE
+        #: What the drivers call with every response body chunk: first the method that
+        #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
+        #: no-op), so a streamed chunk costs one Python call here, not two.
+        self.feed: Callable[[bytes], None] = self._first_body
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -213,10 +222,18 @@ class MeteredCall:
             self.metering.count_error("internal")
 
     def body(self, chunk: bytes) -> None:
-        if self.first_chunk is None and chunk:
-            self.first_chunk = time.perf_counter()
+        """One response body chunk (the same as calling :attr:`feed`)."""
+        self.feed(chunk)
+
+    def _first_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.first_chunk = time.perf_counter()
         extractor = self.extractor
-        if extractor is not None:
+        if extractor is None:
+            self.feed = _ignore
+        else:
+            self.feed = extractor.feed
             extractor.feed(chunk)
 
     def finish(self, outcome: Outcome) -> None:
