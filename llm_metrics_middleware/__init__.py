@@ -13,7 +13,7 @@ from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
-from ._metering.call import CallRecord
+from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
 from ._metering.dimensions import Dimension
 from ._metering.request import RequestView
 
@@ -26,13 +26,20 @@ __all__ = [
     "AzureMonitorExporter",
     "CallRecord",
     "Dimension",
+    "ErrorKind",
+    "ErrorSink",
+    "Exporter",
     "LLMMetricsMiddleware",
     "LLMMetricsWSGIMiddleware",
     "OpenTelemetryExporter",
+    "Outcome",
     "PrometheusExporter",
     "RequestView",
+    "Schema",
+    "Sink",
     "Usage",
     "UsagePointers",
+    "UsageSource",
 ]
 
 __version__ = "0.1.0"

@@ -7,7 +7,11 @@ our tests and your own tests can run offline against real HTTP traffic::
     from llm_metrics_middleware.testing import SimulatedLLM, InMemoryExporter
 
     upstream = SimulatedLLM()
-    app = LLMMetricsMiddleware(upstream.asgi, exporters=[exporter := InMemoryExporter()])
+    app = LLMMetricsMiddleware(upstream, exporters=[exporter := InMemoryExporter()])  # or upstream.wsgi
+
+``SimulatedLLM()`` is an ASGI 3 app (``uvicorn myapp:upstream`` serves it), its ``.wsgi``
+a WSGI one. With the package installed, pytest has the fixtures ``llm_metrics_exporter``,
+``simulated_llm`` and ``simulated_llm_url`` (see :mod:`llm_metrics_middleware.pytest_plugin`).
 
 Counts are deterministic: the prompt costs one token per whitespace-separated word of
 the messages' text plus 3 per message; the answer is ``max_tokens`` words (default 16),
@@ -21,6 +25,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +35,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
     from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
-    from ._metering.dimensions import Schema
+    from ._metering.call import Schema
 
 _WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "every", "one", "of", "them", "as", "it", "streams", "past", "without", "holding", "the", "body", "and", "without", "slowing", "the", "answer", "down"]
 
@@ -76,12 +81,16 @@ class SimulatedResponse:
 class SimulatedLLM:
     """A deterministic OpenAI- and Anthropic-compatible upstream, as ASGI and WSGI apps.
 
-    ``chunk_delay`` seconds pass between streamed chunks (0 by default).
+    ``chunk_delay`` seconds pass between streamed chunks (0 by default). ``cached_tokens``
+    and ``reasoning_tokens`` (0 by default) are reported as that many of the prompt tokens
+    read from the cache and of the completion tokens spent reasoning (at most all of them).
     """
 
     model: str = "sim-gpt-1"
     anthropic_model: str = "sim-claude-1"
     chunk_delay: float = 0.0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
     requests: int = field(default=0, init=False)
 
     # -- sans-IO core ---------------------------------------------------------------------
@@ -129,7 +138,8 @@ class SimulatedLLM:
         words = _answer(self._max_tokens(req))
         prompt = prompt_tokens_of(req)
         usage = {"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words),
-                 "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}
+                 "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt)},
+                 "completion_tokens_details": {"reasoning_tokens": min(self.reasoning_tokens, len(words))}}
         model = req.get("model") or self.model
         created = 1_700_000_000
         cid = f"chatcmpl-sim{self.requests}"
@@ -150,7 +160,6 @@ class SimulatedLLM:
             yield _sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                              "logprobs": None, "finish_reason": None}], **extra})
             for word in words:
-                self._pause()
                 yield _sse({**base, "choices": [{"index": 0, "delta": {"content": word}, "logprobs": None,
                                                  "finish_reason": None}], **extra})
             yield _sse({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}], **extra})
@@ -184,6 +193,8 @@ class SimulatedLLM:
     def _messages(self, req: dict[str, Any]) -> SimulatedResponse:
         words = _answer(self._max_tokens(req))
         prompt = prompt_tokens_of(req)
+        # Anthropic's input_tokens leave out cache reads; the two add up to the prompt.
+        cached = min(self.cached_tokens, prompt)
         model = req.get("model") or self.anthropic_model
         mid = f"msg_sim{self.requests}"
         if not req.get("stream"):
@@ -191,21 +202,20 @@ class SimulatedLLM:
                 "id": mid, "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": "".join(words)}],
                 "stop_reason": "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": len(words),
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+                "usage": {"input_tokens": prompt - cached, "output_tokens": len(words),
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
             })
 
         def chunks() -> Iterator[bytes]:
             yield _sse({"type": "message_start", "message": {
                 "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
                 "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": prompt, "output_tokens": 1,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}}, "message_start")
+                "usage": {"input_tokens": prompt - cached, "output_tokens": 1,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}}, "message_start")
             yield _sse({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
                        "content_block_start")
             yield _sse({"type": "ping"}, "ping")
             for word in words:
-                self._pause()
                 yield _sse({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
                            "content_block_delta")
             yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
@@ -214,10 +224,6 @@ class SimulatedLLM:
             yield _sse({"type": "message_stop"}, "message_stop")
 
         return self._stream(chunks())
-
-    def _pause(self) -> None:
-        if self.chunk_delay:
-            time.sleep(self.chunk_delay)
 
     # -- adapters -------------------------------------------------------------------------
 
@@ -249,11 +255,16 @@ class SimulatedLLM:
             "headers": [(k.encode(), v.encode()) for k, v in response.headers],
             "trailers": False,
         })
-        for chunk in response.chunks:
+        for i, chunk in enumerate(response.chunks):
+            if i and self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)  # never time.sleep: the event loop serves others meanwhile
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if self.chunk_delay:
-                await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        """The simulator is itself an ASGI 3 app: ``uvicorn mymodule:upstream`` serves
+        ``upstream = SimulatedLLM()`` as it is."""
+        await self.asgi(scope, receive, send)
 
     def wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """The simulator as a WSGI app."""
@@ -266,7 +277,16 @@ class SimulatedLLM:
         response = self.respond(environ.get("REQUEST_METHOD", "GET"), path, body)
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}.get(response.status, "")
         start_response(f"{response.status} {reason}", response.headers)
-        return response.chunks
+        if not self.chunk_delay:
+            return response.chunks
+        return self._paced(response.chunks)
+
+    def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        # A WSGI worker is a thread of its own: sleeping here blocks only this response.
+        for i, chunk in enumerate(chunks):
+            if i:
+                time.sleep(self.chunk_delay)
+            yield chunk
 
 
 class InMemoryExporter:
@@ -317,3 +337,56 @@ class InMemoryExporter:
 
     def shutdown(self) -> None:
         pass
+
+
+@contextmanager
+def serve(llm: SimulatedLLM | None = None, *, timeout: float = 10.0) -> Iterator[str]:
+    """Serve ``llm`` (a new :class:`SimulatedLLM` by default) on a free port of 127.0.0.1,
+    in a thread; yields its base URL (``http://127.0.0.1:PORT``), stops it on exit.
+
+    Uses uvicorn (the ASGI app, delays on the event loop) when it is installed, else
+    werkzeug's threaded WSGI server, which the package depends on anyway. A server that has
+    not started, or not stopped, within ``timeout`` seconds raises instead of hanging.
+    """
+    llm = llm if llm is not None else SimulatedLLM()
+    try:
+        import uvicorn
+    except ImportError:
+        uvicorn = None  # type: ignore[assignment]
+    if uvicorn is not None:
+        config = uvicorn.Config(llm, host="127.0.0.1", port=0, lifespan="on", log_config=None,
+                                log_level="warning", access_log=False, ws="none")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, name="simulated-llm", daemon=True)
+        thread.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while not server.started:
+                if not thread.is_alive():
+                    raise RuntimeError("uvicorn stopped before serving the simulated LLM; see its log")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the simulated LLM did not start within {timeout} s")
+                time.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout)
+            if thread.is_alive():
+                raise TimeoutError(f"the simulated LLM did not stop within {timeout} s")
+        return
+
+    from werkzeug.serving import make_server
+
+    wsgi_server = make_server("127.0.0.1", 0, llm.wsgi, threaded=True)
+    wsgi_thread = threading.Thread(target=wsgi_server.serve_forever, kwargs={"poll_interval": 0.05},
+                                   name="simulated-llm", daemon=True)
+    wsgi_thread.start()
+    try:
+        yield f"http://127.0.0.1:{wsgi_server.server_port}"
+    finally:
+        wsgi_server.shutdown()
+        wsgi_thread.join(timeout)
+        wsgi_server.server_close()
+        if wsgi_thread.is_alive():
+            raise TimeoutError(f"the simulated LLM did not stop within {timeout} s")

@@ -134,11 +134,20 @@ def test_histogram_buckets_are_inclusive_and_cumulative() -> None:
     assert registry.get_sample_value("llm_request_duration_seconds_sum", {"tier": "x"}) == pytest.approx(501.35)
 
 
-def test_a_second_exporter_with_the_same_names_is_refused() -> None:
+def test_a_second_exporter_on_the_registry_shares_the_series() -> None:
+    registry = CollectorRegistry()
+    bound_sink(registry).record(call())
+    bound_sink(registry).record(call())
+    assert registry.get_sample_value("llm_tokens_total", {"tier": "x"}) == 30
+
+
+def test_other_metrics_with_our_names_are_refused() -> None:
+    from prometheus_client import Counter
+
     registry = CollectorRegistry()
     bound_sink(registry)
     with pytest.raises(ValueError, match="Duplicated timeseries"):
-        bound_sink(registry)
+        Counter("llm_tokens", "clash", registry=registry)
 
 
 def test_errors_are_counted_by_kind() -> None:

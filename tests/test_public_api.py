@@ -8,13 +8,20 @@ def test_exported_members_are_pinned() -> None:
         "AzureMonitorExporter",
         "CallRecord",
         "Dimension",
+        "ErrorKind",
+        "ErrorSink",
+        "Exporter",
         "LLMMetricsMiddleware",
         "LLMMetricsWSGIMiddleware",
         "OpenTelemetryExporter",
+        "Outcome",
         "PrometheusExporter",
         "RequestView",
+        "Schema",
+        "Sink",
         "Usage",
         "UsagePointers",
+        "UsageSource",
     ]
     for name in llm_metrics_middleware.__all__:
         assert getattr(llm_metrics_middleware, name) is not None

@@ -22,7 +22,7 @@ from .estimate import TokenCounter
 from .findings import Findings, TextMeter
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
 from .providers.pointers import UsagePointers
-from .readers import JSON, NONE, READERS, SNIFF, SSE, Reader, Stopped
+from .readers import BODY_FORMATS, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
@@ -37,7 +37,7 @@ _KEY_AFTER = re.compile(rb'"\s*:').match
 #: before the extractor stops looking for a template to skim with (see feed).
 TEMPLATE_TRIES = 8
 
-__all__ = ["JSON", "NONE", "SNIFF", "SSE", "Extraction", "UsageExtractor", "body_format"]
+__all__ = ["BODY_FORMATS", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {
@@ -55,7 +55,7 @@ _JSON_TYPES = frozenset(
 _SNIFF_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/octet-stream"})
 
 
-def body_format(content_type: str | None) -> str:
+def body_format(content_type: str | None) -> BodyFormat:
     """The format to read for a response Content-Type; :data:`SNIFF` when it says nothing."""
     if not content_type:
         return SNIFF
@@ -79,7 +79,7 @@ class Extraction:
     #: Provider inferred from the usage shape (``openai``, ``anthropic``...), if any.
     provider: str | None
     #: Body format that was read: ``sse``, ``json`` or ``none``.
-    format: str
+    format: BodyFormat
     #: Bytes of generated text seen, or tokens when a token counter was given;
     #: used to estimate completion tokens when ``usage`` is None.
     text_tokens: int
@@ -99,7 +99,7 @@ class UsageExtractor:
 
     def __init__(
         self,
-        fmt: str,
+        fmt: BodyFormat,
         *,
         custom: UsagePointers | None = None,
         want_text: bool = False,

@@ -13,7 +13,7 @@ new format (a binary event stream, say) is one more class and one more entry.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 
 from .fastjson import loads
 from .findings import Findings
@@ -26,11 +26,14 @@ from .sse import SSEDecoder
 _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
-# Body formats.
-NONE = "none"
-SSE = "sse"
-JSON = "json"
-SNIFF = "sniff"
+#: How a response body is read: not at all, as SSE, as JSON (one value, NDJSON or a JSON
+#: array of objects), or "sniff" (the Content-Type says nothing: the first byte decides).
+BodyFormat = Literal["none", "sse", "json", "sniff"]
+NONE: Final = "none"
+SSE: Final = "sse"
+JSON: Final = "json"
+SNIFF: Final = "sniff"
+BODY_FORMATS: tuple[BodyFormat, ...] = get_args(BodyFormat)
 
 #: Largest JSON body kept whole and parsed with json.loads at the end: json.loads in C
 #: costs a few microseconds where the incremental scanner costs about two per token.
@@ -45,7 +48,7 @@ _WHITESPACE = b" \t\r\n"
 
 class Reader(Protocol):
     #: The format reported in the Extraction.
-    format: str
+    format: BodyFormat
     @property
     def skim(self) -> SSEDecoder | None:
         """An SSE decoder whose whole-event chunks may be skipped unread (:class:`SSEReader`)."""
@@ -61,7 +64,7 @@ class Stopped:
     __slots__ = ("format",)
     skim: SSEDecoder | None = None
 
-    def __init__(self, fmt: str = NONE) -> None:
+    def __init__(self, fmt: BodyFormat = NONE) -> None:
         self.format = fmt
 
     def feed(self, chunk: bytes) -> Reader:
@@ -86,7 +89,7 @@ class SniffReader:
     """A body whose Content-Type said nothing: the first significant byte decides."""
 
     __slots__ = ("_found", "_may_skip")
-    format = NONE
+    format: BodyFormat = NONE
     skim: SSEDecoder | None = None
 
     def __init__(self, found: Findings, may_skip: bool) -> None:
@@ -119,7 +122,7 @@ class SmallJSONReader:
     """
 
     __slots__ = ("_found", "_first", "_buffer", "_limit")
-    format = JSON
+    format: BodyFormat = JSON
     skim: SSEDecoder | None = None
 
     def __init__(self, found: Findings, may_skip: bool = False) -> None:
@@ -188,7 +191,7 @@ class ScannedJSONReader:
     """
 
     __slots__ = ("_found", "_scanner")
-    format = JSON
+    format: BodyFormat = JSON
     skim: SSEDecoder | None = None
 
     def __init__(self, found: Findings) -> None:
@@ -225,7 +228,7 @@ class SSEReader:
     """
 
     __slots__ = ("_found", "_decoder", "_large", "_fast", "_may_skip", "skim")
-    format = SSE
+    format: BodyFormat = SSE
 
     def __init__(self, found: Findings, may_skip: bool) -> None:
         self._found = found

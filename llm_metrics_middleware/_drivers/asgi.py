@@ -43,7 +43,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             await self._metrics_app(scope, receive, send)
             return
         state: Any = scope
-        if state.get(self._marker):
+        if not self.enabled or state.get(self._marker):
             await self.app(scope, receive, send)
             return
         state[self._marker] = True

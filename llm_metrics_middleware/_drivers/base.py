@@ -10,6 +10,7 @@ from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
+from . import environment
 
 AppT = TypeVar("AppT")
 
@@ -36,6 +37,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``dimensions``: names of default dimensions and/or :class:`Dimension` objects;
       default: the seven Azure API Management defaults plus ``"Model"``.
     - ``namespace``: metric namespace (Prometheus prefix, Azure namespace); ``"llm"``.
+    - Not given, ``dimensions`` and ``namespace`` come from ``LLM_METRICS_DIMENSIONS`` and
+      ``LLM_METRICS_NAMESPACE``; ``LLM_METRICS_ENABLED=false`` turns metering off
+      (see ``environment.py``).
     - ``provider``: force the provider name instead of detecting it (``"mistral"``).
     - ``custom_usage``: a :class:`UsagePointers` for a usage format of your own.
     - ``estimate``: estimate tokens of streams that report no usage (default True).
@@ -43,7 +47,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``max_series``: cap on distinct dimension combinations (default 2000).
     - ``location``, ``gateway_id``: fixed values for those default dimensions.
     - ``subscription_secret``: key of the Subscription ID hash.
-    - ``metrics_path``: serve the Prometheus exporter's metrics at this path.
+    - ``metrics_path``: serve the Prometheus exporter's metrics at this path (GET, HEAD).
+    - ``metrics_auth``: credentials ``metrics_path`` asks for: ``"Bearer <token>"``,
+      ``"Basic <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``.
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
@@ -55,7 +61,7 @@ class MiddlewareBase(Generic[AppT]):
         *,
         exporters: Sequence[Exporter],
         dimensions: Sequence[Dimension | str] | None = None,
-        namespace: str = "llm",
+        namespace: str | None = None,
         provider: str | None = None,
         custom_usage: UsagePointers | None = None,
         estimate: bool = True,
@@ -65,11 +71,17 @@ class MiddlewareBase(Generic[AppT]):
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
         metrics_path: str | None = None,
+        metrics_auth: str | tuple[str, str] | None = None,
     ) -> None:
         self.app = app
+        # Options not given come from LLM_METRICS_* variables (environment.py), then defaults.
+        settings = environment.read(dimensions=dimensions, namespace=namespace)
+        namespace = settings.namespace
+        #: False when LLM_METRICS_ENABLED=false: every request goes straight to the app.
+        self.enabled = settings.enabled
         self.metering = Metering(
             exporters=exporters,
-            dimensions=dimensions,
+            dimensions=settings.dimensions,
             namespace=namespace,
             provider=provider,
             custom_usage=custom_usage,
@@ -83,5 +95,10 @@ class MiddlewareBase(Generic[AppT]):
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace
         self._metrics_path = metrics_path
+        if metrics_auth is not None and metrics_path is None:
+            raise ValueError("metrics_auth= protects metrics_path=, which is not set; set both, or pass auth= to "
+                             "PrometheusExporter.asgi_app() / wsgi_app() where you mount the metrics yourself")
         exporter = metrics_exporter(self.metering.exporters, metrics_path)
-        self._metrics_app: Any = getattr(exporter, self._metrics_app_factory)() if exporter is not None else None
+        self._metrics_app: Any = (
+            getattr(exporter, self._metrics_app_factory)(auth=metrics_auth) if exporter is not None else None
+        )

@@ -127,7 +127,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
         if self._metrics_app is not None and environ.get("PATH_INFO") == self._metrics_path:
             body: Iterable[bytes] = self._metrics_app(environ, start_response)
             return body
-        if environ.get(self._marker):
+        if not self.enabled or environ.get(self._marker):
             return self.app(environ, start_response)
         environ[self._marker] = True
 

@@ -35,10 +35,12 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._metering.call import CallRecord
+from .._metering.failures import FailureLog
+from .namespaces import Namespaces, check_reserved
 from .totals import CallTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[azure]'"
@@ -72,9 +74,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
+T = TypeVar("T")
 
 CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 NAMESPACE_OPT_IN_ENV = "APPLICATIONINSIGHTS_METRIC_NAMESPACE_OPT_IN"
@@ -232,6 +235,7 @@ class _Namespace:
         self.names = names
         self.provider = provider
         self.totals = CallTotals(names)
+        self.failures = FailureLog()
         self._timing_lock = threading.Lock()
         self._timings: list[tuple[tuple[str, ...], float, float | None]] = []
         meter = provider.get_meter(namespace, __version__)
@@ -319,20 +323,18 @@ class _AzureSink:
         self._namespace = namespace
 
     def record(self, call: CallRecord) -> None:
-        if self._exporter._closed:
-            return
-        try:
-            self._namespace.add(call)
-        except Exception:
-            logger.exception("AzureMonitorExporter failed to record a call; the request is unaffected")
+        self._guarded(self._namespace.add, call, "record a call")
 
     def on_error(self, kind: str) -> None:
+        self._guarded(self._namespace.add_error, kind, "count a metering error")
+
+    def _guarded(self, add: Callable[[T], None], arg: T, doing: str) -> None:
         if self._exporter._closed:
-            return
+            return  # after shutdown nothing more is exported: drop it quietly
         try:
-            self._namespace.add_error(kind)
-        except Exception:
-            logger.exception("AzureMonitorExporter failed to count a metering error")
+            add(arg)
+        except Exception as exc:
+            self._namespace.failures.failed("AzureMonitorExporter", doing, exc)
 
 
 def _views(max_attribute_sets: int) -> list[View]:
@@ -447,7 +449,7 @@ class AzureMonitorExporter:
         self._resource = resource if resource is not None else Resource.create()
         self._offline_storage = not disable_offline_storage
         self._serial = _SerialExporter(azure)
-        self._namespaces: dict[str, _Namespace] = {}
+        self._namespaces: Namespaces[_Namespace] = Namespaces("AzureMonitorExporter")
         self._lock = threading.Lock()
         self._closed = False
         atexit.register(_shutdown_at_exit, weakref.ref(self))
@@ -467,30 +469,20 @@ class AzureMonitorExporter:
 
     def bind(self, schema: Schema) -> _AzureSink:
         names = schema.names
+        check_reserved(names, (TOKEN_TYPE, STATUS_CODE, OUTCOME), "a dimension the Azure exporter adds")
         for name in names:
-            if name in (TOKEN_TYPE, STATUS_CODE, OUTCOME):
-                raise ValueError(
-                    f"dimension {name!r} clashes with a dimension the Azure exporter adds "
-                    f"({TOKEN_TYPE!r}, {STATUS_CODE!r}, {OUTCOME!r}); rename it"
-                )
             if len(name) > MAX_KEY_LENGTH:
                 raise ValueError(
                     f"dimension name {name[:40]!r}... is {len(name)} characters; Application Insights drops "
                     f"custom dimension keys over {MAX_KEY_LENGTH}; shorten it"
                 )
         self._check_dimension_limit(schema)
-        with self._lock:
+        with self._lock:  # not while shutting down: a provider built then would never stop
             if self._closed:
                 raise RuntimeError("this AzureMonitorExporter is shut down; build a new one")
-            namespace = self._namespaces.get(schema.namespace)
-            if namespace is None:
-                namespace = _Namespace(schema.namespace, names, self._new_provider())
-                self._namespaces[schema.namespace] = namespace
-            elif namespace.names != names:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this AzureMonitorExporter with "
-                    f"dimensions {namespace.names}; give this middleware another namespace= or the same dimensions"
-                )
+            namespace = self._namespaces.bind(
+                schema.namespace, names, lambda: _Namespace(schema.namespace, names, self._new_provider())
+            )
         return _AzureSink(self, namespace)
 
     @staticmethod
@@ -527,7 +519,7 @@ class AzureMonitorExporter:
         deadline = time.monotonic() + timeout_millis / 1000
         failures = self._serial.failures
         with self._lock:
-            providers = [ns.provider for ns in self._namespaces.values()]
+            providers = [ns.provider for ns in self._namespaces.states()]
         for provider in providers:
             try:
                 provider.force_flush(timeout_millis=max(0.0, deadline - time.monotonic()) * 1000)
@@ -553,7 +545,7 @@ class AzureMonitorExporter:
             if self._closed:
                 return
             self._closed = True
-            providers = [ns.provider for ns in self._namespaces.values()]
+            providers = [ns.provider for ns in self._namespaces.states()]
         if timeout_millis is None:
             timeout_millis = int(self.timeout * 1000) + 5000
         deadline = time.monotonic() + timeout_millis / 1000

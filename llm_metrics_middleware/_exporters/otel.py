@@ -31,13 +31,15 @@ the conventions allow for offline token counting.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._core.providers.facts import OTEL_OPERATION_NAMES, OTEL_PROVIDER_NAMES
 from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
+from .._metering.failures import FailureLog
+from .._metering.names import OTEL, safe_name
+from .namespaces import Namespaces, check_reserved
 from .totals import CallTotals, Series
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
@@ -55,7 +57,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"OpenTelemetryExporter needs the OpenTelemetry API and SDK: {_IMPORT_HINT}") from exc
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -89,7 +91,6 @@ OPERATION_NAMES: Mapping[str, str] = OTEL_OPERATION_NAMES
 UNKNOWN = "unknown"
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind")
-_NAME_PART = re.compile(r"[^a-zA-Z0-9_./-]+")
 
 
 def operation_name(operation: str | None) -> str:
@@ -101,12 +102,7 @@ def operation_name(operation: str | None) -> str:
 
 def instrument_prefix(namespace: str) -> str:
     """``"LLM gateway"`` -> ``LLM_gateway``: a namespace usable in instrument names."""
-    prefix = _NAME_PART.sub("_", namespace).strip("_./-")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for an OpenTelemetry instrument name")
-    if not prefix[0].isalpha():
-        prefix = "ns_" + prefix
-    return prefix[:200]
+    return safe_name(namespace, OTEL)
 
 
 def _error_type(call: CallRecord) -> str | None:
@@ -134,6 +130,7 @@ class _Namespace:
 
     def __init__(self, meter: Meter, prefix: str, labels: tuple[str, ...], semconv: bool) -> None:
         self.labels = labels
+        self.failures = FailureLog()
         self.semconv = semconv
         self.totals = CallTotals(labels)
         token = "{token}"
@@ -238,8 +235,8 @@ class _OTelSink:
             self._ns.add(call)
             if self._ns.semconv:
                 self._record_semconv(call)
-        except Exception:
-            logger.exception("OpenTelemetryExporter failed to record a call; the request is unaffected")
+        except Exception as exc:
+            self._ns.failures.failed("OpenTelemetryExporter", "record a call", exc)
 
     def _record_semconv(self, call: CallRecord) -> None:
         ns = self._ns
@@ -266,8 +263,8 @@ class _OTelSink:
     def on_error(self, kind: str) -> None:
         try:
             self._ns.add_error(kind)
-        except Exception:
-            logger.exception("OpenTelemetryExporter failed to count a metering error")
+        except Exception as exc:
+            self._ns.failures.failed("OpenTelemetryExporter", "count a metering error", exc)
 
 
 class OpenTelemetryExporter:
@@ -305,7 +302,7 @@ class OpenTelemetryExporter:
             self._server["server.address"] = server_address
             if server_port is not None:
                 self._server["server.port"] = server_port
-        self._namespaces: dict[str, _Namespace] = {}
+        self._namespaces: Namespaces[_Namespace] = Namespaces("OpenTelemetryExporter")
         self._lock = threading.Lock()
         self._shut_down = False
 
@@ -318,27 +315,16 @@ class OpenTelemetryExporter:
 
     def bind(self, schema: Schema) -> _OTelSink:
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with an attribute the OpenTelemetry exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
+        check_reserved(labels, _RESERVED, "an attribute the OpenTelemetry exporter adds")
         prefix = instrument_prefix(schema.namespace)
-        with self._lock:
-            namespace = self._namespaces.get(schema.namespace)
-            if namespace is None:
-                from .. import __version__
 
-                meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
-                namespace = _Namespace(meter, prefix, labels, self._semconv)
-                self._namespaces[schema.namespace] = namespace
-            elif namespace.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this OpenTelemetryExporter with "
-                    f"dimensions {namespace.labels}; give this middleware another namespace= or the same dimensions"
-                )
-        return _OTelSink(namespace, self._server)
+        def build() -> _Namespace:
+            from .. import __version__
+
+            meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
+            return _Namespace(meter, prefix, labels, self._semconv)
+
+        return _OTelSink(self._namespaces.bind(schema.namespace, labels, build), self._server)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         flush = getattr(self.meter_provider, "force_flush", None)

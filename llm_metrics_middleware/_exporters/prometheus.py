@@ -30,8 +30,8 @@ worker's scrape reads, and :meth:`PrometheusExporter.asgi_app` and
 from __future__ import annotations
 
 import os
-import re
 import threading
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,10 +42,13 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from .._metering.call import CallRecord
+from .._metering.names import PROMETHEUS, safe_name
+from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
+from .namespaces import Namespaces, check_reserved
 from .totals import CallTotals, Series
 
 if TYPE_CHECKING:
-    from .._metering.dimensions import Schema
+    from .._metering.call import Schema
 
 # LLM calls take from a tenth of a second (embeddings, short answers) to minutes (long
 # generations, reasoning models); request-oriented default buckets stop at 10 s. Ten
@@ -57,7 +60,7 @@ FIRST_CHUNK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
 # name suffix (after the prefix), kind, help, extra labels
-_FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+_METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("prompt_tokens", "counter", "Prompt (input) tokens, cached included.", ()),
     ("completion_tokens", "counter", "Completion (output) tokens, reasoning included.", ()),
     ("tokens", "counter", "Total tokens.", ()),
@@ -86,15 +89,16 @@ _FAMILIES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 _ERRORS_HELP = "Responses or values the middleware could not count, by kind."
 
+# Registry -> its families by metric prefix, shared by every exporter of that registry.
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Collector | _MultiprocessFamily]] = (
+    weakref.WeakKeyDictionary()
+)
+_REGISTRIES_LOCK = threading.Lock()
+
 
 def metric_prefix(namespace: str) -> str:
-    """``"LLM gateway"`` -> ``llm_gateway``: a valid Prometheus name prefix."""
-    prefix = re.sub(r"[^a-zA-Z0-9_:]+", "_", namespace).strip("_")
-    if not prefix:
-        raise ValueError(f"namespace {namespace!r} leaves no letters or digits for a Prometheus name")
-    if prefix[0].isdigit():
-        prefix = "_" + prefix
-    return prefix
+    """``"LLM gateway"`` -> ``LLM_gateway``: a valid Prometheus name prefix."""
+    return safe_name(namespace, PROMETHEUS)
 
 
 def multiprocess_mode() -> bool:
@@ -142,7 +146,7 @@ class _Collector:
 
     def _families(self) -> dict[str, Metric]:
         out: dict[str, Metric] = {}
-        for suffix, kind, help_text, extra in _FAMILIES:
+        for suffix, kind, help_text, extra in _METRICS:
             name = f"{self.prefix}_{suffix}"
             labels = [*self.labels, *extra]
             if kind == "counter":
@@ -245,7 +249,7 @@ class _MultiprocessFamily:
         self.labels = labels
         self.metrics: dict[str, Any] = {}
         L = list(labels)
-        for suffix, kind, help_text, extra in _FAMILIES:
+        for suffix, kind, help_text, extra in _METRICS:
             name = f"{prefix}_{suffix}"
             if kind == "counter":
                 self.metrics[suffix] = Counter(name, help_text, [*L, *extra], registry=registry)
@@ -315,35 +319,32 @@ class PrometheusExporter:
 
     ``created_series=True`` adds the ``_created`` series (the time each series was first
     counted) that prometheus_client adds to every counter and histogram by default; they
-    are off because they double the series bill and recent Prometheus versions can read
-    creation times from OpenMetrics without them.
+    are off because they add a series to every counter series and every histogram. The
+    families belong to the registry, so the first exporter bound to a namespace decides.
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, created_series: bool = False) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self.created_series = bool(created_series)
-        self._families: dict[str, _Collector | _MultiprocessFamily] = {}
-        self._lock = threading.Lock()
+        # The families belong to the registry, not to this exporter: a second
+        # PrometheusExporter() on the same registry (an app factory called twice, a test per
+        # app, a reloaded module) reuses them instead of failing with prometheus_client's
+        # "Duplicated timeseries in CollectorRegistry".
+        with _REGISTRIES_LOCK:
+            families = _FAMILIES.get(self.registry)
+            if families is None:
+                families = _FAMILIES[self.registry] = Namespaces(
+                    "registry's PrometheusExporter",
+                    "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
+                )
+        self._families = families
 
     def bind(self, schema: Schema) -> _Sink:
         prefix = metric_prefix(schema.namespace)
         labels = schema.labels
-        for label in labels:
-            if label in _RESERVED:
-                raise ValueError(
-                    f"dimension label {label!r} clashes with a label the Prometheus exporter adds "
-                    f"({', '.join(_RESERVED)}); rename the dimension"
-                )
-        with self._lock:
-            family = self._families.get(prefix)
-            if family is None:
-                family = self._new_family(prefix, labels)
-                self._families[prefix] = family
-            elif family.labels != labels:
-                raise ValueError(
-                    f"namespace {schema.namespace!r} is already bound to this PrometheusExporter with "
-                    f"dimensions {family.labels}; give this middleware another namespace= or the same dimensions"
-                )
+        check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
+        # Keyed by the prefix: two namespaces that sanitise alike would be one family.
+        family = self._families.bind(schema.namespace, labels, lambda: self._new_family(prefix, labels), key=prefix)
         return family.sink
 
     def _new_family(self, prefix: str, labels: tuple[str, ...]) -> _Collector | _MultiprocessFamily:
@@ -366,22 +367,30 @@ class PrometheusExporter:
             return registry
         return self.registry
 
-    def asgi_app(self) -> Callable[..., Any]:
-        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def asgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """An ASGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        It answers GET and HEAD only; ``auth`` (``"Bearer <token>"``, ``"Basic
+        <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``) makes
+        it refuse scrapes without those credentials. The metrics show per-user usage.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             async def app(scope: Any, receive: Any, send: Any) -> None:
                 await make_asgi_app(self._scrape_registry())(scope, receive, send)
 
-            return app
-        return make_asgi_app(self.registry)
+            return guard_asgi(app, metrics_auth(auth))
+        return guard_asgi(make_asgi_app(self.registry), metrics_auth(auth))
 
-    def wsgi_app(self) -> Callable[..., Any]:
-        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode)."""
+    def wsgi_app(self, *, auth: MetricsAuthOption = None) -> Callable[..., Any]:
+        """A WSGI app that serves this exporter's metrics (all workers in multiprocess mode).
+
+        GET and HEAD only, and ``auth`` as for :meth:`asgi_app`.
+        """
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
             def app(environ: Any, start_response: Any) -> Any:
                 return make_wsgi_app(self._scrape_registry())(environ, start_response)
 
-            return app
-        return make_wsgi_app(self.registry)
+            return guard_wsgi(app, metrics_auth(auth))
+        return guard_wsgi(make_wsgi_app(self.registry), metrics_auth(auth))

@@ -29,11 +29,14 @@ import logging
 import os
 import re
 import socket
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
+from .call import ErrorKind, Schema
+from .names import LABEL, safe_name
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -76,12 +79,7 @@ class Dimension:
 
 def label_name(name: str) -> str:
     """``"API ID"`` -> ``api_id``: the Prometheus label (and OpenTelemetry-safe) form."""
-    label = re.sub(r"[^0-9a-zA-Z]+", "_", name).strip("_").lower()
-    if not label:
-        raise ValueError(f"dimension name {name!r} has no letters or digits; give it a name such as 'team'")
-    if label[0].isdigit():
-        label = "_" + label
-    return label
+    return safe_name(name, LABEL)
 
 
 def sanitize(value: object) -> str:
@@ -168,35 +166,46 @@ class SubscriptionHasher:
     """Subscription ID from the API key: HMAC-SHA256 under a secret, 16 hex digits.
 
     Keyed so that a leaked metric label cannot be matched against a list of keys. The
-    secret comes from ``LLM_METRICS_SUBSCRIPTION_SECRET``; without it a random per-process
-    secret is used, which keeps keys safe but makes IDs differ between processes and
-    restarts (a warning says so once).
+    secret comes from ``LLM_METRICS_SUBSCRIPTION_SECRET``; without it a random secret is
+    used, one per process as the README says: every middleware of the process shares it
+    (so two sub-apps give one key the same ID), and a forked worker draws its own. That
+    keeps keys safe but makes IDs differ between processes and restarts (a warning says so
+    once per process).
     """
 
     def __init__(self, secret: bytes | str | None = None) -> None:
         if secret is None:
             env = os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")
             secret = env if env else None
-        if secret is None:
-            self._secret = os.urandom(32)
-            self._random = True
-        else:
-            self._secret = secret.encode() if isinstance(secret, str) else secret
-            self._random = False
-        self._warned = False
+        self._secret: bytes | None = None if secret is None else (secret.encode() if isinstance(secret, str) else secret)
 
     def __call__(self, request: RequestView, ctx: CallContext) -> str | None:
         key = _api_key(request)
         if key is None:
             return None
-        if self._random and not self._warned:
-            self._warned = True
-            logger.warning(
-                "Subscription ID is hashed with a random per-process secret; set "
-                "LLM_METRICS_SUBSCRIPTION_SECRET (or subscription_secret=) for IDs that are "
-                "stable across processes and restarts"
-            )
-        return hmac.new(self._secret, key.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
+        secret = self._secret if self._secret is not None else _process_secret()
+        return hmac.new(secret, key.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
+
+
+_PROCESS_SECRET: list[bytes] = []  # drawn at the first hash in this process, emptied in a forked child
+_SECRET_LOCK = threading.Lock()
+
+
+def _process_secret() -> bytes:
+    if not _PROCESS_SECRET:
+        with _SECRET_LOCK:
+            if not _PROCESS_SECRET:
+                _PROCESS_SECRET.append(os.urandom(32))
+                logger.warning(
+                    "Subscription ID is hashed with a random per-process secret; set "
+                    "LLM_METRICS_SUBSCRIPTION_SECRET (or subscription_secret=) for IDs that are "
+                    "stable across processes and restarts"
+                )
+    return _PROCESS_SECRET[0]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PROCESS_SECRET.clear)
 
 
 def default_location() -> str | None:
@@ -214,25 +223,31 @@ class BoundDimension:
     source: Source
 
 
-class Schema:
-    """The configured dimensions of one middleware, in order, with their label names."""
+@dataclass(frozen=True, slots=True)
+class BoundSchema(Schema):
+    """The :class:`Schema` exporters see, with each dimension's source: the middleware's copy."""
 
-    def __init__(self, namespace: str, dimensions: Sequence[BoundDimension]) -> None:
-        self.namespace = namespace
-        self.dimensions = tuple(dimensions)
-        self.names = tuple(d.name for d in dimensions)
-        self.labels = tuple(d.label for d in dimensions)
-        self._sources = tuple(d.source for d in dimensions)
+    dimensions: tuple[BoundDimension, ...]
+    #: Dimensions whose failure was logged (once each, not per request).
+    _failed: set[str] = field(default_factory=set, compare=False, repr=False)
 
-    def values(self, request: RequestView, ctx: CallContext) -> tuple[str, ...]:
-        """The sanitised value of every dimension, in order. Runs once per call."""
+    def values(
+        self, request: RequestView, ctx: CallContext, count_error: Callable[[ErrorKind], None] | None = None
+    ) -> tuple[str, ...]:
+        """The dimension values of one call. A value callable that raises exports
+        ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
+        (with its traceback), not once per request."""
         out = []
-        for source in self._sources:
+        for dim in self.dimensions:
             try:
-                value = source(request, ctx)
+                value = dim.source(request, ctx)
             except Exception:
-                name = self.dimensions[self._sources.index(source)].name
-                logger.warning("dimension %r failed; exported as %r", name, UNKNOWN, exc_info=True)
+                if dim.name not in self._failed:
+                    self._failed.add(dim.name)
+                    logger.warning("dimension %r failed; exported as %r (logged once, counted in "
+                                   "llm_metering_errors_total{kind=\"dimension\"})", dim.name, UNKNOWN, exc_info=True)
+                if count_error is not None:
+                    count_error("dimension")
                 value = None
             # The usual value (a short printable str) is kept as it is, without a regex;
             # isprintable() is False for every character _CONTROL removes.
@@ -271,7 +286,7 @@ def build_schema(
     location: str | None = None,
     gateway_id: str | None = None,
     subscription_secret: bytes | str | None = None,
-) -> Schema:
+) -> BoundSchema:
     """Check the configured dimensions and bind each to its source; errors say what to fix."""
     if dimensions is None:
         dimensions = [*DEFAULT_NAMES, "Model"]
@@ -330,4 +345,6 @@ def build_schema(
             )
         seen_labels[label] = dim.name
         bound.append(BoundDimension(dim.name, label, source))
-    return Schema(namespace, bound)
+    return BoundSchema(
+        namespace, tuple(d.name for d in bound), tuple(d.label for d in bound), dimensions=tuple(bound)
+    )
