@@ -15,6 +15,7 @@ from ._drivers.asgi import LLMMetricsMiddleware
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
 from ._metering.dimensions import Dimension
+from ._metering.limits import TokenLimit
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ __all__ = [
     "RequestView",
     "Schema",
     "Sink",
+    "TokenLimit",
     "Usage",
     "UsagePointers",
     "UsageSource",

@@ -296,6 +296,10 @@ class InMemoryExporter:
         self.calls: list[CallRecord] = []
         self.schemas: list[Schema] = []
         self.errors: list[str] = []
+        #: Token-limit events: ``(limit, authorized calls, limited calls, tokens charged)``.
+        self.limit_events: list[tuple[str, int, int, int]] = []
+        #: ``(limit, tokens, window seconds)`` of every configured limit.
+        self.limits: list[tuple[str, int, int]] = []
         self._lock = threading.Lock()
 
     def bind(self, schema: Schema) -> InMemoryExporter:
@@ -309,6 +313,14 @@ class InMemoryExporter:
     def on_error(self, kind: str) -> None:
         with self._lock:
             self.errors.append(kind)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        with self._lock:
+            self.limits.extend(limits)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        with self._lock:
+            self.limit_events.append((name, authorized, limited, tokens))
 
     def dimensions(self, call: CallRecord) -> dict[str, str]:
         """A call's dimensions by configured name (of the last bound schema)."""
@@ -331,6 +343,7 @@ class InMemoryExporter:
         with self._lock:
             self.calls.clear()
             self.errors.clear()
+            self.limit_events.clear()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True

@@ -125,3 +125,17 @@ def test_the_readme_example_exporter_runs_and_prints_what_it_says(capsys: pytest
     per_user = namespace["per_user"]
     assert per_user.tokens == {"alice": 18, "bob": 9}  # 2 calls and 1 call of 4 prompt + 5 completion tokens
     assert sum(per_user.errors.values()) == 0
+
+
+def test_the_failure_log_stays_bounded_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
+    from llm_metrics_middleware._metering.failures import MAX_KINDS, FailureLog
+
+    log = FailureLog()
+    kinds = [type(f"Failure{i}", (Exception,), {}) for i in range(MAX_KINDS + 50)]
+    with caplog.at_level(logging.DEBUG, logger="llm_metrics_middleware"):
+        for kind in kinds:
+            log.failed("exporter X", "record a call", kind("boom"))
+        log.failed("exporter X", "record a call", kinds[0]("again"))
+    assert len(log._seen) == MAX_KINDS
+    levels = [r.levelno for r in caplog.records]
+    assert levels.count(logging.ERROR) == MAX_KINDS and levels.count(logging.DEBUG) == 51

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from werkzeug.serving import make_server
 
 from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
@@ -42,19 +42,19 @@ def wsgi_server(app: Any, timeout: float = 10.0) -> Iterator[str]:
         assert not thread.is_alive(), "the WSGI server did not stop"
 
 
-def asgi_with_metrics_path(**options: Any) -> Any:
-    return LLMMetricsMiddleware(SimulatedLLM().asgi, exporters=[PrometheusExporter(CollectorRegistry())],
+def asgi_with_metrics_path(registry: CollectorRegistry, **options: Any) -> Any:
+    return LLMMetricsMiddleware(SimulatedLLM().asgi, exporters=[PrometheusExporter(registry)],
                                 dimensions=["User ID"], metrics_path="/metrics", **options)
 
 
-def wsgi_with_metrics_path(**options: Any) -> Any:
-    return LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(CollectorRegistry())],
+def wsgi_with_metrics_path(registry: CollectorRegistry, **options: Any) -> Any:
+    return LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(registry)],
                                     dimensions=["User ID"], metrics_path="/metrics", **options)
 
 
-def asgi_mounted(**options: Any) -> Any:
+def asgi_mounted(registry: CollectorRegistry, **options: Any) -> Any:
     """The exporter's own ASGI app routed by hand beside the metered upstream."""
-    exporter = PrometheusExporter(CollectorRegistry())
+    exporter = PrometheusExporter(registry)
     metered = LLMMetricsMiddleware(SimulatedLLM().asgi, exporters=[exporter], dimensions=["User ID"])
     metrics = exporter.asgi_app(auth=options.get("metrics_auth"))
 
@@ -67,8 +67,8 @@ def asgi_mounted(**options: Any) -> Any:
     return app
 
 
-def wsgi_mounted(**options: Any) -> Any:
-    exporter = PrometheusExporter(CollectorRegistry())
+def wsgi_mounted(registry: CollectorRegistry, **options: Any) -> Any:
+    exporter = PrometheusExporter(registry)
     metered = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[exporter], dimensions=["User ID"])
     metrics = exporter.wsgi_app(auth=options.get("metrics_auth"))
     return lambda environ, start: (metrics if environ["PATH_INFO"] == "/metrics" else metered)(environ, start)
@@ -85,8 +85,15 @@ SERVED: dict[str, tuple[Callable[..., Any], Callable[..., Any]]] = {
 @contextmanager
 def served(kind: str, **options: Any) -> Iterator[httpx.Client]:
     build, serve = SERVED[kind]
-    with serve(build(**options)) as url, httpx.Client(base_url=url, timeout=10) as client:
+    registry = CollectorRegistry()
+    with serve(build(registry, **options)) as url, httpx.Client(base_url=url, timeout=10) as client:
         assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+        # A WSGI call is recorded in close(), which the server calls after the last byte went
+        # out: the client can be faster than that. Wait (bounded) until the call is counted.
+        deadline = time.monotonic() + 10
+        while 'user_id="ada"' not in generate_latest(registry).decode():
+            assert time.monotonic() < deadline, "the chat call was never counted"
+            time.sleep(0.01)
         yield client
 
 
@@ -180,8 +187,8 @@ def test_prometheus_scrapes_with_the_credentials_and_is_refused_without(tmp_path
         pytest.skip("no `prometheus` binary on PATH (Debian package `prometheus`; .ci/run installs it)")
     token_file = tmp_path / "token"
     token_file.write_text("scrape-token\n")
-    with uvicorn_server(asgi_with_metrics_path(metrics_auth="Bearer scrape-token")) as bearer_url, \
-            wsgi_server(wsgi_with_metrics_path(metrics_auth=("prometheus", "pw"))) as basic_url:
+    with uvicorn_server(asgi_with_metrics_path(CollectorRegistry(), metrics_auth="Bearer scrape-token")) as bearer_url, \
+            wsgi_server(wsgi_with_metrics_path(CollectorRegistry(), metrics_auth=("prometheus", "pw"))) as basic_url:
         bearer, basic = bearer_url.removeprefix("http://"), basic_url.removeprefix("http://")
         httpx.post(bearer_url + "/v1/chat/completions", json=CHAT, timeout=10).raise_for_status()
         httpx.post(basic_url + "/v1/chat/completions", json=CHAT, timeout=10).raise_for_status()

@@ -19,6 +19,7 @@ def test_exported_members_are_pinned() -> None:
         "RequestView",
         "Schema",
         "Sink",
+        "TokenLimit",
         "Usage",
         "UsagePointers",
         "UsageSource",

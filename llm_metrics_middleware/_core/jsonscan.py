@@ -136,6 +136,11 @@ class JSONScanner:
             self.failed = True
 
     @property
+    def partial(self) -> JSONObject | None:
+        """The fields captured so far of the object still being read (None between objects)."""
+        return self._object
+
+    @property
     def idle(self) -> bool:
         """True between top-level values: everything fed so far was complete."""
         return not self._frames and self._state in (_VALUE, _AFTER) and not self.failed

@@ -120,6 +120,10 @@ class BodyPeek:
         if self._kept:
             self._parse_small()
         fields = self._fields
+        if fields is None and self._scanner is not None:
+            # Not read to its end yet (the limit check reads only the body's start): the
+            # fields seen so far.
+            return self._scanner.partial or {}
         return fields if fields is not None else {}
 
     @property

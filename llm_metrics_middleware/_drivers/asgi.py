@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.request import RequestView
 from .base import MiddlewareBase
+from .limited import asgi_check
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -50,9 +51,21 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
 
         call = self.metering.begin(RequestView.from_scope(scope))
         disconnected = False
+        read_ahead: list[ASGIReceiveEvent] = []
+        extra_headers: list[tuple[bytes, bytes]] = []
+        if self.metering.limits is not None:
+            checked = await asgi_check(self.metering, call, receive, send)
+            if checked is None:
+                return  # refused with 429: the app is not called
+            read_ahead, extra_headers = checked
 
         async def metered_receive() -> ASGIReceiveEvent:
             nonlocal disconnected
+            if read_ahead:  # the body messages the limit check read ahead, already peeked at
+                message = read_ahead.pop(0)
+                if message["type"] == "http.disconnect":
+                    disconnected = True
+                return message
             message = await receive()
             kind = message["type"]
             if kind == "http.request":
@@ -64,6 +77,8 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
 
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
+            if extra_headers and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
             try:
                 await send(message)
             except OSError:

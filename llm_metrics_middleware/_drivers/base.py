@@ -9,6 +9,7 @@ from .._core.estimate import TokenCounter
 from .._core.providers import UsagePointers
 from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
+from .._metering.limits import DEFAULT_TIMEOUT, HeaderNames, TokenLimit
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
 from . import environment
 
@@ -50,10 +51,17 @@ class MiddlewareBase(Generic[AppT]):
     - ``metrics_path``: serve the Prometheus exporter's metrics at this path (GET, HEAD).
     - ``metrics_auth``: credentials ``metrics_path`` asks for: ``"Bearer <token>"``,
       ``"Basic <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``.
+    - ``limits``: :class:`TokenLimit` budgets per key and window (README "Token limits");
+      ``limit_storage`` the store (``"memory://"``, ``"redis://host:port/db"``...),
+      ``limit_fail_closed`` refuse (503) instead of passing when the store fails,
+      ``limit_timeout`` seconds per store call, ``limit_headers`` ``"openai"`` (or a
+      mapping of header names) to add remaining-tokens headers to allowed responses.
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
     _metrics_app_factory = "asgi_app"
+    #: Whether the limit store is asked with ``limits.aio`` (the ASGI driver) or blocking.
+    _asynchronous_limits = True
 
     def __init__(
         self,
@@ -72,6 +80,11 @@ class MiddlewareBase(Generic[AppT]):
         subscription_secret: bytes | str | None = None,
         metrics_path: str | None = None,
         metrics_auth: str | tuple[str, str] | None = None,
+        limits: Sequence[TokenLimit] | None = None,
+        limit_storage: str = "memory://",
+        limit_fail_closed: bool = False,
+        limit_timeout: float = DEFAULT_TIMEOUT,
+        limit_headers: HeaderNames = None,
     ) -> None:
         self.app = app
         # Options not given come from LLM_METRICS_* variables (environment.py), then defaults.
@@ -92,6 +105,18 @@ class MiddlewareBase(Generic[AppT]):
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
         )
+        if limits is not None:
+            self.metering.enable_limits(
+                limits,
+                storage=limit_storage,
+                asynchronous=self._asynchronous_limits,
+                fail_closed=limit_fail_closed,
+                timeout=limit_timeout,
+                headers=limit_headers,
+                location=location,
+                gateway_id=gateway_id,
+                subscription_secret=subscription_secret,
+            )
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace
         self._metrics_path = metrics_path

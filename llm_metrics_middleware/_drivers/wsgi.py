@@ -15,6 +15,7 @@ from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
 from .._metering.metering import MeteredCall
 from .._metering.request import RequestView
 from .base import MiddlewareBase
+from .limited import with_headers, wsgi_check
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -122,6 +123,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
     """
 
     _metrics_app_factory = "wsgi_app"
+    _asynchronous_limits = False
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self._metrics_app is not None and environ.get("PATH_INFO") == self._metrics_path:
@@ -134,11 +136,17 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
         call = self.metering.begin(RequestView.from_environ(environ))
         if call.peek is not None and environ.get("wsgi.input") is not None:
             environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.request_body)
+        extra_headers: list[tuple[str, str]] = []
+        if self.metering.limits is not None:
+            passed, refusal = wsgi_check(self.metering, call, environ, start_response)
+            if passed is None:
+                return refusal or []  # refused with 429: the app is not called
+            extra_headers = passed
 
         def metered_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            write = start_response(status, headers, exc_info)
+            write = start_response(status, with_headers(headers, extra_headers), exc_info)
             content_type = content_encoding = None
             for key, value in headers:
                 lower = key.lower()

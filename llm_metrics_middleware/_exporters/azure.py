@@ -15,7 +15,10 @@ What lands where (see docs/azure.md for the portal and KQL side):
   ``"Status Code"`` and ``"Outcome"``), ``"LLM Request Duration"`` and
   ``"LLM Time To First Chunk"`` (seconds; Application Insights keeps sum, count, min and
   max), and ``"LLM Metering Errors"`` (dimension ``"Kind"`` only);
-- every metric but the last carries the configured dimensions as custom dimensions keyed by
+- with ``limits=``: ``"LLM Limit Authorized Calls"``, ``"LLM Limit Limited Calls"``,
+  ``"LLM Limit Authorized Tokens"`` (dimension ``"Limit"``) and ``"LLM Limit Tokens"``
+  (dimensions ``"Limit"`` and ``"Window Seconds"``: each configured budget, a gauge);
+- every metric but these and the metering errors carries the configured dimensions as custom dimensions keyed by
   their names exactly as configured (``"API ID"``, ``"User ID"``, ``"tier"``);
 - sums are exported as deltas: each ``customMetrics`` row holds what was added during one
   export interval, so ``sum(valueSum)`` over any time range is the total for that range;
@@ -41,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .._metering.call import CallRecord
 from .._metering.failures import FailureLog
 from .namespaces import Namespaces, check_reserved
-from .totals import CallTotals
+from .totals import CallTotals, LimitTotals
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[azure]'"
 
@@ -120,6 +123,15 @@ _HISTOGRAMS = {
     "request_duration": REQUEST_DURATION,
     "time_to_first_chunk": TIME_TO_FIRST_CHUNK,
 }
+#: Token-limit instruments (only fed when a middleware has ``limits=``).
+_LIMIT_COUNTERS = {
+    "limit_authorized_calls": "LLM Limit Authorized Calls",
+    "limit_limited_calls": "LLM Limit Limited Calls",
+    "limit_authorized_tokens": "LLM Limit Authorized Tokens",
+}
+_LIMIT_GAUGE = ("limit_tokens", "LLM Limit Tokens")
+LIMIT = "Limit"
+WINDOW_SECONDS = "Window Seconds"
 #: An observable gauge that reports nothing; its callback feeds the interval's sums to the SDK.
 _DRAIN_INSTRUMENT = "interval_sums"
 
@@ -251,6 +263,11 @@ class _Namespace:
         self.first_chunk = meter.create_histogram("time_to_first_chunk", "s")
         # Reports nothing itself; see the class docstring.
         meter.create_observable_gauge(_DRAIN_INSTRUMENT, callbacks=[self._drain_callback])
+        self.limits = LimitTotals()
+        self.limit_counters = [
+            meter.create_counter(name, "{token}" if name.endswith("tokens") else "{request}") for name in _LIMIT_COUNTERS
+        ]
+        meter.create_observable_gauge(_LIMIT_GAUGE[0], callbacks=[self._observe_budgets], unit="{token}")
 
     # -- request path ----------------------------------------------------------------------
 
@@ -278,8 +295,17 @@ class _Namespace:
             logger.exception("AzureMonitorExporter failed to hand the interval's sums to the SDK")
         return ()
 
+    def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self.limits.lock:
+            configured = list(self.limits.configured)
+        return [Observation(tokens, {LIMIT: name, WINDOW_SECONDS: str(window)}) for name, tokens, window in configured]
+
     def drain(self) -> None:
         """Move the interval's sums into the SDK instruments (runs in the export thread)."""
+        for name, sums in self.limits.take().items():
+            for counter, value in zip(self.limit_counters, sums, strict=True):
+                if value:
+                    counter.add(value, {LIMIT: name})
         series, errors = self.totals.take()
         with self._timing_lock:
             timings, self._timings = self._timings, []
@@ -336,10 +362,19 @@ class _AzureSink:
         except Exception as exc:
             self._namespace.failures.failed("AzureMonitorExporter", doing, exc)
 
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        self._namespace.limits.configure(limits)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        if not self._exporter._closed:
+            self._namespace.limits.add(name, authorized, limited, tokens)
+
 
 def _views(max_attribute_sets: int) -> list[View]:
     views: list[View] = []
     for instrument, name in _COUNTERS.items():
+        views.append(View(instrument_name=instrument, name=name, aggregation_cardinality_limit=max_attribute_sets))
+    for instrument, name in (*_LIMIT_COUNTERS.items(), _LIMIT_GAUGE):
         views.append(View(instrument_name=instrument, name=name, aggregation_cardinality_limit=max_attribute_sets))
     for instrument, name in _HISTOGRAMS.items():
         # Application Insights keeps sum, count, min and max of a histogram; buckets would

@@ -11,6 +11,9 @@ vendor distro, or the global provider (the default). For each middleware namespa
   of the token counters that was estimated because the response reported no usage;
 - ``llm.requests`` {dimensions, ``status``, ``outcome``, ``usage``}: LLM calls metered;
 - ``llm.metering_errors`` {``kind``}: bodies that could not be read, values refused...;
+- with ``limits=``: ``llm.limit.authorized_calls``, ``llm.limit.limited_calls``,
+  ``llm.limit.authorized_tokens`` {``limit``} (observable counters) and ``llm.limit.tokens``
+  {``limit``, ``window_seconds``} (observable gauge: each configured budget);
 - the GenAI client instruments of the OpenTelemetry semantic conventions, version
   :data:`SEMCONV_VERSION` (they are still in development upstream, so the version we
   follow is pinned here and in the meter's schema URL):
@@ -40,7 +43,7 @@ from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
 from .._metering.failures import FailureLog
 from .._metering.names import OTEL, safe_name
 from .namespaces import Namespaces, check_reserved
-from .totals import CallTotals, Series
+from .totals import CallTotals, LimitTotals, Series
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
 
@@ -133,6 +136,10 @@ class _Namespace:
         self.failures = FailureLog()
         self.semconv = semconv
         self.totals = CallTotals(labels)
+        self.meter = meter
+        self.prefix = prefix
+        self.limits: LimitTotals | None = None
+        self._limits_lock = threading.Lock()
         token = "{token}"
         counters: tuple[tuple[str, str, Callable[[Series], int]], ...] = (
             ("prompt_tokens", "Prompt (input) tokens, cached included.", lambda s: s.prompt),
@@ -225,6 +232,42 @@ class _Namespace:
         return [Observation(count, {"kind": kind}) for kind, count in errors.items()]
 
 
+    # -- token limits (instruments created when a middleware with limits= binds) ------------
+
+    def limit_totals(self) -> LimitTotals:
+        with self._limits_lock:
+            if self.limits is None:
+                self.limits = _limit_instruments(self.meter, self.prefix)
+            return self.limits
+
+
+def _limit_instruments(meter: Meter, prefix: str) -> LimitTotals:
+    totals = LimitTotals()
+
+    def counter(index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(sums[index], {"limit": name}) for name, sums in totals.snapshot().items()]
+
+        return observe
+
+    for name, index, unit, description in (
+        ("authorized_calls", 0, "{request}", "Requests a token limit let through, by limit."),
+        ("limited_calls", 1, "{request}", "Requests a token limit refused with 429, by limit."),
+        ("authorized_tokens", 2, "{token}", "Tokens charged to a token limit, by limit."),
+    ):
+        meter.create_observable_counter(f"{prefix}.limit.{name}", [counter(index)], unit, description)
+
+    def observe_budgets(options: CallbackOptions) -> Iterable[Observation]:
+        with totals.lock:
+            configured = list(totals.configured)
+        return [Observation(tokens, {"limit": name, "window_seconds": window}) for name, tokens, window in configured]
+
+    meter.create_observable_gauge(
+        f"{prefix}.limit.tokens", [observe_budgets], "{token}", "Configured token budget of a limit per window."
+    )
+    return totals
+
+
 class _OTelSink:
     def __init__(self, namespace: _Namespace, server: Mapping[str, Any]) -> None:
         self._ns = namespace
@@ -265,6 +308,15 @@ class _OTelSink:
             self._ns.add_error(kind)
         except Exception as exc:
             self._ns.failures.failed("OpenTelemetryExporter", "count a metering error", exc)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        totals = self._ns.limit_totals()
+        totals.configure(limits)
+        for name, _tokens, _window in limits:
+            totals.add(name, 0, 0, 0)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        self._ns.limit_totals().add(name, authorized, limited, tokens)
 
 
 class OpenTelemetryExporter:

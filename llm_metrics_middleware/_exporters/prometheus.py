@@ -12,7 +12,11 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``.
+  exporter failures, dimension combinations that overflowed ``max_series``;
+- with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
+  ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
+  ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
+  window_seconds}: each configured budget, to draw usage against.
 
 A series exists once it has something to count: the cached, reasoning, estimated and cost
 counters and the time to first chunk appear for a dimension tuple only after a call of
@@ -36,7 +40,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, make_asgi_app, make_wsgi_app
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_asgi_app, make_wsgi_app
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
@@ -93,6 +97,7 @@ _ERRORS_HELP = "Responses or values the middleware could not count, by kind."
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, Namespaces[_Collector | _MultiprocessFamily]] = (
     weakref.WeakKeyDictionary()
 )
+_LIMIT_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _LimitMetrics]] = weakref.WeakKeyDictionary()
 _REGISTRIES_LOCK = threading.Lock()
 
 
@@ -106,14 +111,71 @@ def multiprocess_mode() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+# -- token limits (kept apart from the token families: created only when limits= is used) ----
+
+
+class _LimitMetrics:
+    """The ``{prefix}_limit_*`` metrics of one namespace in one registry."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.authorized = Counter(
+            f"{prefix}_limit_authorized_calls", "Requests a token limit let through, by limit.", ["limit"], registry=registry
+        )
+        self.limited = Counter(
+            f"{prefix}_limit_limited_calls", "Requests a token limit refused with 429, by limit.", ["limit"], registry=registry
+        )
+        self.tokens = Counter(
+            f"{prefix}_limit_authorized_tokens", "Tokens charged to a token limit, by limit.", ["limit"], registry=registry
+        )
+        self.budget = Gauge(
+            f"{prefix}_limit_tokens",
+            "Configured token budget of a limit per window.",
+            ["limit", "window_seconds"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+
 class _Sink:
-    """What ``bind`` returns: the aggregate's own ``add`` and ``add_error``, no wrapper."""
+    """What ``bind`` returns: the family's own ``record`` and ``on_error`` (the aggregate's
+    ``add`` and ``add_error``, no wrapper), and the two token-limit hooks
+    (``limits_configured``, ``on_limit``), whose metrics are made only when limits are used."""
 
-    __slots__ = ("record", "on_error")
+    __slots__ = ("record", "on_error", "_limit_metrics", "_limit_children")
 
-    def __init__(self, record: Callable[[CallRecord], None], on_error: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        record: Callable[[CallRecord], None],
+        on_error: Callable[[str], None],
+        limit_metrics: Callable[[], _LimitMetrics],
+    ) -> None:
         self.record = record
         self.on_error = on_error
+        self._limit_metrics = limit_metrics
+        # limit name -> (authorized, limited, tokens) children; one per configured limit.
+        self._limit_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        metrics = self._limit_metrics()
+        for name, tokens, window in limits:
+            metrics.budget.labels(name, str(window)).set(tokens)
+            # Zero series from the start, so rate() and ratios see the limit before its first event.
+            metrics.authorized.labels(name)
+            metrics.limited.labels(name)
+            metrics.tokens.labels(name)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        children = self._limit_children.get(name)
+        if children is None:
+            metrics = self._limit_metrics()
+            children = (metrics.authorized.labels(name), metrics.limited.labels(name), metrics.tokens.labels(name))
+            self._limit_children[name] = children
+        if authorized:
+            children[0].inc(authorized)
+        if limited:
+            children[1].inc(limited)
+        if tokens:
+            children[2].inc(tokens)
 
 
 def _le_values(bounds: Sequence[float]) -> tuple[str, ...]:
@@ -142,7 +204,8 @@ class _Collector:
         self.labels = labels
         self.created = created
         self.totals = CallTotals(labels, duration_bounds=DURATION_BUCKETS, first_chunk_bounds=FIRST_CHUNK_BUCKETS)
-        self.sink = _Sink(self.totals.add, self.totals.add_error)
+        self.record = self.totals.add
+        self.on_error = self.totals.add_error
 
     def _families(self) -> dict[str, Metric]:
         out: dict[str, Metric] = {}
@@ -259,7 +322,6 @@ class _MultiprocessFamily:
         self.duration = self.metrics["request_duration_seconds"]
         self.errors = Counter(f"{prefix}_metering_errors", _ERRORS_HELP, ["kind"], registry=registry)
         self._series: dict[tuple[str, ...], _MultiprocessSeries] = {}
-        self.sink = _Sink(self.record, self.on_error)
 
     def _child(self, suffix: str, values: Sequence[str]) -> Any:
         metric = self.metrics[suffix]
@@ -338,6 +400,9 @@ class PrometheusExporter:
                     "another namespace=, the same dimensions, or its own PrometheusExporter(CollectorRegistry())",
                 )
         self._families = families
+        with _REGISTRIES_LOCK:
+            self._limit_families = _LIMIT_FAMILIES.setdefault(self.registry, {})
+        self._limit_lock = _REGISTRIES_LOCK
 
     def bind(self, schema: Schema) -> _Sink:
         prefix = metric_prefix(schema.namespace)
@@ -345,7 +410,16 @@ class PrometheusExporter:
         check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
         # Keyed by the prefix: two namespaces that sanitise alike would be one family.
         family = self._families.bind(schema.namespace, labels, lambda: self._new_family(prefix, labels), key=prefix)
-        return family.sink
+        return _Sink(family.record, family.on_error, lambda: self._limit_metrics_for(prefix))
+
+    def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
+        metrics = self._limit_families.get(prefix)
+        if metrics is None:
+            with self._limit_lock:
+                metrics = self._limit_families.get(prefix)
+                if metrics is None:
+                    metrics = self._limit_families[prefix] = _LimitMetrics(self.registry, prefix)
+        return metrics
 
     def _new_family(self, prefix: str, labels: tuple[str, ...]) -> _Collector | _MultiprocessFamily:
         if multiprocess_mode():

@@ -200,3 +200,40 @@ class CallTotals:
             if len(self._attrs) < CACHE_LIMIT:
                 self._attrs[dims] = attrs
         return attrs
+
+
+class LimitTotals:
+    """Sums of the token-limit events by limit name, and the configured limits.
+
+    ``calls``: ``[authorized calls, limited calls, authorized tokens]`` per limit name.
+    ``configured``: ``(name, tokens, window seconds)`` of every limit, for the gauge.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: dict[str, list[int]] = {}
+        self.configured: list[tuple[str, int, int]] = []
+
+    def configure(self, limits: list[tuple[str, int, int]]) -> None:
+        with self.lock:
+            known = {entry[0] for entry in self.configured}
+            self.configured.extend(entry for entry in limits if entry[0] not in known)
+
+    def add(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        with self.lock:
+            sums = self.calls.get(name)
+            if sums is None:
+                sums = self.calls[name] = [0, 0, 0]
+            sums[0] += authorized
+            sums[1] += limited
+            sums[2] += tokens
+
+    def snapshot(self) -> dict[str, list[int]]:
+        with self.lock:
+            return {name: list(sums) for name, sums in self.calls.items()}
+
+    def take(self) -> dict[str, list[int]]:
+        """The sums so far, and start again from zero (for delta export)."""
+        with self.lock:
+            taken, self.calls = self.calls, {}
+        return taken

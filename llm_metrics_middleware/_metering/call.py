@@ -50,6 +50,8 @@ ErrorKind = Literal[
     "series_overflow",  # a new dimension combination past max_series: exported as __overflow__
     "export",  # an exporter raised from record() or on_error()
     "dimension",  # a dimension's value callable raised: exported as "unknown"
+    "limit_storage",  # the token-limit store failed or timed out: the request was not checked or not charged
+    "limit_key",  # a token limit's key or when= raised: the request was not limited by it
     "internal",  # a bug of ours, caught before it reached the app
 ]
 ERROR_KINDS: tuple[ErrorKind, ...] = get_args(ErrorKind)

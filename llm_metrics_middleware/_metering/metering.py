@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -33,8 +34,9 @@ from .call import (
     UsageSource,
     is_error_kind,
 )
-from .dimensions import OVERFLOW, CallContext, Dimension, build_schema
+from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
+from .limits import HeaderNames, TokenLimit, TokenLimiter
 from .request import RequestView
 
 logger = logging.getLogger("llm_metrics_middleware")
@@ -136,6 +138,78 @@ class Metering:
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
 
+    #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
+    limits: TokenLimiter | None = None
+    _limit_hooks: list[Callable[[str, int, int, int], None]] | None = None
+
+    def enable_limits(
+        self,
+        limits: Sequence[TokenLimit],
+        *,
+        storage: str,
+        asynchronous: bool,
+        fail_closed: bool,
+        timeout: float,
+        headers: HeaderNames,
+        location: str | None,
+        gateway_id: str | None,
+        subscription_secret: bytes | str | None,
+    ) -> None:
+        """Check ``limits`` and connect their store; sinks learn the configured limits."""
+        schema = self.schema
+
+        def source(name: str) -> Source | None:
+            for dim in schema.dimensions:
+                if dim.name == name:
+                    return dim.source
+            try:  # a default name the middleware does not export: its documented source
+                built = build_schema(
+                    schema.namespace, [name], location=location, gateway_id=gateway_id,
+                    subscription_secret=subscription_secret,
+                )
+            except (TypeError, ValueError):
+                return None
+            return built.dimensions[0].source
+
+        self.limits = TokenLimiter(
+            limits,
+            storage=storage,
+            asynchronous=asynchronous,
+            namespace=schema.namespace,
+            sources=source,
+            fail_closed=fail_closed,
+            timeout=timeout,
+            headers=headers,
+            count_error=self.count_error,
+            on_limit=self._on_limit,
+            subscription_secret_set=bool(subscription_secret or os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")),
+        )
+        described = self.limits.describe()
+        for sink in self.sinks:
+            configured = getattr(sink, "limits_configured", None)
+            if configured is not None:
+                configured(described)
+
+    def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        hooks = self._limit_hooks
+        if hooks is None:
+            hooks = self._limit_hooks = [h for h in (getattr(s, "on_limit", None) for s in self.sinks) if h is not None]
+        for on_limit in hooks:
+            try:
+                on_limit(name, authorized, limited, tokens)
+            except Exception as exc:
+                self.errors["export"] += 1
+                self.failures.failed(f"exporter hook {on_limit!r}", "count a limit event", exc)
+
+    def limit_context(self, view: RequestView, route: Route) -> CallContext:
+        """What the built-in key sources know at the start of a request."""
+        model = view.body.get("model")
+        return CallContext(
+            provider=self.provider or route.provider,
+            operation=route.operation,
+            model=model if isinstance(model, str) and model else route.model,
+        )
+
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
@@ -144,13 +218,15 @@ class Metering:
         self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
+        if self.limits is not None:
+            self.limits.charge(call)
         self._to_sinks("record", call)
 
     def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
         """The one guard around exporter code: a sink that raises is logged once per sink and
         kind of failure (not a traceback per request), counted as ``export`` and skipped; the
         other sinks still get the call."""
-        for sink in self.sinks:
+        for index, sink in enumerate(self.sinks):
             fn = getattr(sink, method, None)
             if fn is None:
                 continue  # on_error is optional
@@ -158,7 +234,8 @@ class Metering:
                 fn(arg)
             except Exception as exc:
                 self.errors["export"] += 1
-                self.failures.failed(f"exporter {sink!r}", "record a call" if method == "record" else "count an error", exc)
+                who = f"exporter {type(sink).__qualname__} (exporters[{index}])"
+                self.failures.failed(who, "record a call" if method == "record" else "count an error", exc)
                 if method == "record":  # tell the others; a failing on_error is not retried
                     self._to_sinks("on_error", "export")
 

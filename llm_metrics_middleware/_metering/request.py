@@ -28,7 +28,9 @@ class RequestView:
     ``environ`` (WSGI) give the raw request for anything else.
     """
 
-    __slots__ = ("method", "path", "query_string", "root_path", "scope", "environ", "_headers", "_peek", "_raw_headers")
+    __slots__ = (
+        "method", "path", "query_string", "root_path", "scope", "environ", "_headers", "_peek", "_raw_headers", "limits",
+    )
 
     def __init__(
         self,
@@ -50,6 +52,8 @@ class RequestView:
         self._raw_headers = raw_headers
         self._headers: Mapping[str, str] | None = None
         self._peek: BodyPeek | None = None
+        #: The token limits that apply to this request, with its keys (set by the limit check).
+        self.limits: Any = None
 
     @classmethod
     def from_scope(cls, scope: HTTPScope) -> RequestView:
