@@ -41,11 +41,21 @@ _WORDS = ["tokens", "are", "the", "unit", "of", "cost", "so", "we", "count", "ev
 
 
 def _text_of(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(_text_of(part.get("text", "")) if isinstance(part, dict) else _text_of(part) for part in content)
-    return ""
+    """The text of a message's content: a str, or content parts nested to any depth.
+
+    Iterative, so a hostile prompt nested thousands deep cannot exhaust the stack.
+    """
+    texts: list[str] = []
+    stack = [content]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            stack.append(item.get("text", ""))
+        elif isinstance(item, list):  # content parts
+            stack.extend(reversed(item))
+    return " ".join(texts)
 
 
 def prompt_tokens_of(body: dict[str, Any]) -> int:
@@ -99,7 +109,7 @@ class SimulatedLLM:
         self.requests += 1
         try:
             req = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             req = None
         if not isinstance(req, dict):
             return self._error(400, "invalid_request_error", "body is not a JSON object")

@@ -38,6 +38,9 @@ def _options() -> dict[str, Any]:
         "limits": LIMITS,
         "limit_storage": os.environ["LIMIT_STORAGE"],
         "limit_headers": "openai",
+        # Generous: these apps test sharing, not the timeout (test_limits has its own for
+        # that), and a loaded test machine can take longer than the 0.25 s default.
+        "limit_timeout": float(os.environ.get("LIMIT_TIMEOUT", "2.0")),
     }
 
 

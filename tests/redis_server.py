@@ -53,11 +53,14 @@ class RedisProcess:
 
 
 @contextmanager
-def redis_server(workdir: Path, timeout: float = 10.0, *, cluster: bool = False) -> Iterator[RedisProcess]:
-    """A redis-server; ``cluster=True``: a one-node Redis Cluster holding every slot."""
+def redis_server(
+    workdir: Path, timeout: float = 10.0, *, cluster: bool = False, port: int | None = None
+) -> Iterator[RedisProcess]:
+    """A redis-server; ``cluster=True``: a one-node Redis Cluster holding every slot;
+    ``port``: that port (a Redis started again where one was killed)."""
     assert REDIS_SERVER is not None
-    port = free_port()
-    data = workdir / f"redis-{port}"
+    port = port if port is not None else free_port()
+    data = workdir / f"redis-{port}-{time.monotonic_ns()}"
     data.mkdir(parents=True, exist_ok=True)
     log = data / "redis.log"
     extra = []

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import httpx
@@ -12,13 +13,8 @@ from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, PrometheusEx
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import body_of, chunk_app, request_json, run_asgi
+from .samples import OPENAI_STREAM
 
-OPENAI_STREAM = (
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"role":"assistant","content":""}}],"usage":null}\n\n'
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello"}}],"usage":null}\n\n'
-    b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}\n\n'
-    b"data: [DONE]\n\n"
-)
 SSE_HEADERS = [("content-type", "text/event-stream")]
 
 
@@ -74,11 +70,38 @@ def test_non_llm_paths_are_not_counted() -> None:
     assert exporter.calls == []
 
 
-def test_any_path_with_usage_in_json_is_counted() -> None:
-    app, exporter = wrap(chunk_app(200, [("content-type", "application/json")], [b'{"answer": "hi", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}']))
+USAGE_SHAPED = [b'{"answer": "hi", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}']
+
+
+def test_usage_shaped_json_on_other_paths_is_not_counted_by_default() -> None:
+    app, exporter = wrap(chunk_app(200, [("content-type", "application/json")], USAGE_SHAPED))
     run_asgi(app, path="/chat")
-    [call] = exporter.calls
+    run_asgi(app, method="GET", path="/me/usage")
+    assert exporter.calls == []
+
+
+@pytest.mark.parametrize("include", ["/chat", ["/api", "/chat"], re.compile(r"^/ch"), "/"])
+def test_include_paths_reads_usage_on_paths_of_your_own(include: Any) -> None:
+    app, exporter = wrap(chunk_app(200, [("content-type", "application/json")], USAGE_SHAPED), include_paths=include)
+    run_asgi(app, path="/chat")
+    run_asgi(app, method="GET", path="/chatter")  # a prefix matches whole segments only
+    [call] = exporter.calls[:1] if include in ("/", re.compile(r"^/ch")) else exporter.calls
     assert call.usage.total_tokens == 7 and call.operation is None
+    assert len(exporter.calls) == (2 if include in ("/", re.compile(r"^/ch")) else 1)
+
+
+def test_exclude_paths_wins_even_over_llm_paths() -> None:
+    app, exporter = wrap(chunk_app(200, SSE_HEADERS, [OPENAI_STREAM]), exclude_paths=["/internal"], include_paths="/")
+    run_asgi(app, path="/internal/v1/chat/completions", body=request_json(model="m"))
+    assert exporter.calls == []
+    run_asgi(app, path="/v1/chat/completions", body=request_json(model="m"))
+    assert len(exporter.calls) == 1
+
+
+@pytest.mark.parametrize("bad", ["chat", 3, [b"/x"]])
+def test_path_options_say_what_they_take(bad: Any) -> None:
+    with pytest.raises(ValueError, match="include_paths= takes path prefixes starting with '/'"):
+        wrap(chunk_app(200, [], []), include_paths=bad)
 
 
 def test_stream_without_usage_is_estimated() -> None:

@@ -501,3 +501,17 @@ def test_offline_storage_delivers_everything_after_recovery(make_exporter: MakeE
           f"{stored} batches were stored offline")
     assert received == expected  # nothing lost, nothing twice
     assert list(store.rglob("*.blob*")) == []
+
+
+def test_cost_metric_in_usd_per_dimension_set(make_exporter: MakeExporter, capture: CaptureServer) -> None:
+    from llm_metrics_middleware import Price
+
+    exporter = make_exporter()
+    app, memory = wrap(exporter, dimensions=["User ID"], pricing={"gpt-sim": Price(2.0, 8.0)})
+    drive(app, [("/v1/chat/completions", chat("alice"), {}), ("/v1/chat/completions", chat("bob", words="a b c d e"), {})])
+    assert exporter.force_flush() is True
+    for record in memory.calls:
+        assert record.usage is not None
+        expected = (record.usage.prompt_tokens * 2.0 + record.usage.completion_tokens * 8.0) / 1e6
+        user = memory.dimensions(record)["User ID"]
+        assert abs(capture.sums("Cost", **{"User ID": user}) - expected) < 1e-9

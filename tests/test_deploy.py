@@ -25,7 +25,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from llm_metrics_middleware import LLMMetricsMiddleware, PrometheusExporter
+from llm_metrics_middleware import LLMMetricsMiddleware, Price, PrometheusExporter, TokenLimit
 from llm_metrics_middleware.testing import SimulatedLLM
 from tests.servers import ROOT, free_port, python_env, server_process, uvicorn_server
 
@@ -150,6 +150,13 @@ def send_traffic(client: httpx.Client, round_: int) -> int:
     assert client.post("/v1/messages", json=anthropic).status_code == 200  # overflows: a seventh combination
     assert client.post("/v1/messages", json={**anthropic, "stream": True}).status_code == 200
     assert client.post("/v1/chat/completions", content=b"not json").status_code == 400  # a 400 is a call
+    # karl's tight limit: his calls pass until his tokens reach the budget, then 429 (not metered).
+    # (Once, in the first round: 14 tokens a call against a budget of 20 a minute.)
+    if round_ == 0:
+        karl = {**base, "user": "karl", "model": MODELS[0]}
+        statuses = [client.post("/v1/chat/completions", json=karl).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429], statuses
+        sent += 2
     return sent + 3
 
 
@@ -193,6 +200,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
         dimensions=["API ID", "User ID", "Model"],
         metrics_path="/metrics",
         max_series=MAX_SERIES,
+        # So the limit panels have data: an hourly budget nobody reaches, and one that karl exhausts.
+        # And the cost panels: a price for every model of the traffic.
+        pricing={"sim-gpt": Price(2.5, 10), "sim-claude-1": Price(3, 15, cached_input=0.3)},
+        limits=[TokenLimit("hourly", tokens=1_000_000, per="hour"),
+                TokenLimit("tight", tokens=20, per="minute", when=lambda r: r.body.get("user") == "karl")],
     )
     # The rules as shipped, evaluated every second instead of every 30 s so the test is short.
     rules = tmp / "llm-metrics-rules.yml"
@@ -229,7 +241,9 @@ def test_every_panel_query_parses_and_token_panels_show_tokens(scraped: Scraped)
     exposed = {name for name in scraped.client.get("/api/v1/label/__name__/values").json()["data"]}
     assert {"llm_tokens_total", "llm_cached_tokens_total", "llm_reasoning_tokens_total",
             "llm_estimated_tokens_total", "llm_request_duration_seconds_bucket",
-            "llm_time_to_first_chunk_seconds_bucket", "llm_metering_errors_total"} <= exposed
+            "llm_time_to_first_chunk_seconds_bucket", "llm_metering_errors_total",
+            "llm_limit_tokens", "llm_limit_authorized_calls_total", "llm_limit_limited_calls_total",
+            "llm_limit_authorized_tokens_total", "llm_cost_usd_total"} <= exposed
     empty = []
     for panel, target in targets():
         expr = substitute(target["expr"])
@@ -243,7 +257,7 @@ def test_every_panel_query_parses_and_token_panels_show_tokens(scraped: Scraped)
         # in this app) must still parse.
         if metrics <= exposed and not result:
             empty.append((panel["title"], expr))
-        token_panel = any(re.fullmatch(r"llm_(\w+_)?tokens_total", m) for m in metrics)
+        token_panel = any(re.fullmatch(r"llm_(\w+_)?tokens_total|llm_cost_usd_total", m) for m in metrics)
         if token_panel and not any(m.startswith("llm_limit") for m in metrics):
             assert result, (panel["title"], expr)
             values = [float(r["value"][1]) for r in result]

@@ -26,6 +26,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.samples import Sample
 
+from llm_metrics_middleware import uninstrument_httpx
 from llm_metrics_middleware.testing import SimulatedLLM
 from tests.servers import gunicorn_server, metric_sum, scrape_until_counted, uvicorn_server
 
@@ -214,8 +215,11 @@ def expected_calls(tallies: dict[str, Tally]) -> int:
 def fastapi_server() -> Iterator[str]:
     """The FastAPI example with a registry of its own, served by a real uvicorn."""
     app = fastapi_create_app()(upstream_app=SimulatedLLM().asgi, registry=CollectorRegistry())
-    with uvicorn_server(app) as url:
-        yield url
+    try:
+        with uvicorn_server(app) as url:
+            yield url
+    finally:
+        uninstrument_httpx()  # create_app() instrumented this process's httpx
 
 
 def test_sdks_through_fastapi_example(fastapi_server: str) -> None:
@@ -226,29 +230,63 @@ def test_sdks_through_fastapi_example(fastapi_server: str) -> None:
     assert_counted(samples, tallies)
 
 
-def test_chat_endpoint_of_fastapi_example_is_counted(fastapi_server: str) -> None:
-    with httpx.Client(base_url=fastapi_server, timeout=10) as client:
-        answers = [
-            client.post("/chat", json={"message": "Say something short", "user": "carol", "max_tokens": 7}),
-            client.post("/chat", json={"message": "And now something a bit longer", "user": "carol", "max_tokens": 13}),
-        ]
-    usages = []
-    for response, max_tokens, message in zip(answers, (7, 13), ("Say something short", "And now something a bit longer")):
-        assert response.status_code == 200, response.text
-        body = response.json()
-        want = simulated("/v1/chat/completions", {"messages": [{"role": "user", "content": message}], "max_tokens": max_tokens})
-        assert body["answer"] == want["choices"][0]["message"]["content"]
-        assert body["usage"] == want["usage"]
-        usages.append(body["usage"])
+def chat_and_agent(base_url: str, user: str) -> dict[str, int]:
+    """``/chat`` twice and ``/agent`` once for ``user``; the usage the simulator gave those calls."""
+    sums = {"prompt": 0, "completion": 0, "total": 0}
 
-    samples = scrape_until_counted(fastapi_server, 2)
-    on = {"user_id": "carol", "api_id": "/chat", "operation_id": "/chat"}
-    assert metric_sum(samples, "llm_prompt_tokens_total", **on) == sum(u["prompt_tokens"] for u in usages)
-    assert metric_sum(samples, "llm_completion_tokens_total", **on) == sum(u["completion_tokens"] for u in usages)
-    assert metric_sum(samples, "llm_tokens_total", **on) == sum(u["total_tokens"] for u in usages)
-    assert metric_sum(samples, "llm_requests_total", **on, usage="reported", status="200") == 2
-    # Counted once: the inner upstream call is not behind the middleware.
-    assert metric_sum(samples, "llm_requests_total") == 2
+    def add(request: dict[str, Any]) -> None:
+        usage = simulated("/v1/chat/completions", request)["usage"]
+        sums["prompt"] += usage["prompt_tokens"]
+        sums["completion"] += usage["completion_tokens"]
+        sums["total"] += usage["total_tokens"]
+
+    with httpx.Client(base_url=base_url, timeout=10) as client:
+        for message, max_tokens in (("Say something short", 7), ("And now something a bit longer", 13)):
+            response = client.post("/chat", json={"message": message, "user": user, "max_tokens": max_tokens})
+            assert response.status_code == 200, response.text
+            request = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": message}], "max_tokens": max_tokens}
+            want = simulated("/v1/chat/completions", request)
+            # The app's own answer, without usage: counted all the same.
+            assert response.json() == {"answer": want["choices"][0]["message"]["content"], "model": "gpt-4o-mini"}
+            add(request)
+
+        message = "Tell me about tokens"
+        with client.stream("POST", "/agent", json={"message": message, "user": user, "max_tokens": 5}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+        plan = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"Plan an answer to: {message}"}],
+                "max_tokens": 5}
+        answer = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": message}], "max_tokens": 5}
+        assert events[0] == {"plan": simulated("/v1/chat/completions", plan)["choices"][0]["message"]["content"]}
+        assert "".join(e["delta"] for e in events[1:-1]) == \
+            simulated("/v1/chat/completions", answer)["choices"][0]["message"]["content"]
+        assert events[-1] == {"end": True}
+        add(plan)
+    return sums
+
+
+def assert_chat_and_agent_counted(samples: list[Sample], user: str, sums: dict[str, int]) -> None:
+    """Three calls (two /chat, the /agent plan) reported; the /agent stream without usage estimated."""
+    on = {"user_id": user, "operation_id": "chat.completions", "model": "gpt-4o-mini"}
+    chat, agent = {**on, "api_id": "/chat"}, {**on, "api_id": "/agent"}
+    assert metric_sum(samples, "llm_requests_total", **chat, usage="reported", status="200", outcome="completed") == 2
+    assert metric_sum(samples, "llm_requests_total", **agent, usage="reported", status="200", outcome="completed") == 1
+    assert metric_sum(samples, "llm_requests_total", **agent, usage="estimated", status="200", outcome="completed") == 1
+    est = {t: metric_sum(samples, "llm_estimated_tokens_total", user_id=user, type=t) for t in ("prompt", "completion")}
+    assert est["completion"] > 0
+    assert metric_sum(samples, "llm_prompt_tokens_total", user_id=user) - est["prompt"] == sums["prompt"]
+    assert metric_sum(samples, "llm_completion_tokens_total", user_id=user) - est["completion"] == sums["completion"]
+    assert metric_sum(samples, "llm_tokens_total", user_id=user) - est["prompt"] - est["completion"] == sums["total"]
+    assert metric_sum(samples, "llm_requests_total", user_id=user) == 4
+
+
+def test_chat_and_agent_endpoints_of_fastapi_example_are_counted(fastapi_server: str) -> None:
+    sums = chat_and_agent(fastapi_server, "carol")
+    samples = scrape_until_counted(fastapi_server, 4)
+    assert_chat_and_agent_counted(samples, "carol", sums)
+    # Each call once: only the four outgoing calls, nothing for the incoming responses.
+    assert metric_sum(samples, "llm_requests_total") == 4
 
 
 def test_fastapi_proxy_passes_upstream_errors_through(fastapi_server: str) -> None:
@@ -329,18 +367,8 @@ def flask_server(tmp_path: Path) -> Iterator[str]:
 
 def test_sdks_through_flask_example_under_gunicorn(flask_server: str) -> None:
     tallies = drive_sdks(flask_server)
-    with httpx.Client(base_url=flask_server, timeout=10) as client:
-        chat = client.post("/chat", json={"message": "Hello from the Flask side", "user": "carol", "max_tokens": 9})
-    assert chat.status_code == 200, chat.text
-    want = simulated("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello from the Flask side"}],
-                                              "max_tokens": 9})
-    assert chat.json()["answer"] == want["choices"][0]["message"]["content"]
-    usage = chat.json()["usage"]
-
-    samples = scrape_until_counted(flask_server, expected_calls(tallies) + 1)
-    assert metric_sum(samples, "llm_requests_total") == expected_calls(tallies) + 1
+    sums = chat_and_agent(flask_server, "carol")
+    samples = scrape_until_counted(flask_server, expected_calls(tallies) + 4)
+    assert metric_sum(samples, "llm_requests_total") == expected_calls(tallies) + 4
     assert_counted(samples, tallies)
-    on = {"user_id": "carol", "api_id": "/chat"}
-    assert metric_sum(samples, "llm_prompt_tokens_total", **on) == usage["prompt_tokens"]
-    assert metric_sum(samples, "llm_completion_tokens_total", **on) == usage["completion_tokens"]
-    assert metric_sum(samples, "llm_tokens_total", **on) == usage["total_tokens"]
+    assert_chat_and_agent_counted(samples, "carol", sums)

@@ -48,8 +48,8 @@ def test_make_usage_builds_the_same_frozen_usage() -> None:
 
     from llm_metrics_middleware._core.usage import Usage, make_usage
 
-    fast = make_usage(3, 4, 7, 1, 2, True)
-    assert fast == Usage(3, 4, 7, 1, 2, True) and hash(fast) == hash(Usage(3, 4, 7, 1, 2, True))
+    fast = make_usage(3, 4, 7, 1, 2, True, 2, 1)
+    assert fast == Usage(3, 4, 7, 1, 2, True, 2, 1) and hash(fast) == hash(Usage(3, 4, 7, 1, 2, True, 2, 1))
     assert [f.name for f in dataclasses.fields(Usage)] == list(vars(fast))  # every field, in order
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.prompt_tokens = 1  # type: ignore[misc]

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 
 import pytest
 
 from llm_metrics_middleware._core.jsonscan import CAPTURE_LIMIT, JSONScanner
+
+from .splits import check_every_split
 
 PATHS = [("usage",), ("model",), ("message", "usage"), ("a", 1)]
 
@@ -136,3 +139,22 @@ def test_strings_full_of_escapes_at_every_split() -> None:
         assert records == expected, i
     records, _ = scan(body, [1] * len(body))
     assert records == expected
+
+
+def _scan_chunks(chunks: Sequence[bytes]) -> tuple[list[dict], bool, bool]:
+    records: list[dict] = []
+    scanner = JSONScanner(PATHS, records.append)
+    for chunk in chunks:
+        scanner.feed(chunk)
+    return records, scanner.idle, scanner.failed
+
+
+def test_every_way_of_cutting_a_body() -> None:
+    check_every_split(_scan_chunks, BODY, ([EXPECTED], True, False))
+
+
+def test_every_way_of_cutting_ndjson_and_arrays() -> None:
+    line = json.dumps({"model": "m", "usage": {"prompt_tokens": 1}}).encode()
+    expected = ([{"model": "m", "usage": {"prompt_tokens": 1}}] * 2, True, False)
+    check_every_split(_scan_chunks, line + b"\n" + line + b"\n", expected)
+    check_every_split(_scan_chunks, b"[" + line + b",\r\n " + line + b"]", expected)

@@ -22,6 +22,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from llm_metrics_middleware import (
@@ -90,6 +92,10 @@ class Driver:
         self.registry = CollectorRegistry()
         self.memory = InMemoryExporter()
         options.setdefault("exporters", [PrometheusExporter(self.registry), self.memory])
+        if "limits" in options:
+            # A loaded test machine can take longer than the 0.25 s default for one store
+            # call; the tests of the timeout itself pass their own.
+            options.setdefault("limit_timeout", 2.0)
         if kind == "asgi":
             self.middleware: Any = LLMMetricsMiddleware(self.app.asgi, **options)
         else:
@@ -180,6 +186,8 @@ def test_bad_options_say_what_to_change() -> None:
         LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_storage="localhost:6379")
     with pytest.raises(ValueError, match="limit_headers"):
         LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_headers={"left": "x"})
+    with pytest.raises(ValueError, match="limit_headers"):
+        LLMMetricsMiddleware(app, exporters=ex, limits=[limit], limit_headers={"remaining": "tokens left"})
     with pytest.raises(ValueError, match="subscription_secret"):
         LLMMetricsMiddleware(
             app, exporters=ex, limit_storage="redis://127.0.0.1:1/0",
@@ -377,6 +385,33 @@ def test_remaining_tokens_headers_openai_names_and_custom_names(kind: str) -> No
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_our_headers_replace_the_upstreams_same_named_ones(kind: str) -> None:
+    headers = [("content-type", "application/json"), ("X-RateLimit-Remaining-Tokens", "999999"), ("x-request-id", "r1")]
+    body = json.dumps({"usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}}).encode()
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+    def wsgi_app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", list(headers))
+        return [body]
+
+    limits = [TokenLimit("per-user", tokens=100, per="minute")]
+    d = Driver(kind, limits=limits, limit_headers="openai")
+    d.middleware = (
+        LLMMetricsMiddleware(asgi_app, exporters=[InMemoryExporter()], limits=limits, limit_headers="openai")
+        if kind == "asgi"
+        else LLMMetricsWSGIMiddleware(wsgi_app, exporters=[InMemoryExporter()], limits=limits, limit_headers="openai")
+    )
+    d.post(chat("ada"))
+    response = d.post(chat("ada"))
+    assert response.headers.get_list("x-ratelimit-remaining-tokens") == ["90"]
+    assert response.headers["x-request-id"] == "r1"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_prompt_estimate_refuses_a_request_that_would_cross_the_limit(kind: str) -> None:
     limits = [TokenLimit("est", tokens=100, per="minute", estimate_prompt=True)]
     d = Driver(kind, limits=limits)
@@ -570,6 +605,27 @@ def test_redis_killed_mid_run_requests_pass_and_the_failure_is_counted(
 
 @needs_redis
 @pytest.mark.parametrize("kind", KINDS)
+def test_limits_hold_again_once_redis_is_back(
+    kind: str, redis: RedisProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = Driver(kind, limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url)
+    redis.kill()
+    with caplog.at_level(logging.WARNING, logger="llm_metrics_middleware"):
+        assert d.post(chat("ada")).status_code == 200  # fail open; the store is left alone 1 s
+        with redis_server(tmp_path, port=redis.port):  # an empty Redis where the old one was
+            deadline = time.monotonic() + 10
+            statuses: list[int] = []
+            # Requests keep coming while the store is left alone: they must not keep it down.
+            while time.monotonic() < deadline and statuses[-2:] != [200, 429]:
+                statuses.append(d.post(chat("ada")).status_code)
+                time.sleep(0.1)
+            assert statuses[-2:] == [200, 429], statuses  # counted again: 22, then 44 >= 30
+    messages = [r.getMessage() for r in caplog.records if "limit store" in r.getMessage()]
+    assert len(messages) == 2 and "answers again" in messages[1], messages
+
+
+@needs_redis
+@pytest.mark.parametrize("kind", KINDS)
 def test_fail_closed_refuses_with_503_while_the_store_is_down(kind: str, redis: RedisProcess) -> None:
     d = Driver(
         kind, limits=[TokenLimit("per-user", tokens=30, per="minute")], limit_storage=redis.url, limit_fail_closed=True
@@ -751,3 +807,110 @@ def test_a_call_counted_in_a_worker_thread_is_charged_on_the_servers_loop(redis:
     assert d.loop is not None
     d.loop.run_until_complete(from_a_thread())
     assert d.samples()[("llm_limit_authorized_tokens_total", "per-user")] == CALL_TOKENS + 150
+
+
+# -- the WSGI read-ahead ---------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"\n")),
+    split=st.integers(min_value=0, max_value=300),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["read", "readline", "readinto", "read_all", "readlines", "iter"]),
+                  st.integers(min_value=-1, max_value=40)),
+        max_size=12,
+    ),
+)
+def test_the_replayed_wsgi_input_reads_as_the_original_stream(body: bytes, split: int, ops: list[tuple[str, int]]) -> None:
+    import io
+
+    from llm_metrics_middleware._drivers.limited import _PrefixedInput
+
+    split = min(split, len(body))
+    ours: Any = _PrefixedInput(body[:split], io.BytesIO(body[split:]))
+    theirs = io.BytesIO(body)
+    for op, n in ops:
+        if op == "read":
+            assert ours.read(n) == theirs.read(n)
+        elif op == "readline":
+            assert ours.readline(n) == theirs.readline(n)
+        elif op == "readinto":
+            a, b = bytearray(max(n, 0)), bytearray(max(n, 0))
+            assert ours.readinto(a) == theirs.readinto(b) and a == b
+        elif op == "read_all":
+            assert ours.read() == theirs.read()
+        elif op == "readlines":
+            assert ours.readlines() == theirs.readlines()
+        else:
+            assert list(ours) == list(theirs)
+    assert ours.read() == theirs.read()
+
+
+@pytest.mark.parametrize("chunks", [1, 7, 200])
+def test_asgi_read_ahead_hands_the_app_every_message_in_order(chunks: int) -> None:
+    from .drive import run_asgi
+
+    received: list[dict[str, Any]] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            received.append(message)
+            if not message.get("more_body"):
+                break
+        body = b"".join(m.get("body", b"") for m in received)
+        await SimulatedLLM().asgi(scope, _replay(body), send)
+
+    exporter = InMemoryExporter()
+    middleware = LLMMetricsMiddleware(
+        app, exporters=[exporter], limits=[TokenLimit("per-user", tokens=10, per="minute")]
+    )
+    body = json.dumps(chat("chunky", words="w " * 30_000)).encode()  # ~60 KB before the user field
+    first = run_asgi(middleware, body=body, body_chunks=chunks)
+    assert first[0]["status"] == 200
+    assert b"".join(m.get("body", b"") for m in received) == body
+    assert [m["type"] for m in received] == ["http.request"] * len(received)
+    assert len(received) >= min(chunks, 2)
+    refused = run_asgi(middleware, body=body, body_chunks=chunks)
+    assert refused[0]["status"] == 429  # the key came from the body: the charge found it again
+    assert exporter.dimensions(exporter.calls[0])["User ID"] == "chunky"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_default_dimension_the_middleware_does_not_export_can_be_the_key(kind: str) -> None:
+    # "Model" comes from the request body at check time; the middleware exports only "API ID".
+    d = Driver(kind, dimensions=["API ID"], limits=[TokenLimit("per-model", tokens=30, per="minute", key="Model")])
+    assert d.post(chat("a", model="gpt-a")).status_code == 200
+    assert d.post(chat("b", model="gpt-a")).status_code == 200
+    assert_refused(d.post(chat("c", model="gpt-a")), "per-model")
+    assert d.post(chat("c", model="gpt-b")).status_code == 200
+
+
+def test_two_exporters_on_one_registry_share_the_limit_metrics() -> None:
+    registry = CollectorRegistry()
+    limits = [TokenLimit("t", tokens=100, per="minute")]
+    first = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(registry)], limits=limits)
+    second = LLMMetricsWSGIMiddleware(SimulatedLLM().wsgi, exporters=[PrometheusExporter(registry)], limits=limits)
+    for app in (first, second):
+        with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+            assert client.post("/v1/chat/completions", json=chat("ada")).status_code == 200
+    samples = limit_samples(registry)
+    assert samples[("llm_limit_authorized_calls_total", "t")] == 2
+    assert samples[("llm_limit_tokens", "t")] == 100
+
+
+def test_reset_times_read_as_openai_writes_them() -> None:
+    from llm_metrics_middleware._metering.limits import _reset_text
+
+    assert [_reset_text(s) for s in (0, 0.2, 1, 59.5, 60, 360, 3723)] == ["0s", "1s", "1s", "1m0s", "1m0s", "6m0s", "1h2m3s"]
+
+
+def test_a_refused_response_carries_the_headers_too() -> None:
+    d = Driver("wsgi", limits=[TokenLimit("t", tokens=10, per="hour")], limit_headers="openai")
+    d.post(chat("ada"))
+    refused = d.post(chat("ada"))
+    assert_refused(refused, "t")
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "10"
+    assert refused.headers["x-ratelimit-reset-tokens"].endswith("s")

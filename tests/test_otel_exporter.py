@@ -260,3 +260,25 @@ def test_operation_names_and_prefix() -> None:
     assert instrument_prefix("2fast") == "ns_2fast"
     with pytest.raises(ValueError, match="namespace"):
         instrument_prefix("  ")
+
+
+def test_cost_counter_per_dimension_set() -> None:
+    from llm_metrics_middleware import Price
+
+    provider, reader = sdk()
+    memory = InMemoryExporter()
+    app = LLMMetricsMiddleware(
+        SimulatedLLM().asgi,
+        exporters=[OpenTelemetryExporter(provider), memory],
+        dimensions=["User ID"],
+        pricing={"gpt-sim": Price(2.0, 8.0)},
+    )
+    asyncio.run(drive(app, [("/v1/chat/completions", chat("alice")), ("/v1/chat/completions", chat("bob", words="a b c d e"))]))
+    found = points(reader)
+    for record in memory.calls:
+        assert record.usage is not None and record.cost_usd is not None
+        expected = (record.usage.prompt_tokens * 2.0 + record.usage.completion_tokens * 8.0) / 1e6
+        user = memory.dimensions(record)["User ID"]
+        assert abs(total(found, "llm.cost", user_id=user) - expected) < 1e-9
+    [metric] = [m for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics if m.name == "llm.cost"]
+    assert metric.unit == "USD"

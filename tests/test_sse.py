@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 from llm_metrics_middleware._core.sse import EVENT_LIMIT, SSEDecoder
+
+from .splits import check_every_split
 
 
 def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, bytes]]:
@@ -85,3 +88,16 @@ def test_large_event_is_streamed_not_kept() -> None:
 def test_long_non_data_line_dropped() -> None:
     events = decode(b"event: " + b"e" * (EVENT_LIMIT * 2) + b"\ndata: ok\n\n")
     assert events[0][1] == b"ok"
+
+
+def test_every_way_of_cutting_the_stream() -> None:
+    def run(chunks: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+        events: list[tuple[bytes, bytes]] = []
+        decoder = SSEDecoder(lambda e, d: events.append((e, d)), lambda piece: None, lambda event: None)
+        for chunk in chunks:
+            decoder.feed(chunk)
+        decoder.close()
+        return events
+
+    for eol in (b"\n", b"\r\n", b"\r"):
+        check_every_split(run, STREAM.replace(b"\n", eol), EXPECTED)

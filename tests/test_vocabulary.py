@@ -87,7 +87,8 @@ def test_an_unknown_body_error_keeps_the_label_set_closed() -> None:
 
 
 def test_body_formats() -> None:
-    assert BODY_FORMATS == get_args(BodyFormat) == ("none", "sse", "json", "sniff")
+    assert BODY_FORMATS == get_args(BodyFormat) == ("none", "sse", "json", "sniff", "eventstream")
+    assert body_format("application/vnd.amazon.eventstream") == "eventstream"
     assert body_format("text/event-stream; charset=utf-8") == "sse"
     assert body_format("application/vnd.api+json") == "json"
     assert body_format(None) == "sniff"

@@ -1,7 +1,13 @@
-"""Every provider's real wire format, through both middlewares, at many chunk splits."""
+"""Every provider's real wire format, through both middlewares, at many chunk splits.
+
+Each case runs on both JSON parsing paths (the ``parse_path`` fixture: ``json.loads`` for
+small bodies, the incremental scanner for large ones), so a field the scanner is not told
+to capture fails here, not only on bodies over 16 KB.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -10,7 +16,7 @@ from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddlewar
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import body_of, chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
-from .wire.cases import CASES, NON_LLM_CASES, NON_LLM_STATUS, WireCase
+from .wire.cases import CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, WireCase
 
 DIMS = ["Operation ID", "Model", "Provider"]
 
@@ -34,8 +40,8 @@ def _check(case: WireCase, exporter: InMemoryExporter) -> None:
         assert usage.estimated and call.usage_source == "estimated" and usage.completion_tokens > 0
     else:
         assert not usage.estimated and call.usage_source == "reported"
-        got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens)
-        want = (case.prompt_tokens, case.completion_tokens, case.total_tokens, case.cached_tokens, case.reasoning_tokens)
+        got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.cached_tokens, usage.reasoning_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens)
+        want = (case.prompt_tokens, case.completion_tokens, case.total_tokens, case.cached_tokens, case.reasoning_tokens, case.cache_write_tokens, case.cache_write_1h_tokens)
         assert got == want, case.id
     dims = exporter.dimensions(call)
     assert dims["Provider"] == case.provider, case.id
@@ -45,24 +51,24 @@ def _check(case: WireCase, exporter: InMemoryExporter) -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_asgi(case: WireCase) -> None:
+def test_asgi(case: WireCase, parse_path: str) -> None:
     body = case.body
     for sizes in _splits(body, case.id):
         chunks = split(body, sizes)
         exporter = InMemoryExporter()
-        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type), *case.response_headers], chunks), exporters=[exporter], dimensions=DIMS)
         sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
         assert body_of(sent)[:-1] == chunks  # byte for byte, chunk for chunk
         _check(case, exporter)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_wsgi(case: WireCase) -> None:
+def test_wsgi(case: WireCase, parse_path: str) -> None:
     body = case.body
     for sizes in _splits(body, case.id):
         chunks = split(body, sizes)
         exporter = InMemoryExporter()
-        app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+        app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type), *case.response_headers], chunks), exporters=[exporter], dimensions=DIMS)
         _, _, blocks = run_wsgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
         assert blocks == chunks
         _check(case, exporter)
@@ -87,3 +93,47 @@ def test_error_statuses_count_no_tokens(case: WireCase, status: int) -> None:
     assert body_of(sent)[:-1] == chunks and sent[0]["status"] == status
     [call] = exporter.calls
     assert call.usage is None and call.status == status
+
+
+@pytest.mark.parametrize("case", UNBILLED_CASES, ids=[c.id for c in UNBILLED_CASES])
+def test_unbilled_calls_are_calls_with_no_tokens(case: WireCase) -> None:
+    body = case.body
+    for sizes in _splits(body, case.id):
+        chunks = split(body, sizes)
+        for wsgi in (False, True):
+            exporter = InMemoryExporter()
+            headers = [("content-type", case.content_type), *case.response_headers]
+            if wsgi:
+                wapp = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", headers, chunks), exporters=[exporter], dimensions=DIMS)
+                assert run_wsgi(wapp, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case))[2] == chunks
+            else:
+                app = LLMMetricsMiddleware(chunk_app(200, headers, chunks), exporters=[exporter], dimensions=DIMS)
+                sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case))
+                assert body_of(sent)[:-1] == chunks
+            [call] = exporter.calls
+            assert call.usage is None and call.usage_source == "none", case.id
+            dims = exporter.dimensions(call)
+            assert (dims["Provider"], dims["Operation ID"]) == (case.provider, case.operation), case.id
+
+
+def _vertex_anthropic(case: WireCase, operation: str) -> WireCase:
+    model = case.model or "claude"
+    return dataclasses.replace(
+        case, id=case.id + "-on-vertex", provider="gcp.vertex_ai", operation=operation,
+        path=f"/v1/projects/my-project/locations/us-east5/publishers/anthropic/models/{model}:{operation}",
+    )
+
+
+# Anthropic on Vertex AI serves the Messages API's bodies behind Vertex's paths; the recorded
+# Messages bodies are run under those paths (no Vertex-side recording is in the corpus).
+VERTEX_ANTHROPIC = [
+    _vertex_anthropic(c, "streamRawPredict" if c.body_file.endswith(".sse") else "rawPredict")
+    for c in CASES
+    if c.provider == "anthropic"
+]
+
+
+@pytest.mark.parametrize("case", VERTEX_ANTHROPIC, ids=[c.id for c in VERTEX_ANTHROPIC])
+def test_anthropic_on_vertex(case: WireCase) -> None:
+    test_asgi(case, "json.loads")
+    test_wsgi(case, "json.loads")

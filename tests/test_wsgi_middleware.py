@@ -11,7 +11,7 @@ from llm_metrics_middleware import LLMMetricsWSGIMiddleware, PrometheusExporter
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import request_json, run_wsgi, wsgi_chunk_app
-from .test_asgi_middleware import OPENAI_STREAM
+from .samples import OPENAI_STREAM
 
 SSE = [("Content-Type", "text/event-stream")]
 

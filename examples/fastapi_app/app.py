@@ -7,9 +7,14 @@ Two kinds of LLM traffic pass through :class:`LLMMetricsMiddleware` here:
   upstream's status, content type and body chunks come back as they arrive. The
   middleware reads the usage out of the response as it passes (streamed or not).
 - ``POST /chat``: the app's own endpoint. It calls the LLM (a non-streamed chat
-  completion) and answers ``{"answer": ..., "model": ..., "usage": {...}}``. ``/chat`` is
-  not an LLM path, but the middleware counts any JSON response that carries a usage
-  object, so copying the upstream's usage into the answer is all it takes.
+  completion) and answers ``{"answer": ..., "model": ...}``, its own JSON without usage.
+- ``POST /agent``: two LLM calls per request (a plan, then the answer, streamed), relayed
+  to the client as the app's own server-sent events.
+
+``instrument_httpx()`` meters the LLM calls the app makes through httpx (or through the
+official SDKs): each one is counted under the incoming request's dimensions (its user,
+``API ID="/chat"``...) with the model and operation of the call itself. The proxy's
+upstream call is such a call too, so it is counted once, there, not again as it is relayed.
 
 Token counters are served at ``GET /metrics`` (Prometheus), split by API, operation, user
 and model. Run it::
@@ -28,6 +33,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -41,7 +47,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from llm_metrics_middleware import LLMMetricsMiddleware, PrometheusExporter
+from llm_metrics_middleware import LLMMetricsMiddleware, PrometheusExporter, instrument_httpx
 from llm_metrics_middleware.testing import SimulatedLLM
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,8 @@ TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 
 class ChatRequest(BaseModel):
+    """``/chat`` and ``/agent`` take ``{"message": str, "user": str?, "model": str?, "max_tokens": int?}``."""
+
     message: str
     user: str | None = None
     model: str = DEFAULT_MODEL
@@ -123,6 +131,10 @@ async def _relay(upstream: httpx.Response) -> AsyncIterator[bytes]:
         await upstream.aclose()
 
 
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
 def _bad_gateway(message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "upstream_error"}}, status_code=502)
 
@@ -162,27 +174,58 @@ def create_app(upstream_app: Any = None, registry: CollectorRegistry | None = No
             background=BackgroundTask(upstream.aclose),  # idempotent; for a relay never started
         )
 
-    @app.post("/chat")
-    async def chat(body: ChatRequest, request: Request) -> Response:
-        payload: dict[str, Any] = {"model": body.model, "messages": [{"role": "user", "content": body.message}]}
+    def payload_of(body: ChatRequest, content: str, **extra: Any) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": body.model, "messages": [{"role": "user", "content": content}], **extra}
         if body.user:
             payload["user"] = body.user
         if body.max_tokens:
             payload["max_tokens"] = body.max_tokens
+        return payload
+
+    @app.post("/chat")
+    async def chat(body: ChatRequest, request: Request) -> Response:
         try:
-            upstream = await client.post("/v1/chat/completions", json=payload, headers=upstream_headers(request.headers))
+            upstream = await client.post(
+                "/v1/chat/completions", json=payload_of(body, body.message), headers=upstream_headers(request.headers)
+            )
         except httpx.HTTPError as exc:
             logger.warning("upstream request failed: %r", exc)
             return _bad_gateway(f"upstream unreachable: {exc}")
         if upstream.status_code != 200:
             return _bad_gateway(f"upstream answered {upstream.status_code}: {upstream.text[:500]}")
         completion = upstream.json()
-        return JSONResponse({
-            "answer": completion["choices"][0]["message"]["content"],
-            "model": completion.get("model"),
-            # Copied from the upstream: this is what the middleware counts for /chat.
-            "usage": completion.get("usage"),
-        })
+        # The app's own answer: no usage in it. The call above was counted as it was made.
+        return JSONResponse({"answer": completion["choices"][0]["message"]["content"], "model": completion.get("model")})
+
+    @app.post("/agent")
+    async def agent(body: ChatRequest, request: Request) -> Response:
+        headers = upstream_headers(request.headers)
+
+        async def events() -> AsyncIterator[bytes]:
+            # Both calls run while the response streams; each is counted for this request.
+            plan = await client.post(
+                "/v1/chat/completions", json=payload_of(body, f"Plan an answer to: {body.message}"), headers=headers
+            )
+            if plan.status_code != 200:
+                yield _sse({"error": f"upstream answered {plan.status_code}"})
+                return
+            yield _sse({"plan": plan.json()["choices"][0]["message"]["content"]})
+            answer = client.build_request(
+                "POST", "/v1/chat/completions", json=payload_of(body, body.message, stream=True), headers=headers
+            )
+            upstream = await client.send(answer, stream=True)
+            try:
+                async for line in upstream.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        chunk = json.loads(line[6:])
+                        for choice in chunk.get("choices") or ():
+                            if choice["delta"].get("content"):
+                                yield _sse({"delta": choice["delta"]["content"]})
+            finally:
+                await upstream.aclose()
+            yield _sse({"end": True})
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     app.add_middleware(
         LLMMetricsMiddleware,
@@ -190,6 +233,9 @@ def create_app(upstream_app: Any = None, registry: CollectorRegistry | None = No
         dimensions=DIMENSIONS,
         metrics_path="/metrics",
     )
+    # Meter the LLM calls this process makes through httpx / httpx2 (the official SDKs
+    # included): inside a request they count for it, with the middleware's exporters.
+    instrument_httpx()
     return app
 
 

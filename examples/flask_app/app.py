@@ -7,8 +7,14 @@ The WSGI twin of ``examples/fastapi_app``: :class:`LLMMetricsWSGIMiddleware` aro
   Anthropic SDK ``base_url="http://host"``); the upstream's status, content type and body
   chunks are passed on as they arrive;
 - ``POST /chat``: the app's own endpoint, which calls the LLM and answers
-  ``{"answer": ..., "model": ..., "usage": {...}}``; the middleware counts any JSON
-  response that carries a usage object.
+  ``{"answer": ..., "model": ...}`` (its own JSON, without usage);
+- ``POST /agent``: a generator that makes two LLM calls as it streams (a plan, then the
+  answer, streamed) and sends the app's own server-sent events.
+
+``instrument_httpx()`` meters the LLM calls the app makes itself, under the incoming
+request's dimensions, including those a response generator makes after the view returned
+(the middleware makes the request current again around every chunk). The proxy's
+upstream call is counted there, once.
 
 Token counters are served at ``GET /metrics``. Run it::
 
@@ -25,6 +31,7 @@ in-process, so the example runs offline), ``LLM_UPSTREAM_API_KEY``,
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -35,7 +42,7 @@ from flask import Flask, Response, jsonify, request, stream_with_context
 from prometheus_client import CollectorRegistry
 from werkzeug.datastructures import Headers
 
-from llm_metrics_middleware import LLMMetricsWSGIMiddleware, PrometheusExporter
+from llm_metrics_middleware import LLMMetricsWSGIMiddleware, PrometheusExporter, instrument_httpx
 from llm_metrics_middleware.testing import SimulatedLLM
 
 logger = logging.getLogger(__name__)
@@ -100,6 +107,10 @@ def azure_exporters() -> list[Any]:
     return [AzureMonitorExporter()]
 
 
+def _sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
 def _bad_gateway(message: str) -> tuple[Response, int]:
     return jsonify({"error": {"message": message, "type": "upstream_error"}}), 502
 
@@ -148,33 +159,76 @@ def create_app(upstream_app: Any = None, registry: CollectorRegistry | None = No
         response.call_on_close(upstream.close)
         return response
 
-    @app.post("/chat")
-    def chat() -> Any:
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("message"), str):
-            return jsonify({"error": {"message": 'send {"message": "...", "user": "..."}', "type": "invalid_request"}}), 400
+    def payload_of(body: dict[str, Any], content: str, **extra: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": body.get("model") or DEFAULT_MODEL,
-            "messages": [{"role": "user", "content": body["message"]}],
+            "messages": [{"role": "user", "content": content}],
+            **extra,
         }
         if body.get("user"):
             payload["user"] = body["user"]
         if body.get("max_tokens"):
             payload["max_tokens"] = body["max_tokens"]
+        return payload
+
+    def chat_body() -> dict[str, Any] | None:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("message"), str):
+            return None
+        return body
+
+    invalid = {"error": {"message": 'send {"message": "...", "user": "..."}', "type": "invalid_request"}}
+
+    @app.post("/chat")
+    def chat() -> Any:
+        body = chat_body()
+        if body is None:
+            return jsonify(invalid), 400
         try:
-            upstream = client.post("/v1/chat/completions", json=payload, headers=upstream_headers(request.headers))
+            upstream = client.post(
+                "/v1/chat/completions", json=payload_of(body, body["message"]), headers=upstream_headers(request.headers)
+            )
         except httpx.HTTPError as exc:
             logger.warning("upstream request failed: %r", exc)
             return _bad_gateway(f"upstream unreachable: {exc}")
         if upstream.status_code != 200:
             return _bad_gateway(f"upstream answered {upstream.status_code}: {upstream.text[:500]}")
         completion = upstream.json()
-        return jsonify({
-            "answer": completion["choices"][0]["message"]["content"],
-            "model": completion.get("model"),
-            # Copied from the upstream: this is what the middleware counts for /chat.
-            "usage": completion.get("usage"),
-        })
+        # The app's own answer: no usage in it. The call above was counted as it was made.
+        return jsonify({"answer": completion["choices"][0]["message"]["content"], "model": completion.get("model")})
+
+    @app.post("/agent")
+    def agent() -> Any:
+        body = chat_body()
+        if body is None:
+            return jsonify(invalid), 400
+        # Read from the request now: the generator runs after the view returned, when
+        # Flask's request context is gone (the metering one is not).
+        headers = upstream_headers(request.headers)
+
+        def events() -> Iterator[bytes]:
+            plan = client.post(
+                "/v1/chat/completions", json=payload_of(body, f"Plan an answer to: {body['message']}"), headers=headers
+            )
+            if plan.status_code != 200:
+                yield _sse({"error": f"upstream answered {plan.status_code}"})
+                return
+            yield _sse({"plan": plan.json()["choices"][0]["message"]["content"]})
+            answer = client.build_request(
+                "POST", "/v1/chat/completions", json=payload_of(body, body["message"], stream=True), headers=headers
+            )
+            upstream = client.send(answer, stream=True)
+            try:
+                for line in upstream.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        for choice in json.loads(line[6:]).get("choices") or ():
+                            if choice["delta"].get("content"):
+                                yield _sse({"delta": choice["delta"]["content"]})
+            finally:
+                upstream.close()
+            yield _sse({"end": True})
+
+        return Response(events(), mimetype="text/event-stream")
 
     app.wsgi_app = LLMMetricsWSGIMiddleware(  # type: ignore[method-assign]
         app.wsgi_app,
@@ -182,6 +236,9 @@ def create_app(upstream_app: Any = None, registry: CollectorRegistry | None = No
         dimensions=DIMENSIONS,
         metrics_path="/metrics",
     )
+    # Meter the LLM calls this process makes through httpx / httpx2 (the official SDKs
+    # included): inside a request they count for it, with the middleware's exporters.
+    instrument_httpx()
     return app
 
 

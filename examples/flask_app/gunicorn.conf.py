@@ -24,9 +24,11 @@ def on_starting(server: Any) -> None:
             "PROMETHEUS_MULTIPROC_DIR is not set: each worker would report only its own counts. "
             "Export it (an empty, writable directory) before starting gunicorn."
         )
-    # Files of an earlier run would be added to this run's counts: start from none.
-    for stale in Path(directory).glob("*.db"):
-        stale.unlink()
+    # Files of an earlier run would be added to this run's counts (and the series it
+    # admitted to this run's max_series cap): start from none.
+    for pattern in ("*.db", "llm_series_*.admitted"):
+        for stale in Path(directory).glob(pattern):
+            stale.unlink()
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -177,6 +177,10 @@ class BrotliDecoder(ContentDecoder):
 
 _zstandard = _optional("zstandard")
 
+#: Largest zstd window accepted. The decoder allocates the window the frame declares, up
+#: to 2 GiB; HTTP's zstd (RFC 9659) caps it at 8 MiB, so a bigger one is not read.
+ZSTD_MAX_WINDOW = 8 << 20
+
 
 class ZStandardDecoder(ContentDecoder):
     # zstandard's writer does not say when the frame ended; a truncated zstd body is
@@ -187,7 +191,9 @@ class ZStandardDecoder(ContentDecoder):
     def __init__(self) -> None:
         super().__init__()
         self._out_pieces: list[bytes] = []
-        self._writer = _zstandard.ZstdDecompressor().stream_writer(self, write_size=STEP)
+        self._writer = _zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_writer(
+            self, write_size=STEP
+        )
 
     def write(self, data: bytes) -> int:
         # zstandard pushes output here in pieces of at most write_size; the guard runs as

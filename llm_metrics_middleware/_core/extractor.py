@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
 from .findings import Findings, TextMeter
-from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
+from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
-from .readers import BODY_FORMATS, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
+from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
+_BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
+_usage_marker = USAGE_MARKER.search
 _text_fields = TEXT_FIELD.finditer
 
 #: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
@@ -37,7 +39,7 @@ _KEY_AFTER = re.compile(rb'"\s*:').match
 #: before the extractor stops looking for a template to skim with (see feed).
 TEMPLATE_TRIES = 8
 
-__all__ = ["BODY_FORMATS", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
+__all__ = ["BODY_FORMATS", "EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
 _JSON_TYPES = frozenset(
     {
@@ -62,6 +64,8 @@ def body_format(content_type: str | None) -> BodyFormat:
     media = content_type.split(";", 1)[0].strip().lower()
     if media == "text/event-stream":
         return SSE
+    if media == "application/vnd.amazon.eventstream":
+        return EVENTSTREAM
     if media in _JSON_TYPES or media.endswith("+json") or media.endswith("+ndjson"):
         return JSON
     if media in _SNIFF_TYPES:
@@ -95,7 +99,7 @@ class UsageExtractor:
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
     """
 
-    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tail", "_tail_len", "_tries")
+    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_tail", "_tpl_tail_len", "_tries")
 
     def __init__(
         self,
@@ -111,11 +115,14 @@ class UsageExtractor:
         start = READERS.get(fmt)
         # The SSE fast path skips whole events unread: only for uncompressed bodies.
         self._reader: Reader = start(self._found, decompressor is None) if start is not None else Stopped()
+        # The body's first bytes, held until a UTF-8 byte order mark is ruled in (and
+        # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
+        self._head: bytes | None = b""
         # The template of a skimmed stream's chunks: the bytes before and after the one
         # text string of a chunk (see feed). None until learnt.
-        self._head: bytes | None = None
-        self._tail = b""
-        self._tail_len = 0
+        self._tpl_head: bytes | None = None
+        self._tpl_tail = b""
+        self._tpl_tail_len = 0
         self._tries = TEMPLATE_TRIES
 
     def feed(self, chunk: bytes) -> None:
@@ -124,22 +131,26 @@ class UsageExtractor:
         if skim is not None and skim.at_boundary:
             try:
                 # The SSE fast paths (see SSEReader): whole events that cannot hold usage.
-                head = self._head
-                if head is not None and chunk.startswith(head) and chunk.endswith(self._tail):
+                head = self._tpl_head
+                if head is not None and chunk.startswith(head) and chunk.endswith(self._tpl_tail):
                     # A chunk of a stream is the same bytes before and after its text (id,
                     # model, created, indices): learnt from one chunk whose single text string
-                    # the regex found, every chunk with the same head and tail and no quote in
-                    # between is that shape with another string there, so it holds neither
-                    # usage nor other text, and its text is the bytes in between. Costs three
-                    # C calls instead of two regex scans of the chunk.
+                    # the regex found (and that held no usage hint or marker), every chunk with
+                    # the same head and tail and no quote in between is that shape with another
+                    # string there, so it holds neither usage nor other text, and its text is
+                    # the bytes in between. Three C calls instead of three regex scans.
                     start = len(head)
-                    end = len(chunk) - self._tail_len
+                    end = len(chunk) - self._tpl_tail_len
                     if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
                         text = self._found.text
                         if text is not None:
                             text.add_span(chunk, start, end)
                         return
-                if chunk[-2:] == b"\n\n" and _usage_hint(chunk) is None:
+                if (
+                    chunk[-2:] == b"\n\n"
+                    and _usage_hint(chunk) is None
+                    and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
+                ):
                     text = self._found.text
                     if text is not None:
                         count = 0
@@ -160,6 +171,8 @@ class UsageExtractor:
                 pass
         decoder = self._decoder
         if decoder is None:
+            if self._head is not None:
+                chunk = self._without_bom(chunk)
             try:
                 self._reader = reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
@@ -168,6 +181,8 @@ class UsageExtractor:
         if not chunk:
             return
         for piece in decoder.decode(chunk):
+            if self._head is not None:
+                piece = self._without_bom(piece)
             try:
                 self._reader = self._reader.feed(piece)
             except Exception:
@@ -179,22 +194,36 @@ class UsageExtractor:
         tail = chunk[match.end(1) :]
         if _KEY_AFTER(tail) is not None:
             return  # the string was a key's value followed by another key: no template
-        self._head = chunk[: match.start(1)]
-        self._tail = tail
-        self._tail_len = len(tail)
+        self._tpl_head = chunk[: match.start(1)]
+        self._tpl_tail = tail
+        self._tpl_tail_len = len(tail)
+
+    def _without_bom(self, chunk: bytes) -> bytes:
+        head = (self._head or b"") + chunk
+        if len(head) < 3 and _BOM.startswith(head):
+            self._head = head  # maybe a mark split across chunks: wait for more
+            return b""
+        self._head = None
+        return head[3:] if head.startswith(_BOM) else head
 
     def _stop(self) -> None:
         self._found.error = "malformed"
         self._reader = Stopped()
 
-    def close(self) -> Extraction:
+    def close(self, *, ended: bool = True) -> Extraction:
+        """What the body said. ``ended=False``: the body was cut short (the client left,
+        the app failed), so a compressed stream that stops midway is expected, not bad:
+        what was decoded so far is read."""
         found = self._found
         reader = self._reader
         decoder = self._decoder
-        if decoder is not None and (decoder.error is not None or not decoder.complete):
+        if decoder is not None and (decoder.error is not None or (ended and not decoder.complete)):
             found.fail(decoder.error or "bad_compression")
             reader = Stopped(reader.format)
         try:
+            if self._head:  # a body of one or two bytes that began like a mark
+                reader = reader.feed(self._head)
+                self._head = None
             reader.close()
         except Exception:
             found.fail("malformed")

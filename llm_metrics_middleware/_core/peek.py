@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .fastjson import loads
-from .jsonscan import JSONObject, JSONScanner
+from .jsonscan import JSONObject, JSONScanner, string_bytes
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
 
@@ -24,16 +24,6 @@ assert len(_TOP_FIELDS) + len(_NESTED_FIELDS) == len(_BODY_PATHS), "request fiel
 #: Request bodies up to this size are kept and parsed with json.loads when first needed;
 #: larger ones stream through the incremental scanner and only the fields are kept.
 SMALL_REQUEST = 16 * 1024
-
-
-def _string_bytes(value: Any) -> int:
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + _string_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_string_bytes(v) for v in value)
-    return 0
 
 
 def _scalar(value: Any) -> bool:
@@ -134,5 +124,5 @@ class BodyPeek:
             return self._scanner.text_bytes
         if self._prompt_bytes is None:
             value = self._value
-            self._prompt_bytes = sum(_string_bytes(value.get(root)) for root in _PROMPT_ROOTS) if isinstance(value, dict) else 0
+            self._prompt_bytes = sum(string_bytes(value.get(root)) for root in _PROMPT_ROOTS) if isinstance(value, dict) else 0
         return self._prompt_bytes

@@ -8,16 +8,19 @@ the body. Readers report what they find to one :class:`~.findings.Findings` and 
 nothing on purpose; the extractor turns any bug into ``malformed``.
 
 :data:`READERS` maps each format of :func:`~.extractor.body_format` to its reader. A
-new format (a binary event stream, say) is one more class and one more entry.
+new format is one more class and one more entry (as AWS's binary event stream was).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal, Protocol, get_args
+import base64
+import json
+from typing import Final, Literal, Protocol, get_args
 
+from .eventstream import EventStreamDecoder
 from .fastjson import loads
 from .findings import Findings
-from .jsonscan import JSONScanner
+from .jsonscan import JSONScanner, string_bytes
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
 from .sse import SSEDecoder
 
@@ -27,12 +30,14 @@ _usage_hint = USAGE_HINT.search
 _text_fields = TEXT_FIELD.finditer
 
 #: How a response body is read: not at all, as SSE, as JSON (one value, NDJSON or a JSON
-#: array of objects), or "sniff" (the Content-Type says nothing: the first byte decides).
-BodyFormat = Literal["none", "sse", "json", "sniff"]
+#: array of objects), "sniff" (the Content-Type says nothing: the first byte decides), or
+#: AWS's binary event stream.
+BodyFormat = Literal["none", "sse", "json", "sniff", "eventstream"]
 NONE: Final = "none"
 SSE: Final = "sse"
 JSON: Final = "json"
 SNIFF: Final = "sniff"
+EVENTSTREAM: Final = "eventstream"
 BODY_FORMATS: tuple[BodyFormat, ...] = get_args(BodyFormat)
 
 #: Largest JSON body kept whole and parsed with json.loads at the end: json.loads in C
@@ -72,17 +77,6 @@ class Stopped:
 
     def close(self) -> None:
         pass
-
-
-def _string_bytes(value: Any) -> int:
-    """Length of the strings in a parsed JSON value (keys included), for estimates."""
-    if isinstance(value, str):
-        return len(value)
-    if isinstance(value, dict):
-        return sum(len(k) + _string_bytes(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(_string_bytes(v) for v in value)
-    return 0
 
 
 class SniffReader:
@@ -179,7 +173,7 @@ class SmallJSONReader:
         text = found.text
         if text is not None and not found.acc.seen:
             text.add_bytes(
-                sum(_string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
+                sum(string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
             )
 
 
@@ -269,6 +263,14 @@ class SSEReader:
             except ValueError:
                 found.fail("malformed")
                 return
+            except RecursionError:
+                # Valid JSON nested past json.loads' limit: the scanner (no recursion) reads
+                # it, and the events after it are read as usual.
+                scanner = found.scanner(text=False)
+                scanner.feed(data)
+                if scanner.failed:
+                    found.fail("malformed")
+                return
             if isinstance(obj, dict):
                 found.on_object(obj)
             elif isinstance(obj, list):  # a batch of objects in one event
@@ -291,9 +293,58 @@ class SSEReader:
             self._found.fail("malformed")
 
 
+class EventStreamReader:
+    """AWS event streams (Bedrock ``ConverseStream``, ``InvokeModelWithResponseStream``).
+
+    Every event's payload is small and parsed: ConverseStream's are the JSON objects
+    themselves (usage in the ``metadata`` event); InvokeModel's carry the model family's
+    own JSON object base64-encoded in ``bytes``. Exceptions (``:message-type`` other than
+    ``event``) carry no usage. Guardrail traces nest their own usage objects under
+    ``trace``, where no usage is looked for: they are not the call's tokens.
+    """
+
+    __slots__ = ("_found", "_decoder")
+    format: BodyFormat = EVENTSTREAM
+    skim: SSEDecoder | None = None
+
+    def __init__(self, found: Findings, may_skip: bool = False) -> None:
+        self._found = found
+        self._decoder = EventStreamDecoder(self._on_message)
+
+    def feed(self, chunk: bytes) -> Reader:
+        self._decoder.feed(chunk)
+        return self
+
+    def close(self) -> None:
+        decoder = self._decoder
+        found = self._found
+        if decoder.failed:
+            found.fail("malformed")
+        elif not decoder.idle and not found.acc.seen:
+            found.fail("truncated")
+        if decoder.skipped and not found.acc.seen:
+            found.fail("too_large")
+
+    def _on_message(self, headers: dict[str, str], payload: bytes) -> None:
+        if headers.get(":message-type", "event") != "event":
+            return
+        found = self._found
+        try:
+            obj = json.loads(payload)
+            inner = obj.get("bytes") if type(obj) is dict else None
+            if isinstance(inner, str):
+                obj = json.loads(base64.b64decode(inner, validate=True))
+        except (ValueError, RecursionError):  # binascii.Error is a ValueError
+            found.fail("malformed")
+            return
+        if type(obj) is dict:
+            found.on_object(obj)
+
+
 #: The reader that starts each body format.
-READERS: dict[str, type[SniffReader] | type[SmallJSONReader] | type[SSEReader]] = {
+READERS: dict[str, type[SniffReader] | type[SmallJSONReader] | type[SSEReader] | type[EventStreamReader]] = {
     SNIFF: SniffReader,
     JSON: SmallJSONReader,
     SSE: SSEReader,
+    EVENTSTREAM: EventStreamReader,
 }

@@ -95,7 +95,10 @@ class SSEDecoder:
                 self._partial(chunk, pos, n)
                 return
             i = m.start()
-            self._line_end(chunk, pos, i)
+            if i - pos > EVENT_LIMIT and self._mode == _NORMAL and not self._line:
+                self._long_line(chunk, pos, i)
+            else:
+                self._line_end(chunk, pos, i)
             if chunk[i] == 0x0D:
                 if i + 1 < n:
                     if chunk[i + 1] == 0x0A:
@@ -165,6 +168,21 @@ class SSEDecoder:
         elif name == b"event":
             self._event = value
 
+    def _long_line(self, chunk: bytes, start: int, end: int) -> None:
+        """A whole line over :data:`EVENT_LIMIT` in one chunk (a 50 MB event in one write):
+        its data goes on in one slice, never copied into a line, then an event buffer,
+        then a piece."""
+        if chunk.startswith(b"data:", start):
+            value = start + 5
+            if chunk[value : value + 1] == b" ":
+                value += 1
+            if self._large:
+                self._on_large_data(b"\n")
+            else:
+                self._go_large()
+            self._on_large_data(chunk[value:end])
+        # Any other line that long (a comment, a huge event name) is dropped, as always.
+
     def _add_data(self, value: bytes) -> None:
         if self._large:
             self._on_large_data(b"\n" + value)
@@ -176,16 +194,20 @@ class SSEDecoder:
             data += b"\n"
             data += value
         if len(data) > EVENT_LIMIT:
-            self._go_large()
+            self._go_large(more=False)
 
-    def _go_large(self) -> None:
+    def _go_large(self, *, more: bool = True) -> None:
+        """Stream this event's data from now on. ``more``: a data line follows at once
+        (so the data kept so far ends with the line break that joins them)."""
         if self._large:
             return
         self._large = True
         data = self._data
         self._data = None
         if data is not None:
-            self._on_large_data(bytes(data) + b"\n")
+            if more:
+                data += b"\n"
+            self._on_large_data(bytes(data))
 
     def _dispatch(self) -> None:
         event = self._event

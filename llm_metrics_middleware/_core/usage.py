@@ -5,9 +5,13 @@ Every provider is normalised to one meaning, so that sums across providers add u
 - ``prompt_tokens``: all input tokens processed, cached ones included (Anthropic and
   Bedrock report cache reads and writes apart from ``input_tokens``; we add them back);
 - ``completion_tokens``: all output tokens, reasoning ("thinking") tokens included
-  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``);
+  (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``, xAI its
+  ``reasoning_tokens`` apart from ``completion_tokens``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
-- ``cached_tokens`` and ``reasoning_tokens``: the subsets, 0 when not reported.
+- ``cached_tokens`` (prompt tokens read from the provider's cache), ``cache_write_tokens``
+  (prompt tokens written to it: Anthropic's and Bedrock's cache creation, which they bill
+  above the input price; ``cache_write_1h_tokens`` the part of them written for an hour,
+  billed higher still) and ``reasoning_tokens``: the subsets, 0 when not reported.
 
 Streams repeat usage cumulatively (Gemini, vLLM's continuous usage stats, Anthropic's
 ``message_delta``), so objects are merged field by field, the last value winning; nothing
@@ -37,18 +41,30 @@ class Usage:
     reasoning_tokens: int = 0
     #: True when the counts were estimated because the response carried no usage.
     estimated: bool = False
+    #: Prompt tokens written to the provider's prompt cache (a subset of ``prompt_tokens``).
+    cache_write_tokens: int = 0
+    #: The part of ``cache_write_tokens`` cached for one hour (Anthropic's 1h TTL).
+    cache_write_1h_tokens: int = 0
 
 
 _new = object.__new__
 
 
 def make_usage(
-    prompt: int, completion: int, total: int, cached: int = 0, reasoning: int = 0, estimated: bool = False
+    prompt: int,
+    completion: int,
+    total: int,
+    cached: int = 0,
+    reasoning: int = 0,
+    estimated: bool = False,
+    cache_write: int = 0,
+    cache_write_1h: int = 0,
 ) -> Usage:
     """``Usage(...)`` for the request path, in a third of the time.
 
     A frozen dataclass sets each field through ``object.__setattr__`` (about a microsecond
-    for six); filling the instance dict directly makes the same, equally frozen object.
+    for six); filling the instance dict directly makes the same, equally frozen object
+    (a test checks that it sets every field of Usage, in order).
     """
     usage = _new(Usage)
     d = usage.__dict__
@@ -58,6 +74,8 @@ def make_usage(
     d["cached_tokens"] = cached
     d["reasoning_tokens"] = reasoning
     d["estimated"] = estimated
+    d["cache_write_tokens"] = cache_write
+    d["cache_write_1h_tokens"] = cache_write_1h
     return usage
 
 
@@ -81,10 +99,11 @@ def _sum(*values: int | None) -> int | None:
     return sum(present) if present else None
 
 
-# (prompt, completion, total, cached, reasoning); None where the object does not say.
+# (prompt, completion, total, cached, reasoning, cache written, of which for 1h); None where
+# the object does not say.
 # Records are plain dicts (from json.loads or the scanner): isinstance(x, dict) is far
 # cheaper than an ABC check on the hot path.
-Counts = tuple[int | None, int | None, int | None, int | None, int | None]
+Counts = tuple[int | None, int | None, int | None, int | None, int | None, int | None, int | None]
 
 
 class Invalid(Exception):
@@ -139,7 +158,25 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
         reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    return prompt, completion, total, cached, reasoning
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
+
+
+def _with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:
+    """Completion with billed reasoning in it, for providers that report it outside.
+
+    OpenAI counts reasoning inside ``completion_tokens``; xAI (Grok, directly or on Vertex
+    AI) reports it beside them, its total being prompt + completion + reasoning. The total
+    tells the two apart, so no provider list is needed.
+    """
+    if (
+        reasoning
+        and prompt is not None
+        and completion is not None
+        and total is not None
+        and total == prompt + completion + reasoning
+    ):
+        return completion + reasoning
+    return completion
 
 
 def read_responses(usage: Mapping[str, Any]) -> Counts | None:
@@ -154,7 +191,7 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     cached = _count(usage, "input_tokens_details", "cached_tokens")
     reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
     total = _count(usage, "total_tokens")
-    return prompt, completion, total, cached, reasoning
+    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
 
 
 def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
@@ -162,9 +199,10 @@ def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
     uncached = _count(usage, "input_tokens")
     written = _count(usage, "cache_creation_input_tokens")
     read = _count(usage, "cache_read_input_tokens")
+    hour = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
     prompt = _sum(uncached, written, read) if uncached is not None else None
     completion = _count(usage, "output_tokens")
-    return prompt, completion, None, read, None
+    return prompt, completion, None, read, None, written, hour
 
 
 def read_converse(usage: Mapping[str, Any]) -> Counts | None:
@@ -175,7 +213,7 @@ def read_converse(usage: Mapping[str, Any]) -> Counts | None:
     prompt = _sum(uncached, written, read) if uncached is not None else None
     completion = _count(usage, "outputTokens")
     total = _count(usage, "totalTokens")
-    return prompt, completion, total, read, None
+    return prompt, completion, total, read, None, written, None
 
 
 def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
@@ -187,7 +225,7 @@ def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
     prompt = _count(source, "input_tokens")
     completion = _count(source, "output_tokens")
     cached = _count(usage, "cached_tokens")
-    return prompt, completion, None, cached, None
+    return prompt, completion, None, cached, None, None, None
 
 
 def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
@@ -203,20 +241,50 @@ def read_gemini(meta: Mapping[str, Any]) -> Counts | None:
     completion = _sum(candidates, thoughts)
     if completion is None and prompt is not None:
         completion = 0  # a chunk before any candidate text, or embeddings
-    return prompt, completion, total, cached, thoughts
+    return prompt, completion, total, cached, thoughts, None, None
+
+
+def read_invocation_metrics(metrics: Mapping[str, Any]) -> Counts | None:
+    """AWS Bedrock ``amazon-bedrock-invocationMetrics`` (last chunk of an InvokeModel stream).
+
+    ``inputTokenCount`` excludes cache reads and writes, as Converse's ``inputTokens`` does.
+    """
+    uncached = _count(metrics, "inputTokenCount")
+    read = _count(metrics, "cacheReadInputTokenCount")
+    written = _count(metrics, "cacheWriteInputTokenCount")
+    prompt = _sum(uncached, written, read) if uncached is not None else None
+    return prompt, _count(metrics, "outputTokenCount"), None, read, None, written, None
+
+
+def read_titan(obj: Mapping[str, Any]) -> Counts | None:
+    """Amazon Titan text on Bedrock: top-level counts; ``results[0].tokenCount`` when not streamed."""
+    prompt = _count(obj, "inputTextTokenCount")
+    completion = _count(obj, "totalOutputTextTokenCount")
+    if completion is None:
+        results = obj.get("results")
+        # A list from json.loads; from the scanner, a sparse dict keyed by index.
+        first = (results[0] if results else None) if type(results) is list else results.get(0) if type(results) is dict else None
+        if type(first) is dict:
+            completion = _count(first, "tokenCount")
+    return prompt, completion, None, None, None, None, None
+
+
+def read_llama(obj: Mapping[str, Any]) -> Counts | None:
+    """Meta Llama on Bedrock: ``prompt_token_count`` and ``generation_token_count`` at the top."""
+    return _count(obj, "prompt_token_count"), _count(obj, "generation_token_count"), None, None, None, None, None
 
 
 def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
     """Ollama: counts only on the final ``"done": true`` object, at its top level."""
     prompt = _count(obj, "prompt_eval_count")
     completion = _count(obj, "eval_count")
-    return prompt, completion if completion is not None else 0, None, None, None
+    return prompt, completion if completion is not None else 0, None, None, None, None, None
 
 
 class UsageAccumulator:
     """Merges the usage seen in a response's objects: per field, the last value wins."""
 
-    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "seen")
+    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "written", "written_1h", "seen")
 
     def __init__(self) -> None:
         self.prompt: int | None = None
@@ -224,10 +292,12 @@ class UsageAccumulator:
         self.total: int | None = None
         self.cached: int | None = None
         self.reasoning: int | None = None
+        self.written: int | None = None
+        self.written_1h: int | None = None
         self.seen = False
 
     def update(self, counts: Counts) -> None:
-        prompt, completion, total, cached, reasoning = counts
+        prompt, completion, total, cached, reasoning, written, written_1h = counts
         if prompt is None and completion is None and total is None:
             return
         self.seen = True
@@ -242,21 +312,28 @@ class UsageAccumulator:
             self.cached = cached
         if reasoning is not None:
             self.reasoning = reasoning
+        if written is not None:
+            self.written = written
+        if written_1h is not None:
+            self.written_1h = written_1h
 
     def result(self) -> Usage | None:
         if not self.seen or (self.prompt is None and self.completion is None):
             return None
         prompt = self.prompt or 0
         completion = self.completion or 0
+        cached = min(self.cached or 0, prompt)
+        written = min(self.written or 0, prompt - cached)
         total = prompt + completion
         if self.total is not None and self.total >= total:
             total = self.total
-        cached = self.cached or 0
-        reasoning = self.reasoning or 0
         return make_usage(
             prompt,
             completion,
             total,
-            cached if cached <= prompt else prompt,
-            reasoning if reasoning <= completion else completion,
+            cached,
+            min(self.reasoning or 0, completion),
+            False,
+            written,
+            min(self.written_1h or 0, written),
         )

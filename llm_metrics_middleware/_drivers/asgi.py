@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
+from .._metering.metering import USAGE_HEADER_NAMES
 from .._metering.request import RequestView
 from .base import MiddlewareBase
-from .limited import asgi_check
+from .limited import asgi_check, with_raw_headers
+
+# Response headers that carry usage (Bedrock's token-count headers), as ASGI spells them.
+_USAGE_HEADERS = frozenset(name.encode("latin-1") for name in USAGE_HEADER_NAMES)
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -78,11 +83,14 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
             if extra_headers and message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
+                message = {**message, "headers": with_raw_headers(message.get("headers", ()), extra_headers)}
             try:
                 await send(message)
-            except OSError:
-                disconnected = True  # uvicorn raises on a closed connection
+            except BaseException:
+                # A send that fails is the client gone (uvicorn raises OSError on a closed
+                # connection); an OSError the app raises itself (a TimeoutError or
+                # ConnectionRefusedError from its upstream) is an error, not a disconnect.
+                disconnected = True
                 raise
             kind: str = message["type"]
             if kind == "http.response.body":
@@ -91,23 +99,36 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                     call.finish(COMPLETED)
             elif kind == "http.response.start":
                 content_type = content_encoding = None
+                usage_headers: dict[str, str] | None = None
                 for key, value in message.get("headers", ()):  # type: ignore[attr-defined]
                     key = key.lower()
                     if key == b"content-type":
                         content_type = value.decode("latin-1")
                     elif key == b"content-encoding":
                         content_encoding = value.decode("latin-1")
-                call.response_start(message["status"], content_type, content_encoding)  # type: ignore[typeddict-item]
+                    elif key in _USAGE_HEADERS:
+                        if usage_headers is None:
+                            usage_headers = {}
+                        usage_headers[key.decode("latin-1")] = value.decode("latin-1")
+                call.response_start(message["status"], content_type, content_encoding, usage_headers)  # type: ignore[typeddict-item]
             elif kind == "http.response.pathsend":
                 call.finish(COMPLETED)
+            elif kind == "http.response.zerocopysend":
+                # The body goes from a file descriptor straight to the socket: not read.
+                if not message.get("more_body", False):
+                    call.finish(COMPLETED)
 
+        # The request is current for the whole app call, streaming body included: outgoing
+        # LLM calls the app makes meanwhile are counted here (see _metering/context.py).
+        token = context.enter(call)
         try:
             await self.app(scope, metered_receive, metered_send)
-        except (asyncio.CancelledError, OSError):
+        except asyncio.CancelledError:
             call.finish(DISCONNECTED)
             raise
         except BaseException:
             call.finish(DISCONNECTED if disconnected else ERROR)
             raise
         finally:
+            context.leave(token)
             call.finish(DISCONNECTED if disconnected else ERROR)

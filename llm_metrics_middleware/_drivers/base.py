@@ -11,6 +11,8 @@ from .._metering.call import Exporter
 from .._metering.dimensions import Dimension
 from .._metering.limits import DEFAULT_TIMEOUT, HeaderNames, TokenLimit
 from .._metering.metering import DEFAULT_MAX_SERIES, Metering
+from .._metering.paths import PathPatterns
+from .._metering.pricing import PricingOption, pricing_from_environment
 from . import environment
 
 AppT = TypeVar("AppT")
@@ -56,6 +58,11 @@ class MiddlewareBase(Generic[AppT]):
       ``limit_fail_closed`` refuse (503) instead of passing when the store fails,
       ``limit_timeout`` seconds per store call, ``limit_headers`` ``"openai"`` (or a
       mapping of header names) to add remaining-tokens headers to allowed responses.
+    - ``pricing``: None, ``"genai-prices"``, a :class:`Price` or ``{model: Price}``: the
+      cost of each call (``llm_cost_usd_total``).
+    - ``include_paths``, ``exclude_paths``: path prefixes or compiled regular expressions
+      read besides the known LLM paths, and never read (``include_paths=["/"]``: read
+      every response for usage, the behaviour before 0.2).
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.
@@ -85,6 +92,9 @@ class MiddlewareBase(Generic[AppT]):
         limit_fail_closed: bool = False,
         limit_timeout: float = DEFAULT_TIMEOUT,
         limit_headers: HeaderNames = None,
+        pricing: PricingOption = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
     ) -> None:
         self.app = app
         # Options not given come from LLM_METRICS_* variables (environment.py), then defaults.
@@ -104,6 +114,9 @@ class MiddlewareBase(Generic[AppT]):
             location=location,
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
+            pricing=pricing_from_environment(pricing),
+            include_paths=include_paths,
+            exclude_paths=exclude_paths,
         )
         if limits is not None:
             self.metering.enable_limits(

@@ -63,7 +63,7 @@ async def asgi_check(
     view.limits = plan
     verdict = await limiter.acheck(view, plan)
     if verdict.allowed:
-        return buffered, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers]
+        return buffered, [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in verdict.headers]
     call.finished = True  # the app never runs: there is no LLM call to count
     view.limits = None
     headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in _response_headers(verdict)]
@@ -174,5 +174,16 @@ def wsgi_check(
 
 
 def with_headers(headers: list[tuple[str, str]], extra: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [*headers, *extra] if extra else headers
+    """The app's headers plus ours; ours replace same-named ones (a proxy passing on the
+    upstream's own ``x-ratelimit-*``, which describe the upstream account, not this client)."""
+    if not extra:
+        return headers
+    ours = {name.lower() for name, _ in extra}
+    return [(k, v) for k, v in headers if k.lower() not in ours] + extra
+
+
+def with_raw_headers(headers: Any, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """:func:`with_headers` for ASGI's raw ``(bytes, bytes)`` headers (names lower case)."""
+    ours = {name for name, _ in extra}
+    return [(k, v) for k, v in headers if bytes(k).lower() not in ours] + extra
 

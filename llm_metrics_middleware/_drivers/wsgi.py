@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
-from .._metering.metering import MeteredCall
+from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
 from .._metering.request import RequestView
 from .base import MiddlewareBase
 from .limited import with_headers, wsgi_check
@@ -23,20 +24,37 @@ if TYPE_CHECKING:
 
 
 class _TeeInput:
-    """``wsgi.input`` that shows what the app reads to the body peek."""
+    """``wsgi.input`` that shows what the app reads to the body peek, each byte once.
+
+    The peek sees the body in stream order: an app that seeks back (``seek(0)``) and
+    reads the body again gets the same bytes, and the peek sees only what lies past the
+    furthest byte it was already shown, so nothing is counted twice.
+    """
 
     def __init__(self, stream: Any, sink: Callable[[bytes], None]) -> None:
         self._stream = stream
         self._sink = sink
+        self._pos = 0  # where the next read starts, in stream offsets
+        self._shown = 0  # bytes [0, _shown) went to the sink; -1: position lost, tee off
+        self._lines: Any = None
+
+    def _show(self, data: bytes) -> None:
+        start = self._pos
+        end = self._pos = start + len(data)
+        shown = self._shown
+        if shown < 0 or end <= shown:
+            return
+        self._shown = end
+        self._sink(data if start >= shown else data[shown - start :])
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self._stream.read(*args)
-        self._sink(data)
+        self._show(data)
         return data
 
     def readline(self, *args: Any) -> bytes:
         data: bytes = self._stream.readline(*args)
-        self._sink(data)
+        self._show(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
@@ -50,26 +68,46 @@ class _TeeInput:
         else:
             n = readinto(buffer) or 0
         if n:
-            self._sink(bytes(memoryview(buffer)[:n]))
+            self._show(bytes(memoryview(buffer)[:n]))
         return n
 
     def readlines(self, *args: Any) -> list[bytes]:
         lines: list[bytes] = self._stream.readlines(*args)
         for line in lines:
-            self._sink(line)
+            self._show(line)
         return lines
 
-    def __iter__(self) -> Iterator[bytes]:
-        for line in self._stream:
-            self._sink(line)
-            yield line
+    def __iter__(self) -> _TeeInput:
+        return self
+
+    def __next__(self) -> bytes:
+        lines = self._lines
+        if lines is None:
+            stream = self._stream
+            lines = self._lines = stream if hasattr(stream, "__next__") else iter(stream)
+        line: bytes = next(lines)
+        self._show(line)
+        return line
+
+    def seek(self, *args: Any) -> int:
+        result = self._stream.seek(*args)
+        try:
+            self._pos = int(result if result is not None else self._stream.tell())
+        except Exception:
+            self._shown = -1  # we no longer know where reads start: stop showing them
+        return result  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
 class _MeteredIterable:
-    """Passes the app's blocks through one by one and finishes the call on ``close()``."""
+    """Passes the app's blocks through one by one and finishes the call on ``close()``.
+
+    The server iterates it after the app returned, outside the context the app ran in:
+    the request is made current again around every ``__next__`` and ``close`` so that a
+    generator calling an LLM as it streams is attributed to its request.
+    """
 
     __slots__ = ("_iterable", "_iterator", "_call", "_done", "_failed")
 
@@ -84,10 +122,11 @@ class _MeteredIterable:
         return self
 
     def __next__(self) -> bytes:
-        iterator = self._iterator
-        if iterator is None:
-            iterator = self._iterator = iter(self._iterable)
+        token = context.enter(self._call)
         try:
+            iterator = self._iterator
+            if iterator is None:
+                iterator = self._iterator = iter(self._iterable)
             chunk = next(iterator)
         except StopIteration:
             self._done = True
@@ -95,15 +134,19 @@ class _MeteredIterable:
         except BaseException:
             self._failed = True
             raise
+        finally:
+            context.leave(token)
         self._call.feed(chunk)
         return chunk
 
     def close(self) -> None:
+        token = context.enter(self._call)
         try:
             close = getattr(self._iterable, "close", None)
             if close is not None:
                 close()
         finally:
+            context.leave(token)
             outcome: Outcome
             if self._done:
                 outcome = COMPLETED
@@ -112,6 +155,39 @@ class _MeteredIterable:
             else:
                 outcome = DISCONNECTED  # the server stopped iterating: the client left
             self._call.finish(outcome)
+
+
+class _SizedMeteredIterable(_MeteredIterable):
+    """For an iterable with ``len()``: waitress sets Content-Length from a one-element list."""
+
+    __slots__ = ()
+
+    def __len__(self) -> int:
+        return len(self._iterable)  # type: ignore[arg-type]
+
+
+def _metered_file(response: Any, call: MeteredCall) -> Any:
+    """The server's own ``wsgi.file_wrapper`` response, returned as it is.
+
+    Servers send it their fast way (gunicorn's ``sendfile``, waitress's file buffer with
+    its Content-Length) only when they get their own object back, so we neither wrap nor
+    read it: the call is finished when the server closes it, with no usage read from the
+    file.
+    """
+    inner_close = getattr(response, "close", None)
+
+    def close() -> None:
+        try:
+            if inner_close is not None:
+                inner_close()
+        finally:
+            call.finish(COMPLETED)
+
+    try:
+        response.close = close
+    except Exception:  # a wrapper with __slots__: finish now rather than never
+        call.finish(COMPLETED)
+    return response
 
 
 class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
@@ -148,17 +224,22 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
         ) -> Callable[[bytes], object]:
             write = start_response(status, with_headers(headers, extra_headers), exc_info)
             content_type = content_encoding = None
+            usage_headers: dict[str, str] | None = None
             for key, value in headers:
                 lower = key.lower()
                 if lower == "content-type":
                     content_type = value
                 elif lower == "content-encoding":
                     content_encoding = value
+                elif lower in USAGE_HEADER_NAMES:
+                    if usage_headers is None:
+                        usage_headers = {}
+                    usage_headers[lower] = value
             try:
                 code = int(status[:3])
             except ValueError:
                 code = 0
-            call.response_start(code, content_type, content_encoding)
+            call.response_start(code, content_type, content_encoding, usage_headers)
 
             def metered_write(data: bytes) -> object:
                 result = write(data)
@@ -167,9 +248,17 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
 
             return metered_write
 
+        token = context.enter(call)
         try:
             iterable = self.app(environ, metered_start_response)
         except BaseException:
             call.finish(ERROR)
             raise
+        finally:
+            context.leave(token)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(iterable, file_wrapper):
+            return _metered_file(iterable, call)  # type: ignore[no-any-return]
+        if hasattr(iterable, "__len__"):
+            return _SizedMeteredIterable(iterable, call)
         return _MeteredIterable(iterable, call)

@@ -14,7 +14,8 @@ What lands where (see docs/azure.md for the portal and KQL side):
   ``"Token Type"`` = ``prompt`` | ``completion``), ``"LLM Requests"`` (extra dimensions
   ``"Status Code"`` and ``"Outcome"``), ``"LLM Request Duration"`` and
   ``"LLM Time To First Chunk"`` (seconds; Application Insights keeps sum, count, min and
-  max), and ``"LLM Metering Errors"`` (dimension ``"Kind"`` only);
+  max), ``"Cost"`` (USD, when the middleware has ``pricing=``), and
+  ``"LLM Metering Errors"`` (dimension ``"Kind"`` only);
 - with ``limits=``: ``"LLM Limit Authorized Calls"``, ``"LLM Limit Limited Calls"``,
   ``"LLM Limit Authorized Tokens"`` (dimension ``"Limit"``) and ``"LLM Limit Tokens"``
   (dimensions ``"Limit"`` and ``"Window Seconds"``: each configured budget, a gauge);
@@ -95,6 +96,7 @@ LLM_REQUESTS = "LLM Requests"
 REQUEST_DURATION = "LLM Request Duration"
 TIME_TO_FIRST_CHUNK = "LLM Time To First Chunk"
 METERING_ERRORS = "LLM Metering Errors"
+COST = "Cost"
 
 #: Dimension keys the exporter adds to some metrics.
 TOKEN_TYPE = "Token Type"
@@ -118,6 +120,7 @@ _COUNTERS = {
     "estimated_tokens": ESTIMATED_TOKENS,
     "requests": LLM_REQUESTS,
     "metering_errors": METERING_ERRORS,
+    "cost": COST,
 }
 _HISTOGRAMS = {
     "request_duration": REQUEST_DURATION,
@@ -259,6 +262,7 @@ class _Namespace:
         self.estimated = meter.create_counter("estimated_tokens", "{token}")
         self.requests = meter.create_counter("requests", "{request}")
         self.errors = meter.create_counter("metering_errors", "{error}")
+        self.cost = meter.create_counter("cost", "USD")
         self.duration = meter.create_histogram("request_duration", "s")
         self.first_chunk = meter.create_histogram("time_to_first_chunk", "s")
         # Reports nothing itself; see the class docstring.
@@ -326,6 +330,8 @@ class _Namespace:
                 self.estimated.add(s.est_prompt, {**attrs, TOKEN_TYPE: "prompt"})
             if s.est_completion:
                 self.estimated.add(s.est_completion, {**attrs, TOKEN_TYPE: "completion"})
+            if s.cost:
+                self.cost.add(s.cost, attrs)
             # Requests are summed by (dims, status, outcome): the usage source is not a dimension here.
             by_status: dict[tuple[int, str], int] = {}
             for (status, outcome, _usage), count in s.requests.items():

@@ -11,6 +11,8 @@ vendor distro, or the global provider (the default). For each middleware namespa
   of the token counters that was estimated because the response reported no usage;
 - ``llm.requests`` {dimensions, ``status``, ``outcome``, ``usage``}: LLM calls metered;
 - ``llm.metering_errors`` {``kind``}: bodies that could not be read, values refused...;
+- ``llm.cost`` {dimensions} (observable counter, ``USD``): the calls' cost, when the
+  middleware has ``pricing=``;
 - with ``limits=``: ``llm.limit.authorized_calls``, ``llm.limit.limited_calls``,
   ``llm.limit.authorized_tokens`` {``limit``} (observable counters) and ``llm.limit.tokens``
   {``limit``, ``window_seconds``} (observable gauge: each configured budget);
@@ -168,6 +170,12 @@ class _Namespace:
             "{error}",
             "Responses or values the middleware could not count, by kind.",
         )
+        meter.create_observable_counter(
+            f"{prefix}.cost",
+            [self._observe_cost],
+            "USD",
+            "Cost of the LLM calls in USD (the middleware's pricing=); calls of unpriced models add nothing.",
+        )
         self.token_usage: Histogram | None = None
         self.duration: Histogram | None = None
         self.first_chunk: Histogram | None = None
@@ -226,6 +234,11 @@ class _Namespace:
             for s in series
             for (status, outcome, source), count in s.requests.items()
         ]
+
+    def _observe_cost(self, options: CallbackOptions) -> Iterable[Observation]:
+        totals = self.totals
+        series, _ = totals.snapshot()
+        return [Observation(s.cost, totals.attributes(s.dims)) for s in series if s.cost is not None]
 
     def _observe_errors(self, options: CallbackOptions) -> Iterable[Observation]:
         _, errors = self.totals.snapshot()

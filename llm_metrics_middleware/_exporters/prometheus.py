@@ -7,12 +7,16 @@ Metric names (``llm`` is the middleware's ``namespace``, sanitised):
 - ``llm_cached_tokens_total``, ``llm_reasoning_tokens_total`` {dimensions};
 - ``llm_estimated_tokens_total`` {dimensions, type="prompt"|"completion"}: the part of the
   token counters that was estimated because the response carried no usage;
-- ``llm_cost_usd_total`` {dimensions}: price of the calls whose model has a price;
+- ``llm_cost_usd_total`` {dimensions}: the calls' cost in USD, when the middleware has
+  ``pricing=`` (calls of unpriced models add nothing);
+- one counter per :class:`MetricRule` of ``rules=`` (``{namespace}_{metric}_total``
+  {dimensions}): a usage field, added only for the calls the rule's condition holds for;
 - ``llm_requests_total`` {dimensions, status, outcome, usage}: LLM calls metered;
 - ``llm_request_duration_seconds`` {dimensions}: until the last body byte;
 - ``llm_time_to_first_chunk_seconds`` {dimensions}: streamed responses only;
 - ``llm_metering_errors_total`` {kind}: bodies we could not read, values refused,
-  exporter failures, dimension combinations that overflowed ``max_series``;
+  exporter failures, dimension combinations that overflowed ``max_series``, models
+  without a price (``unpriced_model``, once per model);
 - with ``limits=``: ``llm_limit_authorized_calls_total``, ``llm_limit_limited_calls_total``,
   ``llm_limit_authorized_tokens_total`` {limit} (Kuadrant Limitador's ``authorized_calls``,
   ``limited_calls``, ``authorized_hits``) and the gauge ``llm_limit_tokens`` {limit,
@@ -49,6 +53,7 @@ from .._metering.call import CallRecord
 from .._metering.names import PROMETHEUS, safe_name
 from .endpoint import MetricsAuthOption, guard_asgi, guard_wsgi, metrics_auth
 from .namespaces import Namespaces, check_reserved
+from .rules import MetricRule, check_rules
 from .totals import CallTotals, Series
 
 if TYPE_CHECKING:
@@ -60,6 +65,12 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # The first chunk of a stream comes after queueing and prompt processing: 50 ms to 10 s.
 FIRST_CHUNK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+#: Our metric names after the namespace prefix, which a MetricRule must not take.
+_OWN_NAMES = frozenset({
+    "prompt_tokens", "completion_tokens", "tokens", "cached_tokens", "reasoning_tokens", "estimated_tokens",
+    "requests", "request_duration_seconds", "time_to_first_chunk_seconds", "metering_errors", "cost_usd",
+})
 
 _RESERVED = ("status", "outcome", "usage", "type", "kind", "le", "quantile")
 
@@ -76,7 +87,7 @@ _METRICS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         "Tokens counted by estimate because the response reported no usage (included in the token counters).",
         ("type",),
     ),
-    ("cost_usd", "counter", "Price of the calls in US dollars, for calls whose model has a price.", ()),
+    ("cost_usd", "counter", "Cost of the LLM calls in USD (the middleware's pricing=); calls of unpriced models add nothing.", ()),
     (
         "requests",
         "counter",
@@ -196,6 +207,45 @@ def _cumulative(les: Sequence[str], counts: Sequence[int]) -> list[tuple[str, fl
     return out
 
 
+class _Rules:
+    r"""The counters of ``MetricRule``\ s of one family, made by the first exporter bound
+    with each rule (the family is shared by the registry's exporters). Rules are few and
+    opt-in, so they stay prometheus_client counters updated on the request path."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str, labels: tuple[str, ...]) -> None:
+        self._registry, self._prefix, self._labels = registry, prefix, labels
+        self.counters: dict[str, Counter] = {}
+        self._lock = threading.Lock()
+
+    def counters_for(self, rules: tuple[MetricRule, ...]) -> tuple[tuple[MetricRule, Counter], ...]:
+        with self._lock:
+            for rule in rules:
+                if rule.metric not in self.counters:
+                    self.counters[rule.metric] = Counter(
+                        f"{self._prefix}_{metric_prefix(rule.metric)}",
+                        rule.description or f"{rule.usage} of the calls that match the rule {rule.metric!r}.",
+                        list(self._labels),
+                        registry=self._registry,
+                    )
+            return tuple((rule, self.counters[rule.metric]) for rule in rules)
+
+
+def _with_rules(
+    record: Callable[[CallRecord], None], rules: tuple[tuple[MetricRule, Counter], ...]
+) -> Callable[[CallRecord], None]:
+    """``record`` followed by the rules' counters (only when the exporter has rules)."""
+
+    def record_with_rules(call: CallRecord) -> None:
+        record(call)
+        values = call.dimensions
+        for rule, counter in rules:
+            amount = rule.amount(call)
+            if amount:
+                (counter.labels(*values) if values else counter).inc(amount)
+
+    return record_with_rules
+
+
 class _Collector:
     """The metrics of one namespace in one registry, rendered from the aggregate at scrape time."""
 
@@ -206,6 +256,7 @@ class _Collector:
         self.totals = CallTotals(labels, duration_bounds=DURATION_BUCKETS, first_chunk_bounds=FIRST_CHUNK_BUCKETS)
         self.record = self.totals.add
         self.on_error = self.totals.add_error
+        self.rules: _Rules  # set by the exporter that builds the family
 
     def _families(self) -> dict[str, Metric]:
         out: dict[str, Metric] = {}
@@ -321,6 +372,7 @@ class _MultiprocessFamily:
                 self.metrics[suffix] = Histogram(name, help_text, L, buckets=buckets, registry=registry)
         self.duration = self.metrics["request_duration_seconds"]
         self.errors = Counter(f"{prefix}_metering_errors", _ERRORS_HELP, ["kind"], registry=registry)
+        self.rules: _Rules  # set by the exporter that builds the family
         self._series: dict[tuple[str, ...], _MultiprocessSeries] = {}
 
     def _child(self, suffix: str, values: Sequence[str]) -> Any:
@@ -385,9 +437,22 @@ class PrometheusExporter:
     families belong to the registry, so the first exporter bound to a namespace decides.
     """
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, created_series: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        rules: Sequence[MetricRule] = (),
+        created_series: bool = False,
+    ) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self.created_series = bool(created_series)
+        self._rules = check_rules(rules)
+        for rule in self._rules:
+            if metric_prefix(rule.metric) in _OWN_NAMES:
+                raise ValueError(
+                    f"MetricRule metric {rule.metric!r} would clash with the exporter's own "
+                    f"{metric_prefix(rule.metric)} metric; name the rule's metric otherwise"
+                )
         # The families belong to the registry, not to this exporter: a second
         # PrometheusExporter() on the same registry (an app factory called twice, a test per
         # app, a reloaded module) reuses them instead of failing with prometheus_client's
@@ -410,7 +475,10 @@ class PrometheusExporter:
         check_reserved(labels, _RESERVED, "a label the Prometheus exporter adds")
         # Keyed by the prefix: two namespaces that sanitise alike would be one family.
         family = self._families.bind(schema.namespace, labels, lambda: self._new_family(prefix, labels), key=prefix)
-        return _Sink(family.record, family.on_error, lambda: self._limit_metrics_for(prefix))
+        record: Callable[[CallRecord], None] = family.record
+        if self._rules:
+            record = _with_rules(record, family.rules.counters_for(self._rules))
+        return _Sink(record, family.on_error, lambda: self._limit_metrics_for(prefix))
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
         metrics = self._limit_families.get(prefix)
@@ -422,11 +490,14 @@ class PrometheusExporter:
         return metrics
 
     def _new_family(self, prefix: str, labels: tuple[str, ...]) -> _Collector | _MultiprocessFamily:
+        family: _Collector | _MultiprocessFamily
         if multiprocess_mode():
-            return _MultiprocessFamily(self.registry, prefix, labels)
-        collector = _Collector(prefix, labels, self.created_series)
-        self.registry.register(collector)
-        return collector
+            family = _MultiprocessFamily(self.registry, prefix, labels)
+        else:
+            family = _Collector(prefix, labels, self.created_series)
+            self.registry.register(family)
+        family.rules = _Rules(self.registry, prefix, labels)
+        return family
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # Prometheus pulls: nothing is ever pending.

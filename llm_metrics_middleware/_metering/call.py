@@ -48,6 +48,7 @@ ErrorKind = Literal[
     "decompression_bomb",  # past 1 GiB out, or 200:1 once past 1 MiB
     "bad_compression",  # a compressed body that did not decompress, or ended early
     "series_overflow",  # a new dimension combination past max_series: exported as __overflow__
+    "unpriced_model",  # pricing= has no price for a model (counted once per model)
     "export",  # an exporter raised from record() or on_error()
     "dimension",  # a dimension's value callable raised: exported as "unknown"
     "limit_storage",  # the token-limit store failed or timed out: the request was not checked or not charged

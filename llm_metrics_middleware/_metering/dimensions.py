@@ -30,7 +30,7 @@ import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -61,6 +61,24 @@ OVERFLOW = "__overflow__"
 ValueSource = Union[str, Callable[[RequestView], str | None], None]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Lone surrogates ("\\ud800" in a JSON body decodes to one) cannot be encoded as UTF-8: one
+# in a label value makes every later Prometheus scrape fail, and in multiprocess mode the
+# value is stored in the shared files, so the failure outlives the worker that wrote it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def safe_text(value: str | None) -> str | None:
+    """``value`` with its lone surrogates replaced by U+FFFD: always encodable as UTF-8.
+
+    For the strings that reach exporters outside the dimensions (request and response
+    model, provider); :func:`sanitize` applies it to every dimension value.
+    """
+    if not isinstance(value, str):
+        return None
+    if value.isascii():
+        return value
+    return _SURROGATE.sub(REPLACEMENT, value)
 
 
 @dataclass(frozen=True)
@@ -91,6 +109,8 @@ def sanitize(value: object) -> str:
         return UNKNOWN
     if _CONTROL.search(text):
         text = _CONTROL.sub("", text)
+    if not text.isascii() and _SURROGATE.search(text):
+        text = _SURROGATE.sub(REPLACEMENT, text)
     if len(text) > MAX_VALUE_LENGTH:
         text = text[: MAX_VALUE_LENGTH - 1] + "…"
     return text or UNKNOWN
@@ -255,6 +275,15 @@ class BoundSchema(Schema):
                 out.append(value)
             else:
                 out.append(sanitize(value))
+        return tuple(out)
+
+    def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:
+        """``values`` with the dimensions ``overrides`` names (by label) replaced."""
+        out = list(values)
+        for i, dim in enumerate(self.dimensions):
+            value = overrides.get(dim.label)
+            if value is not None:
+                out[i] = sanitize(value)
         return tuple(out)
 
 

@@ -37,6 +37,7 @@ import concurrent.futures
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,9 @@ Per = Union[Literal["second", "minute", "hour", "day", "month"], int]
 #: ``limit_headers=``: None, ``"openai"``, or a mapping of ``limit`` / ``remaining`` /
 #: ``reset`` to header names of your own (API Management's ``remaining-tokens-header-name``).
 HeaderNames = Union[Literal["openai"], Mapping[str, str], None]
+
+#: An HTTP header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 OPENAI_HEADERS: Mapping[str, str] = {
     "limit": "x-ratelimit-limit-tokens",
@@ -266,6 +270,7 @@ class TokenLimiter:
             )
         self._down_until = 0.0
         self._outage = False
+        self._warned_keys: set[str] = set()
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -288,7 +293,7 @@ class TokenLimiter:
             return dict(OPENAI_HEADERS)
         if isinstance(headers, Mapping):
             unknown = set(headers) - set(OPENAI_HEADERS)
-            if unknown or not headers or not all(isinstance(v, str) and v for v in headers.values()):
+            if unknown or not headers or not all(isinstance(v, str) and _TOKEN.fullmatch(v) for v in headers.values()):
                 raise ValueError(
                     "limit_headers= mapping takes header names for 'limit', 'remaining' and/or 'reset', "
                     f"e.g. {{'remaining': 'remaining-tokens'}}, got {dict(headers)!r}"
@@ -385,9 +390,16 @@ class TokenLimiter:
                 if bound.when is not None and not bound.when(view):
                     continue
                 value = bound.key(view, ctx)
-            except Exception:
-                logger.warning("limit %r: its key or when= failed; the request is not limited by it", bound.name, exc_info=True)
+            except Exception as exc:
                 self._count_error("limit_key")
+                if bound.name not in self._warned_keys:  # once per limit, not per request
+                    self._warned_keys.add(bound.name)
+                    logger.warning(
+                        "limit %r: its key or when= raised; requests it fails on are not limited by it "
+                        "(later failures are counted in llm_metering_errors_total{kind=\"limit_key\"} only)",
+                        bound.name,
+                        exc_info=exc,
+                    )
                 continue
             if value is None:
                 continue
@@ -404,6 +416,10 @@ class TokenLimiter:
 
     def _store_available(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    def _skipped(self) -> None:
+        """A request not checked (or a call not charged) while the store is left alone."""
+        self._count_error("limit_storage")
 
     def _failed(self, what: str, exc: BaseException | None) -> None:
         self._count_error("limit_storage")
@@ -437,7 +453,6 @@ class TokenLimiter:
         )
         return Verdict(False, 503, [("retry-after", "1")], body)
 
-
     def _cost(self, applied: Applied, view: RequestView) -> int:
         if applied.bound.limit.estimate_prompt:
             return max(1, tokens_from_bytes(view.prompt_bytes))
@@ -446,7 +461,7 @@ class TokenLimiter:
     def check(self, view: RequestView, plan: list[Applied]) -> Verdict:
         """Ask the (synchronous) store about every applicable limit; never raises."""
         if not self._store_available():
-            self._failed("answer", None)
+            self._skipped()
             return self._unavailable()
         try:
             storage = self._store().storage
@@ -475,7 +490,7 @@ class TokenLimiter:
                 self._strategy = None
             self._loop = loop
         if not self._store_available():
-            self._failed("answer", None)
+            self._skipped()
             return self._unavailable()
         keys = [a.store_key for a in plan]
         need_reset = self._need_reset
@@ -605,7 +620,7 @@ class TokenLimiter:
 
     def _charge_sync(self, plan: list[Applied], tokens: int) -> None:
         if not self._store_available():
-            self._failed("add tokens", None)
+            self._skipped()
             return
         storage = self._store().storage
         for applied in plan:
@@ -629,14 +644,14 @@ class TokenLimiter:
             return
         else:
             coro.close()
-            self._failed("add tokens", None)
+            self._skipped()
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _acharge(self, plan: list[Applied], tokens: int) -> None:
         if not self._store_available():
-            self._failed("add tokens", None)
+            self._skipped()
             return
         try:
             storage = self._store().storage

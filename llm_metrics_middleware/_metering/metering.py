@@ -10,36 +10,49 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, offline_tiktoken, tokens_from_bytes
-from .._core.extractor import JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
+from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route, UsagePointers, route_of
-from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, provider_from_headers
-from .._core.usage import MAX_TOKENS, make_usage
+from .._core.providers.facts import (
+    ALWAYS_REPORTS,
+    NO_TEXT_OPERATIONS,
+    UNBILLED_OPERATIONS,
+    USAGE_HEADER_NAMES,
+    counts_from_headers,
+    provider_from_headers,
+)
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
 from .call import (
+    COMPLETED,
     ESTIMATED,
     NO_USAGE,
     REPORTED,
     CallRecord,
     ErrorKind,
     Exporter,
+    Origin,
     Outcome,
     Sink,
     UsageSource,
     is_error_kind,
 )
-from .dimensions import OVERFLOW, CallContext, Dimension, Source, build_schema
+from .dimensions import CallContext, Dimension, Source, build_schema, safe_text
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
+from .paths import PathFilter, PathPatterns
+from .pricing import PricingOption, build_pricing
 from .request import RequestView
+from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
+
+__all__ = ["DEFAULT_MAX_SERIES", "USAGE_HEADER_NAMES", "MeteredCall", "Metering", "SeriesLimiter"]
 
 #: Default cap on distinct dimension-value combinations per middleware (the default
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
@@ -51,38 +64,31 @@ def _provider_from_headers(view: RequestView) -> str | None:
     return provider_from_headers(view.headers, view.query)
 
 
+def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
+    """The body's usage with the headers' counts over it: the headers are authoritative
+    (the provider's billing counts); the body may add what they lack (cached, reasoning)."""
+    acc = UsageAccumulator()
+    if usage is not None:
+        acc.update(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens,
+                usage.cached_tokens,
+                usage.reasoning_tokens,
+                usage.cache_write_tokens,
+                usage.cache_write_1h_tokens,
+            )
+        )
+    acc.update(counts)
+    return acc.result()
+
+
 def body_error(error: str) -> ErrorKind:
     """The ``kind`` label for why the core could not read a body. The label set stays closed
     even if the core ever names a reason not in :data:`ErrorKind` (a bug that
     ``tests/test_vocabulary.py`` catches first): that one is counted as ``internal``."""
     return error if is_error_kind(error) else "internal"
-
-
-class SeriesLimiter:
-    """Caps distinct dimension tuples; past the cap, new tuples become all-overflow.
-
-    Sums stay exact: overflowed calls are still counted, under ``__overflow__`` values.
-    Memory is bounded by the cap.
-    """
-
-    def __init__(self, max_series: int) -> None:
-        if not isinstance(max_series, int) or isinstance(max_series, bool) or max_series < 1:
-            raise ValueError(f"max_series must be a positive int, got {max_series!r}")
-        self.max_series = max_series
-        self._seen: set[tuple[str, ...]] = set()
-        self._lock = threading.Lock()
-        self.overflowed = 0
-
-    def admit(self, values: tuple[str, ...]) -> tuple[tuple[str, ...], bool]:
-        """The values to export, and whether they overflowed."""
-        if values in self._seen:
-            return values, False
-        with self._lock:
-            if len(self._seen) < self.max_series:
-                self._seen.add(values)
-                return values, False
-            self.overflowed += 1
-        return (OVERFLOW,) * len(values), True
 
 
 class Metering:
@@ -102,6 +108,9 @@ class Metering:
         location: str | None = None,
         gateway_id: str | None = None,
         subscription_secret: bytes | str | None = None,
+        pricing: PricingOption = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
     ) -> None:
         if exporters is None or isinstance(exporters, (str, bytes)) or not hasattr(exporters, "__iter__"):
             raise TypeError(
@@ -133,10 +142,13 @@ class Metering:
         self.custom = custom_usage
         self.estimate = estimate
         self.token_counter = token_counter if token_counter is not None else (offline_tiktoken() if estimate else None)
-        self.limiter = SeriesLimiter(max_series)
+        self.limiter: SeriesLimiter = series_limiter(max_series, namespace, self.schema.labels)
+        #: Which paths besides the known LLM ones are read, and which never are.
+        self.paths = PathFilter(include_paths, exclude_paths)
         #: Self-observability: what went wrong, by kind, since start.
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
+        self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
@@ -213,11 +225,24 @@ class Metering:
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
+    def begin_outgoing(
+        self, view: RequestView, call_view: RequestView, *, incoming: MeteredCall | None
+    ) -> MeteredCall:
+        """Per-call state for an LLM call the app makes (see :mod:`.context`)."""
+        return MeteredCall(self, view, call_view=call_view, origin="outgoing", incoming=incoming)
+
     def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
         self._to_sinks("on_error", kind)
 
     def deliver(self, call: CallRecord) -> None:
+        pricing = self.pricing
+        if pricing is not None and call.cost_usd is None:
+            try:
+                call.cost_usd = pricing.cost(call)
+            except Exception as exc:  # a bug of ours: the call is delivered without a cost
+                self.failures.failed("pricing", "price a call", exc)
+                self.count_error("internal")
         if self.limits is not None:
             self.limits.charge(call)
         self._to_sinks("record", call)
@@ -259,21 +284,53 @@ class MeteredCall:
         "want_text",
         "finished",
         "fmt",
+        "call_view",
+        "origin",
+        "incoming",
+        "metered",
+        "counted_elsewhere",
+        "overrides",
+        "header_counts",
         "feed",
     )
 
-    def __init__(self, metering: Metering, view: RequestView) -> None:
+    def __init__(
+        self,
+        metering: Metering,
+        view: RequestView,
+        *,
+        call_view: RequestView | None = None,
+        origin: Origin = "incoming",
+        incoming: MeteredCall | None = None,
+    ) -> None:
         self.metering = metering
+        #: What the dimensions are evaluated on: the incoming request.
         self.view = view
+        #: The LLM request itself (route, body fields, prompt size): the incoming request
+        #: for a proxied call, the outgoing one for a call the app makes.
+        self.call_view = call_view = view if call_view is None else call_view
+        self.origin: Origin = origin
+        #: The incoming request an outgoing call was made in (None: outside any request).
+        self.incoming = incoming
+        #: Set when an outgoing LLM call of this request was metered: this response only
+        #: relays (or summarises) it and is not counted again.
+        self.counted_elsewhere = False
+        #: Dimension values set by ``metering_context()`` for this call, by name or label.
+        self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(view.path)
-        self.peek: BodyPeek | None = view.start_peek()
+        self.route: Route = route_of(call_view.path)
+        #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
+        self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
+        # Peeked on every path: the dimensions of outgoing calls made while serving a
+        # non-LLM path read the incoming body too (its "user").
+        self.peek: BodyPeek | None = call_view.start_peek()
         self.status = 0
         self.extractor: UsageExtractor | None = None
         self.first_chunk: float | None = None
         self.want_text = False
         self.finished = False
         self.fmt: BodyFormat = NONE
+        self.header_counts: Counts | None = None
         #: What the drivers call with every response body chunk: first the method that
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
@@ -287,10 +344,22 @@ class MeteredCall:
             except Exception:
                 self.peek = None
 
-    def response_start(self, status: int, content_type: str | None, content_encoding: str | None) -> None:
+    def response_start(
+        self,
+        status: int,
+        content_type: str | None,
+        content_encoding: str | None,
+        usage_headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``usage_headers``: the response headers named in ``facts.USAGE_HEADER_NAMES``
+        (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
-            if status >= 400 or status < 200:
+            if self.route.operation in UNBILLED_OPERATIONS:
+                return  # token counting, moderation: a call, but no tokens
+            if usage_headers:
+                self.header_counts = counts_from_headers(usage_headers)
+            if status >= 400 or status < 200 or not self.metered or self.counted_elsewhere:
                 return
             decompressor = None
             if not is_identity(content_encoding):
@@ -302,13 +371,12 @@ class MeteredCall:
                 return
             metering = self.metering
             route = self.route
-            body = self.view.body
+            body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             provider = metering.provider or route.provider
             self.want_text = (
                 metering.estimate
-                and not include_usage
                 and provider not in ALWAYS_REPORTS
                 and route.operation not in NO_TEXT_OPERATIONS
             )
@@ -317,7 +385,10 @@ class MeteredCall:
                 fmt,
                 custom=metering.custom,
                 want_text=self.want_text,
-                token_counter=metering.token_counter,
+                # A stream that asked for usage is still estimated when none came (the client
+                # left after the finish chunk, the upstream ignored the option), but its text
+                # is only measured in bytes: usage almost always comes, so no tokenizer runs.
+                token_counter=None if include_usage else metering.token_counter,
                 decompressor=decompressor,
             )
         except Exception as exc:
@@ -352,17 +423,24 @@ class MeteredCall:
     def _finish(self, outcome: Outcome) -> None:
         metering = self.metering
         route = self.route
-        extraction = self.extractor.close() if self.extractor is not None else None
+        extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
         usage = extraction.usage if extraction is not None else None
-        # Only LLM calls are counted: a known LLM path, or a body that reported usage.
+        if not self.metered or self.counted_elsewhere:
+            return
+        if self.header_counts is not None and self.status < 400:
+            usage = _with_header_counts(usage, self.header_counts)
+        # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
+        # path include_paths= allows.
         if route.operation is None and usage is None:
             if extraction is not None and extraction.error is not None and self.metering.custom is not None:
                 metering.count_error(body_error(extraction.error))
             return
         if extraction is not None and extraction.error is not None:
             metering.count_error(body_error(extraction.error))
-            logger.debug("llm-metrics: body of %s %s not read: %s", self.view.method, self.view.path, extraction.error)
-        body = self.view.body
+            logger.debug(
+                "llm-metrics: body of %s %s not read: %s", self.call_view.method, self.call_view.path, extraction.error
+            )
+        body = self.call_view.body
         source: UsageSource = NO_USAGE
         if self.status >= 400:
             usage = None
@@ -374,43 +452,47 @@ class MeteredCall:
             and extraction.text_tokens > 0
             and metering.estimate
         ):
-            prompt = min(tokens_from_bytes(self.view.prompt_bytes), MAX_TOKENS)
+            prompt = min(tokens_from_bytes(self.call_view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
             usage = make_usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
             request_model = route.model
-        response_model = extraction.model if extraction is not None else None
-        provider = (
+        # Strings from the request or response: made encodable before any exporter sees them.
+        request_model = safe_text(request_model)
+        response_model = safe_text(extraction.model if extraction is not None else None)
+        provider = safe_text(
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(self.view)
+            or _provider_from_headers(self.call_view)
         )
         ctx = CallContext(provider, route.operation, response_model or request_model)
-        dims, overflowed = metering.limiter.admit(metering.schema.values(self.view, ctx, metering.count_error))
+        values = metering.schema.values(self.view, ctx, metering.count_error)
+        if self.overrides:
+            values = metering.schema.override(values, self.overrides)
+        dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or (self.fmt == JSON and body.get("stream") is True)
+        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
         now = time.perf_counter()
-        # Positional: a dataclass call with keywords costs 0.6 us more here.
         call = CallRecord(
-            dims,
-            usage,
-            source,
-            provider,
-            route.operation,
-            request_model if isinstance(request_model, str) else None,
-            response_model,
-            self.status,
-            outcome,
-            streamed,
-            now - self.started,
-            (self.first_chunk - self.started) if streamed and self.first_chunk else None,
-            extraction.error if extraction is not None else None,
-            "incoming",
-            self.view,
+            dimensions=dims,
+            usage=usage,
+            usage_source=source,
+            provider=provider,
+            operation=route.operation,
+            request_model=request_model if isinstance(request_model, str) else None,
+            response_model=response_model,
+            status=self.status,
+            outcome=outcome,
+            streamed=streamed,
+            duration_s=now - self.started,
+            time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
+            parse_error=extraction.error if extraction is not None else None,
+            origin=self.origin,
+            request=self.view if self.origin == "incoming" or self.incoming is not None else None,
         )
         metering.deliver(call)
 

@@ -18,6 +18,9 @@ Expected numbers follow the package's normalisation:
 * ``cached_tokens``: OpenAI ``prompt_tokens_details.cached_tokens``, Responses
   ``input_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``, Bedrock
   ``cacheReadInputTokens``, Gemini ``cachedContentTokenCount``, Cohere ``usage.cached_tokens``.
+* ``cache_write_tokens``: Anthropic ``cache_creation_input_tokens``, Bedrock
+  ``cacheWriteInputTokens`` (billed above the input price, so pricing needs them apart);
+  ``cache_write_1h_tokens``: Anthropic ``cache_creation.ephemeral_1h_input_tokens``.
 * ``total_tokens`` is the provider's total when it reports one at least prompt + completion,
   else prompt + completion.
 * Streams whose usage is cumulative (Gemini, vLLM continuous usage stats, Anthropic
@@ -49,11 +52,14 @@ class WireCase:
     total_tokens: int
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     model: str | None = None     # expected response model (from the body; else from path; else request)
     estimated: bool = False      # True when the body carries no usage at all
     source: str = ""             # where the format came from (URL or repo/path)
     request_headers: tuple[tuple[str, str], ...] = ()
     query: str = ""              # query string without "?", e.g. "api-version=2024-10-21" or "alt=sse"
+    response_headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type, as recorded
     note: str = field(default="", compare=False)  # how the recording was adapted, if it was
 
     @property
@@ -72,6 +78,18 @@ _JSON = "application/json"
 _GOOGLE_JSON = "application/json; charset=UTF-8"
 
 _ANTHROPIC_HEADERS = (("anthropic-version", "2023-06-01"),)
+_EVENTSTREAM = "application/vnd.amazon.eventstream"
+_OTEL_BOTOCORE = "open-telemetry/opentelemetry-python-contrib instrumentation/opentelemetry-instrumentation-botocore/tests/cassettes/"
+_BEDROCK_STREAM_NOTE = "binary body exactly as recorded (event-stream frames, CRCs and Bedrock's 'p' padding field untouched); path is the decoded form"
+_BEDROCK_JSON_NOTE = "the cassette pretty-prints JSON bodies (its PrettyPrintJSONBody serializer); written back compact; path is the decoded form"
+
+
+def _bedrock_tokens(prompt: int, completion: int) -> tuple[tuple[str, str], ...]:
+    """The token-count headers every recorded Bedrock InvokeModel response carries."""
+    return (("X-Amzn-Bedrock-Input-Token-Count", str(prompt)), ("X-Amzn-Bedrock-Output-Token-Count", str(completion)))
+
+
+_SAY_TEST = [{"role": "user", "content": [{"text": "Say this is a test"}]}]
 
 CASES: list[WireCase] = [
     # ------------------------------------------------------------------ OpenAI
@@ -94,6 +112,19 @@ CASES: list[WireCase] = [
         model="o3-mini-2025-01-31",
         source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_openai_model_thinking_part.yaml (2nd interaction)",
         note="cassette stores the parsed body; re-serialised in OpenAI's field order; content shortened",
+    ),
+    WireCase(
+        id="xai-chat-json-reasoning-outside-completion",
+        provider="openai", operation="chat.completions", method="POST",
+        path="/v1/projects/test-project/locations/global/endpoints/openapi/chat/completions",
+        request_body=_req({"model": "xai/grok-4.1-fast-reasoning", "messages": [{"role": "user", "content": "Who are you?"}]}),
+        content_type=_JSON, body_file="xai-chat-json-reasoning-outside-completion.json",
+        prompt_tokens=663, completion_tokens=50 + 124, total_tokens=837, cached_tokens=654, reasoning_tokens=124,
+        model="xai/grok-4.1-fast-reasoning",
+        source="https://docs.cloud.google.com/vertex-ai/generative-ai/docs/partner-models/grok/capabilities/reasoning (example response)",
+        note="Grok reports reasoning_tokens beside completion_tokens (total = 663 + 50 + 124): completion must include the billed "
+        "reasoning. Written compact in the documented field order. The path is Vertex AI's OpenAI-compatible endpoint, "
+        "routed by its /chat/completions suffix, so the provider is reported as openai (force it with provider=)",
     ),
     WireCase(
         id="openai-chat-stream-include-usage",
@@ -214,7 +245,7 @@ CASES: list[WireCase] = [
         provider="anthropic", operation="messages", method="POST", path="/v1/messages",
         request_body=_req({"max_tokens": 4096, "messages": [{"role": "user", "content": [{"type": "text", "text": "Can you summarize that in one sentence?"}]}], "model": "claude-sonnet-4-5", "system": "You are a helpful assistant.", "cache_control": {"type": "ephemeral", "ttl": "5m"}}),
         content_type=_JSON, body_file="anthropic-messages-json-cache.json",
-        prompt_tokens=3 + 418 + 1111, completion_tokens=33, total_tokens=3 + 418 + 1111 + 33, cached_tokens=1111,
+        prompt_tokens=3 + 418 + 1111, completion_tokens=33, total_tokens=3 + 418 + 1111 + 33, cached_tokens=1111, cache_write_tokens=418,
         model="claude-sonnet-4-5-20250929",
         source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_real_api.yaml (2nd interaction)",
         note="cassette stores the parsed body; written compact in Anthropic's field order",
@@ -236,7 +267,7 @@ CASES: list[WireCase] = [
         provider="anthropic", operation="messages", method="POST", path="/v1/messages",
         request_body=_req({"model": "claude-opus-4-7", "max_tokens": 256, "system": [{"type": "text", "text": "Summarise the service notes.", "cache_control": {"type": "ephemeral", "ttl": "1h"}}], "messages": [{"role": "user", "content": "Summarise the notes."}], "stream": True}),
         content_type=_SSE_UTF8, body_file="anthropic-messages-stream-cache.sse",
-        prompt_tokens=5 + 9165 + 6025, completion_tokens=15, total_tokens=5 + 9165 + 6025 + 15, cached_tokens=6025,
+        prompt_tokens=5 + 9165 + 6025, completion_tokens=15, total_tokens=5 + 9165 + 6025 + 15, cached_tokens=6025, cache_write_tokens=9165, cache_write_1h_tokens=9165,
         model="claude-opus-4-7",
         source="real probe stream of claude-opus-4-7 (msg_01Jh7SDewyGoAtTkU72DkSVA) kept in a public Go test (TestExtractUsageFromSSEHandlesRealProbeStreamShape)",
         note="verbatim as kept by that test (no ping); message_start has Anthropic's padding before the closing brace; message_delta usage repeats input/cache and nests an 'iterations' list",
@@ -406,6 +437,209 @@ CASES: list[WireCase] = [
         model="us.anthropic.claude-sonnet-4-5-20250929-v1:0",
         source="pydantic/pydantic-ai tests/models/cassettes/test_bedrock/test_bedrock_cache_usage_includes_cache_tokens.yaml",
         note="cassette stores the parsed body; written compact; path is the decoded form of .../v1%3A0/converse; request prompt shortened",
+    ),
+    # ------------------------------------------------------------------ AWS Bedrock: event streams and InvokeModel
+    WireCase(
+        id="bedrock-converse-stream-titan",
+        provider="aws.bedrock", operation="converse", method="POST", path="/model/amazon.titan-text-lite-v1/converse-stream",
+        request_body=_req({"messages": _SAY_TEST, "inferenceConfig": {"maxTokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}}),
+        content_type=_EVENTSTREAM, body_file="bedrock-converse-stream-titan.eventstream",
+        prompt_tokens=8, completion_tokens=10, total_tokens=18, model="amazon.titan-text-lite-v1",
+        source=_OTEL_BOTOCORE + "test_converse_stream_with_content.yaml",
+        note=_BEDROCK_STREAM_NOTE + "; usage in the last (metadata) event",
+    ),
+    WireCase(
+        id="bedrock-invoke-stream-anthropic",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/anthropic.claude-v2/invoke-with-response-stream",
+        request_body=_req({"messages": [{"role": "user", "content": [{"text": "Say this is a test", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "max_tokens": 10, "temperature": 0.8, "top_p": 1, "stop_sequences": ["|"]}),
+        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-anthropic.eventstream",
+        prompt_tokens=14, completion_tokens=10, total_tokens=24, model="claude-2.0",
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[anthropic.claude].yaml",
+        note=_BEDROCK_STREAM_NOTE + "; Anthropic events base64 in chunk.bytes, message_stop adds amazon-bedrock-invocationMetrics (same numbers: counted once)",
+    ),
+    WireCase(
+        id="bedrock-invoke-stream-anthropic-tool-use",
+        provider="aws.bedrock", operation="invoke", method="POST",
+        path="/model/us.anthropic.claude-3-5-sonnet-20240620-v1:0/invoke-with-response-stream",
+        request_body=_req({"messages": [{"role": "user", "content": [{"text": "What is the weather in Seattle and San Francisco today? Please give one tool call for Seattle and one for San Francisco", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "tools": [{"name": "get_current_weather", "description": "Get the current weather in a given location.", "input_schema": {"type": "object", "properties": {"location": {"type": "string", "description": "The name of the city"}}, "required": ["location"]}}], "max_tokens": 1000}),
+        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-anthropic-tool-use.eventstream",
+        prompt_tokens=392, completion_tokens=90, total_tokens=482, model="claude-3-5-sonnet-20240620",
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content_tool_call[anthropic.claude].yaml",
+        note=_BEDROCK_STREAM_NOTE + "; first interaction. message_delta says output_tokens 134, the final amazon-bedrock-invocationMetrics 90: "
+        "Bedrock's own count, the last word, wins (last value per field; nothing is summed)",
+    ),
+    WireCase(
+        id="bedrock-invoke-stream-nova",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.nova-micro-v1:0/invoke-with-response-stream",
+        request_body=_req({"messages": _SAY_TEST, "inferenceConfig": {"max_new_tokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}, "schemaVersion": "messages-v1"}),
+        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-nova.eventstream",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model="amazon.nova-micro-v1:0",
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[amazon.nova].yaml",
+        note=_BEDROCK_STREAM_NOTE + "; the last chunk holds metadata.usage and amazon-bedrock-invocationMetrics in one object: counted once",
+    ),
+    WireCase(
+        id="bedrock-invoke-stream-titan",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-text-lite-v1/invoke-with-response-stream",
+        request_body=_req({"inputText": "Say this is a test", "textGenerationConfig": {"maxTokenCount": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}}),
+        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-titan.eventstream",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model="amazon.titan-text-lite-v1",
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[amazon.titan].yaml",
+        note=_BEDROCK_STREAM_NOTE + "; one chunk with Titan's inputTextTokenCount / totalOutputTextTokenCount and the invocation metrics",
+    ),
+    WireCase(
+        id="bedrock-invoke-anthropic",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/anthropic.claude-v2/invoke",
+        request_body=_req({'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test', 'type': 'text'}]}], 'anthropic_version': 'bedrock-2023-05-31', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop_sequences': ['|']}),
+        content_type=_JSON, body_file="bedrock-invoke-anthropic.json",
+        prompt_tokens=14, completion_tokens=10, total_tokens=24, model='claude-2.0',
+        response_headers=_bedrock_tokens(14, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[anthropic.claude].yaml",
+        note=_BEDROCK_JSON_NOTE + "; usage.input_tokens / output_tokens",
+    ),
+    WireCase(
+        id="bedrock-invoke-llama",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/meta.llama3-1-70b-instruct-v1:0/invoke",
+        request_body=_req({'prompt': 'Say this is a test', 'max_gen_len': 10, 'temperature': 0.8, 'top_p': 1}),
+        content_type=_JSON, body_file="bedrock-invoke-llama.json",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='meta.llama3-1-70b-instruct-v1:0',
+        response_headers=_bedrock_tokens(5, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[meta.llama].yaml",
+        note=_BEDROCK_JSON_NOTE + "; prompt_token_count / generation_token_count",
+    ),
+    WireCase(
+        id="bedrock-invoke-titan",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-text-lite-v1/invoke",
+        request_body=_req({'inputText': 'Say this is a test', 'textGenerationConfig': {'maxTokenCount': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}}),
+        content_type=_JSON, body_file="bedrock-invoke-titan.json",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='amazon.titan-text-lite-v1',
+        response_headers=_bedrock_tokens(5, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[amazon.titan].yaml",
+        note=_BEDROCK_JSON_NOTE + "; inputTextTokenCount / results[0].tokenCount",
+    ),
+    WireCase(
+        id="bedrock-invoke-nova",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.nova-micro-v1:0/invoke",
+        request_body=_req({'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test'}]}], 'inferenceConfig': {'max_new_tokens': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}, 'schemaVersion': 'messages-v1'}),
+        content_type=_JSON, body_file="bedrock-invoke-nova.json",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='amazon.nova-micro-v1:0',
+        response_headers=_bedrock_tokens(5, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[amazon.nova].yaml",
+        note=_BEDROCK_JSON_NOTE + "; usage.inputTokens / outputTokens",
+    ),
+    WireCase(
+        id="bedrock-invoke-cohere-command-r",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.command-r-v1:0/invoke",
+        request_body=_req({'message': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 0.99, 'stop_sequences': ['|']}),
+        content_type=_JSON, body_file="bedrock-invoke-cohere-command-r.json",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='cohere.command-r-v1:0',
+        response_headers=_bedrock_tokens(5, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[cohere.command-r].yaml",
+        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the X-Amzn-Bedrock-*-Token-Count headers",
+    ),
+    WireCase(
+        id="bedrock-invoke-cohere-command",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.command-light-text-v14/invoke",
+        request_body=_req({'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 1, 'stop_sequences': ['|']}),
+        content_type=_JSON, body_file="bedrock-invoke-cohere-command.json",
+        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='cohere.command-light-text-v14',
+        response_headers=_bedrock_tokens(5, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[cohere.command].yaml",
+        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the headers",
+    ),
+    WireCase(
+        id="bedrock-invoke-mistral",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/mistral.mistral-7b-instruct-v0:2/invoke",
+        request_body=_req({'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop': ['|']}),
+        content_type=_JSON, body_file="bedrock-invoke-mistral.json",
+        prompt_tokens=6, completion_tokens=10, total_tokens=16, model='mistral.mistral-7b-instruct-v0:2',
+        response_headers=_bedrock_tokens(6, 10),
+        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[mistral.mistral].yaml",
+        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the headers",
+    ),
+]
+
+CASES.append(
+    WireCase(
+        id="anthropic-messages-stream-web-search",
+        provider="anthropic", operation="messages", method="POST", path="/v1/messages",
+        request_body=_req({"max_tokens": 4096, "messages": [{"content": [{"text": "Give me the top 3 news in the world today.", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-0", "stream": True, "system": "You are a helpful assistant.\n\n", "tool_choice": {"type": "auto"}, "tools": [{"name": "web_search", "type": "web_search_20250305"}]}),
+        content_type=_SSE_UTF8, body_file="anthropic-messages-stream-web-search.sse",
+        prompt_tokens=31772, completion_tokens=644, total_tokens=31772 + 644, model="claude-sonnet-4-20250514",
+        request_headers=_ANTHROPIC_HEADERS,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_web_search_tool_stream.yaml",
+        note="server tool (web_search, 2 requests): message_start says input_tokens 2050, the final message_delta the cumulative "
+        "31772 (search results read back in); the last value wins. Shortened to 8 KB: content blocks after index 4 dropped, "
+        "2 results per web_search_tool_result kept with encrypted_content cut to 24 characters (those events re-serialised "
+        "compact); every other event, its whitespace padding and the usage events are as recorded; the request's null tool fields dropped",
+    )
+)
+
+CASES += [
+    WireCase(
+        id="bedrock-invoke-titan-embed",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-embed-text-v2:0/invoke",
+        request_body=_req({"inputText": "Hello, world!", "normalize": True}),
+        content_type=_JSON, body_file="bedrock-invoke-titan-embed.json",
+        prompt_tokens=5, completion_tokens=0, total_tokens=5, model="amazon.titan-embed-text-v2:0",
+        response_headers=(("X-Amzn-Bedrock-Input-Token-Count", "5"),),
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestBedrock.test_titan_v2_minimal.yaml",
+        note="cassette stores the parsed body; written compact; both vectors cut from 1024 to 64 numbers. Usage "
+        "(inputTextTokenCount) after the vector, and an input-count header with no output-count header",
+    ),
+    WireCase(
+        id="bedrock-invoke-cohere-embed",
+        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.embed-english-v3/invoke",
+        request_body=_req({"texts": ["Hello, world!"], "input_type": "search_query", "truncate": "NONE"}),
+        content_type=_JSON, body_file="bedrock-invoke-cohere-embed.json",
+        prompt_tokens=4, completion_tokens=0, total_tokens=4, model="cohere.embed-english-v3",
+        response_headers=(("X-Amzn-Bedrock-Input-Token-Count", "4"),),
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestBedrock.test_cohere_v3_minimal.yaml",
+        note="cassette stores the parsed body; written compact; the vector cut from 1024 to 64 numbers; no usage in the body: the header only",
+    ),
+]
+
+#: Calls that bill no tokens (token counting, moderation, a failed response): recorded as calls with no usage,
+#: whatever their bodies hold.
+UNBILLED_CASES: list[WireCase] = [
+    WireCase(
+        id="unbilled-anthropic-count-tokens", provider="anthropic", operation="count_tokens", method="POST",
+        path="/v1/messages/count_tokens",
+        request_body=_req({"messages": [{"content": [{"text": "Please explain what Python is and its main use cases.", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-5"}),
+        content_type=_JSON, body_file="anthropic-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        request_headers=_ANTHROPIC_HEADERS,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_count_tokens.yaml (1st interaction)",
+        note="cassette stores the parsed body; written compact; the request's repeated prompt shortened; path without ?beta=true",
+    ),
+    WireCase(
+        id="unbilled-gemini-count-tokens", provider="gcp.gemini", operation="countTokens", method="POST",
+        path="/v1beta/models/gemini-embedding-2-preview:countTokens",
+        request_body=_req({"contents": [{"parts": [{"text": "Hello, world!"}], "role": "user"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestGoogle.test_count_tokens.yaml",
+        note="cassette stores the parsed body; written compact",
+    ),
+    WireCase(
+        id="unbilled-bedrock-count-tokens", provider="aws.bedrock", operation="count_tokens", method="POST",
+        path="/model/anthropic.claude-sonnet-4-20250514-v1:0/count-tokens",
+        request_body=_req({"input": {"invokeModel": {"body": "eyJhbnRocm9waWNfdmVyc2lvbiI6ImJlZHJvY2stMjAyMy0wNS0zMSJ9"}}}),
+        content_type=_JSON, body_file="bedrock-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic_bedrock_count_tokens/test_anthropic_bedrock_count_tokens_real_api.yaml",
+        note="cassette stores the parsed body; written compact; the request's base64 InvokeModel body shortened",
+    ),
+    WireCase(
+        id="failed-openai-responses-stream", provider="openai", operation="responses", method="POST", path="/v1/responses",
+        request_body=_req({"model": "gpt-5.1", "input": "Summarise the repository.", "stream": True}),
+        content_type=_SSE, body_file="openai-responses-stream-failed.sse", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="openai/codex codex-rs/core/src/client.rs (test error_when_error_event: a rate-limited response.failed event)",
+        note="the test's event framed as the test frames it (event: line, one data: line); a failed response bills nothing "
+        "(here usage is null; a failed event that carried usage would not count either)",
+    ),
+    WireCase(
+        id="unbilled-openai-moderations", provider="openai", operation="moderations", method="POST", path="/v1/moderations",
+        request_body=_req({"input": "I want to kill them."}),
+        content_type=_JSON, body_file="openai-moderations.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source="https://platform.openai.com/docs/api-reference/moderations/create (example response)",
+        note="the printed example's trailing commas removed; indented as printed",
     ),
 ]
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
+import struct
 
 import pytest
 
-from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, WireCase
+from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, WireCase
 
-ALL: list[WireCase] = [*CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
+ALL: list[WireCase] = [*CASES, *UNBILLED_CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
 IDS = [case.id for case in ALL]
 
 
@@ -36,6 +39,29 @@ def _sse_events(body: bytes) -> list[tuple[str | None, str]]:
             raise AssertionError(f"unexpected SSE field {key!r}")
     assert not data, "the last SSE event is not terminated by a blank line"
     return events
+
+
+def _eventstream_payloads(body: bytes) -> list[tuple[str, bytes]]:
+    """(event type, payload) per message of an AWS event stream, both CRCs checked."""
+    out: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(body):
+        total, header_length, prelude_crc = struct.unpack_from(">III", body, pos)
+        assert binascii.crc32(body[pos : pos + 8]) == prelude_crc
+        message = body[pos : pos + total]
+        assert len(message) == total and binascii.crc32(message[:-4]) == struct.unpack(">I", message[-4:])[0]
+        headers, hp, raw = {}, 0, message[12 : 12 + header_length]
+        while hp < len(raw):
+            n = raw[hp]
+            name = raw[hp + 1 : hp + 1 + n].decode()
+            assert raw[hp + 1 + n] == 7, "Bedrock headers are strings"
+            (length,) = struct.unpack_from(">H", raw, hp + 2 + n)
+            headers[name] = raw[hp + 4 + n : hp + 4 + n + length].decode()
+            hp += 4 + n + length
+        assert headers[":message-type"] == "event" and headers[":content-type"] == "application/json"
+        out.append((headers[":event-type"], message[12 + header_length : -4]))
+        pos += total
+    return out
 
 
 def test_ids_are_unique() -> None:
@@ -73,6 +99,11 @@ def test_body_is_well_formed(case: WireCase) -> None:
             payload = json.loads(data)
             if name is not None and isinstance(payload, dict) and "type" in payload:
                 assert payload["type"] == name, (name, payload["type"])
+    elif ext == ".eventstream":
+        for event_type, payload in _eventstream_payloads(body):
+            obj = json.loads(payload)
+            if event_type == "chunk":
+                json.loads(base64.b64decode(obj["bytes"], validate=True))
     elif ext == ".html":
         assert body.lstrip().lower().startswith(b"<!doctype html")
     else:
@@ -92,5 +123,7 @@ def test_expected_numbers_are_consistent(case: WireCase) -> None:
         assert case.reasoning_tokens <= case.completion_tokens
     if case.body_file.endswith(".sse"):
         assert case.content_type.startswith("text/event-stream")
+    if case.body_file.endswith(".eventstream"):
+        assert case.content_type == "application/vnd.amazon.eventstream"
     if case.operation == "streamGenerateContent":
         assert (case.query == "alt=sse") == case.body_file.endswith(".sse")

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from .objects import TOP_LEVEL_MARKERS, USAGE_CONTAINERS
+from ..usage import Counts, as_count
 from .table import PROVIDERS, Path
 
 
@@ -26,8 +26,47 @@ REQUEST_FIELDS: tuple[Path, ...] = tuple(dict.fromkeys(f for p in PROVIDERS for 
 KEY_HEADERS = _unique(h for p in PROVIDERS for h in p.key_headers)
 #: Query parameters that may carry an API key.
 KEY_QUERY = _unique(p.key_query for p in PROVIDERS if p.key_query)
+#: Response headers that report usage: (input, output, cache read, cache write) names,
+#: lower-case, per provider that has them.
+USAGE_HEADERS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(h.lower() for h in p.usage_headers) for p in PROVIDERS if p.usage_headers
+)
+#: Every one of them, for a driver to pick out of a response's headers.
+USAGE_HEADER_NAMES = frozenset(h for names in USAGE_HEADERS for h in names)
+
+
+def counts_from_headers(headers: Mapping[str, str]) -> Counts | None:
+    """Usage reported in response headers (lower-case names), or None.
+
+    The input count excludes cache reads and writes (Bedrock's headers, like its bodies);
+    they are added back. A header that is not a sane count voids them all.
+    """
+    for names in USAGE_HEADERS:
+        values = [headers.get(name) for name in names]
+        if values[0] is None and values[1] is None:
+            continue
+        counts: list[int | None] = []
+        for value in values:
+            if value is None:
+                counts.append(None)
+                continue
+            try:
+                count = as_count(int(value.strip()))
+            except ValueError:
+                return None
+            if count is None:
+                return None
+            counts.append(count)
+        uncached, output, read, written = counts
+        prompt = None if uncached is None else uncached + (read or 0) + (written or 0)
+        return prompt, output, None, read, None, written, None
+    return None
+
+
 #: Providers whose streams always carry usage.
 ALWAYS_REPORTS = frozenset(p.name for p in PROVIDERS if p.streams_report_usage)
+#: Operations that bill no tokens: their bodies are not read for usage.
+UNBILLED_OPERATIONS = frozenset(op.name for p in PROVIDERS for op in p.operations if not op.billed)
 #: Operations whose responses are not worth counting for an estimate.
 NO_TEXT_OPERATIONS = frozenset(op.name for p in PROVIDERS for op in p.operations if not op.estimate_text)
 
@@ -62,28 +101,43 @@ def provider_from_headers(headers: Mapping[str, str], query: Mapping[str, str]) 
     return None
 
 
+_SSE = tuple(p for p in PROVIDERS if p.stream_format == "sse")
+
+
 def _usage_hint() -> re.Pattern[bytes]:
-    # The last key of every place usage sits, followed by an object (not null). Keys are
-    # factored by their common prefix, so the pattern starts with a literal that the regex
-    # engine can skip ahead to ("usage" for usage / usageMetadata: 0.2 us on a chunk).
-    keys = sorted({path[-1] for path, _ in USAGE_CONTAINERS if path})
+    # The last key of every place usage sits in the providers that stream SSE, followed by
+    # an object (not null). Keys are factored by their common prefix, so the pattern starts
+    # with a literal that the regex engine can skip ahead to ("usage" for usage /
+    # usageMetadata: 0.2 us on a chunk).
+    keys = sorted({path[-1] for p in _SSE for path, _ in p.usage if path})
     prefix = os.path.commonprefix(keys)
     rests = "|".join(re.escape(k[len(prefix):]) for k in sorted(keys, key=len, reverse=True))
-    return re.compile(f'{re.escape(prefix)}(?:{rests})"\\s*:\\s*\\{{'.encode())
+    # Anything but null follows: an object, or the end of a data line whose next line
+    # opens it (raw chunks still hold the "data:" between them).
+    return re.compile(f'{re.escape(prefix)}(?:{rests})"\\s*:(?!\\s*null)'.encode())
 
 
-#: Whether SSE event data can hold usage: a usage object, not null.
+#: Whether SSE event data (or a raw chunk of events) can hold usage: a usage key not
+#: followed by null.
 USAGE_HINT = _usage_hint()
 
 
 def _markers() -> tuple[bytes, ...]:
-    # A marker that ends with another one adds nothing to a substring test.
-    quoted = [m.encode() + b'"' for m in TOP_LEVEL_MARKERS]
+    # Top-level counts of the providers that do not stream AWS event streams (whose
+    # payloads are all parsed). A marker that ends with another adds nothing to a
+    # substring test.
+    names = dict.fromkeys(
+        m for p in PROVIDERS if p.stream_format != "eventstream" for path, shapes in p.usage if not path
+        for s in shapes for m in s.markers
+    )
+    quoted = [m.encode() + b'"' for m in names]
     return tuple(m for m in quoted if not any(o != m and m.endswith(o) for o in quoted))
 
 
-#: Bytes whose presence in event data means top-level usage (Ollama's ``eval_count"``).
+#: Bytes whose presence in SSE event data means top-level usage (Ollama's ``eval_count"``).
 USAGE_MARKERS = _markers()
+#: Any of :data:`USAGE_MARKERS`, for one search per raw chunk.
+USAGE_MARKER = re.compile(b"|".join(re.escape(m) for m in USAGE_MARKERS))
 
 #: Strings worth counting in SSE event data when a stream carries no usage: the streamed
 #: text fields of every provider. Matched on the raw JSON, escapes included: an estimate.

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..usage import Counts
-from .table import PROVIDERS, Path, UsageShape
+from .table import PROVIDERS, FieldPath, Path, UsageShape
 
 
 def _ordered(paths: list[Path]) -> tuple[Path, ...]:
@@ -19,18 +19,19 @@ def _containers() -> tuple[tuple[Path, tuple[tuple[UsageShape, str], ...]], ...]
     # The first provider that declares a shape is the one it names.
     owner: dict[str, str] = {}
     for p in PROVIDERS:
-        for shape in p.usage_shapes:
-            owner.setdefault(shape.name, p.name)
+        for _, shapes in p.usage:
+            for shape in shapes:
+                owner.setdefault(shape.name, p.name)
     out = []
-    for path in _ordered([at for p in PROVIDERS for at in p.usage_at]):
-        shapes = dict.fromkeys(s for p in PROVIDERS if path in p.usage_at for s in p.usage_shapes)
-        out.append((path, tuple((s, owner[s.name]) for s in shapes)))
+    for path in _ordered([where for p in PROVIDERS for where, _ in p.usage]):
+        found = dict.fromkeys(s for p in PROVIDERS for where, shapes in p.usage if where == path for s in shapes)
+        out.append((path, tuple((s, owner[s.name]) for s in found)))
     return tuple(out)
 
 
 #: (where, ((shape, provider), ...)) in the order they are tried.
 USAGE_CONTAINERS = _containers()
-MODEL_PATHS: tuple[Path, ...] = _ordered([at for p in PROVIDERS for at in p.model_at])
+MODEL_PATHS: tuple[Path, ...] = _ordered([where for p in PROVIDERS for where in p.model_at])
 
 # The same, ready for the hot path: markers as sets (``isdisjoint`` walks the few keys
 # of a usage object in C).
@@ -38,16 +39,20 @@ _SHAPES_AT = tuple(
     (path, tuple((frozenset(s.markers), s.read, provider) for s, provider in shapes)) for path, shapes in USAGE_CONTAINERS
 )
 
-#: Fields whose presence at an object's top level means usage is there (Ollama's counts).
-TOP_LEVEL_MARKERS: tuple[str, ...] = tuple(
-    dict.fromkeys(m for path, shapes in USAGE_CONTAINERS if not path for s, _ in shapes for m in s.markers)
+#: The fields read at an object's top level (Ollama's, Titan's and Llama's counts).
+TOP_LEVEL_FIELDS: tuple[FieldPath, ...] = tuple(
+    dict.fromkeys(f for path, shapes in USAGE_CONTAINERS if not path for s, _ in shapes for f in s.scanned)
 )
 
+#: (key, value) pairs of objects whose usage is not billed.
+UNBILLED_OBJECTS: tuple[tuple[str, str], ...] = tuple(dict.fromkeys(m for p in PROVIDERS for m in p.unbilled_objects))
+
 #: Object-relative paths the JSON scanner must capture for the functions below.
-OBJECT_PATHS: Sequence[Path] = (
+OBJECT_PATHS: Sequence[FieldPath] = (
     *(path for path, _ in USAGE_CONTAINERS if path),
     *MODEL_PATHS,
-    *((m,) for m in TOP_LEVEL_MARKERS),
+    *TOP_LEVEL_FIELDS,
+    *dict.fromkeys((key,) for key, _ in UNBILLED_OBJECTS),
 )
 
 
@@ -56,6 +61,9 @@ def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
 
     Raises :class:`~.usage.Invalid` when a usage object holds values we refuse to count.
     """
+    for key, value in UNBILLED_OBJECTS:
+        if obj.get(key) == value:
+            return None
     for path, shapes in _SHAPES_AT:
         node: Any = obj
         for key in path:  # inline: this runs for every object of every body

@@ -97,6 +97,8 @@ class UsagePointers:
             counts.get("total_tokens"),
             counts.get("cached_tokens"),
             counts.get("reasoning_tokens"),
+            None,
+            None,
         )
 
     def model_of(self, obj: Mapping[str, Any]) -> str | None:

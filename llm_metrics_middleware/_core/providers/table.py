@@ -21,6 +21,8 @@ from .. import usage as u
 
 #: A place in a JSON object: the keys leading to it (``()`` is the object itself).
 Path = tuple[str, ...]
+#: The same, with array indices allowed (a field a usage reader reads).
+FieldPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class UsageShape:
     name: str
     markers: tuple[str, ...]
     read: Callable[[Mapping[str, Any]], u.Counts | None]
+    #: What ``read`` reads, relative to the usage object, when that is the JSON object
+    #: itself (then the scanner must capture each field); default: the markers.
+    fields: tuple[FieldPath, ...] = ()
+
+    @property
+    def scanned(self) -> tuple[FieldPath, ...]:
+        return self.fields or tuple((m,) for m in self.markers)
+
+
+#: Where a usage object sits in a JSON object (``()``: the object itself) and the shapes
+#: tried there, in order.
+UsageAt = tuple[Path, tuple[UsageShape, ...]]
+
+
+def at(path: Path, *shapes: UsageShape) -> UsageAt:
+    return path, shapes
 
 
 CHAT = UsageShape("openai.chat", ("prompt_tokens", "completion_tokens"), u.read_chat)
@@ -44,6 +62,14 @@ CONVERSE = UsageShape("aws.bedrock.converse", ("inputTokens", "outputTokens"), u
 COHERE = UsageShape("cohere", ("tokens", "billed_units"), u.read_cohere)
 GEMINI = UsageShape("gemini", (), u.read_gemini)
 OLLAMA = UsageShape("ollama", ("eval_count", "prompt_eval_count"), u.read_ollama)
+BEDROCK_METRICS = UsageShape("aws.bedrock.invocation_metrics", ("inputTokenCount", "outputTokenCount"), u.read_invocation_metrics)
+TITAN = UsageShape(
+    "aws.bedrock.titan",
+    ("inputTextTokenCount", "totalOutputTextTokenCount"),
+    u.read_titan,
+    fields=(("inputTextTokenCount",), ("totalOutputTextTokenCount",), ("results", 0, "tokenCount")),
+)
+LLAMA = UsageShape("aws.bedrock.llama", ("prompt_token_count", "generation_token_count"), u.read_llama)
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,9 @@ class Operation:
     #: Path parts that make a suffix mean something else (OpenAI Assistants' threads
     #: have ``/messages`` too): such a path is no LLM call at all.
     not_under: tuple[str, ...] = ()
+    #: False for calls that bill no tokens (token counting, moderation): they are
+    #: recorded as calls, and whatever their bodies say counts nothing.
+    billed: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,10 +108,8 @@ class Provider:
     path: str | None = None
     #: Substrings a path must all contain for ``path`` to apply (Vertex AI's project).
     path_requires: tuple[str, ...] = ()
-    #: Where usage objects sit in a response's JSON objects, and their shapes, tried in
-    #: order at each of those places.
-    usage_at: tuple[Path, ...] = ()
-    usage_shapes: tuple[UsageShape, ...] = ()
+    #: Where usage objects sit in a response's JSON objects, and their shapes.
+    usage: tuple[UsageAt, ...] = ()
     #: Where a response names its model.
     model_at: tuple[Path, ...] = ()
     #: Fields of streamed chunks whose strings are generated text (for estimates).
@@ -103,6 +130,15 @@ class Provider:
     sent_query: tuple[str, ...] = ()
     #: Whether its streams always carry usage (then counting their text is wasted work).
     streams_report_usage: bool = False
+    #: How it streams: ``sse``, ``ndjson``, or ``eventstream`` (AWS's binary framing). The
+    #: SSE fast path's hint is derived from the providers that stream SSE.
+    stream_format: str = "sse"
+    #: (key, value) pairs that mark a JSON object whose usage is not billed (the Responses
+    #: API's ``response.failed``): its counts are ignored.
+    unbilled_objects: tuple[tuple[str, str], ...] = ()
+    #: Response headers that report usage (authoritative when present): input, output,
+    #: cache read, cache write.
+    usage_headers: tuple[str, str, str, str] | None = None
 
 
 _OPENAI_OPERATIONS = (
@@ -110,6 +146,7 @@ _OPENAI_OPERATIONS = (
     Operation("completions", "text_completion", ("/completions",), ("completions",)),
     Operation("embeddings", "embeddings", ("/embeddings",), ("embeddings",), estimate_text=False),
     Operation("responses", "chat", ("/responses",), estimate_text=False),
+    Operation("moderations", "moderations", ("/moderations",), estimate_text=False, billed=False),
 )
 
 _OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments", "text")
@@ -119,7 +156,7 @@ _GEMINI_OPERATIONS = (
     Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
     Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
     Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
-    Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False),
+    Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False, billed=False),
 )
 _GEMINI_PATH = r"/models/(?P<model>[^/:]+):(?P<op>{ops})$"
 
@@ -127,14 +164,16 @@ _GEMINI_PATH = r"/models/(?P<model>[^/:]+):(?P<op>{ops})$"
 OPENAI = Provider(
     name="openai",
     operations=_OPENAI_OPERATIONS,
-    usage_at=(("usage",), ("response", "usage")),
-    usage_shapes=(CHAT, RESPONSES),
+    usage=(at(("usage",), CHAT, RESPONSES), at(("response", "usage"), CHAT, RESPONSES)),
     model_at=(("model",), ("response", "model")),
     stream_text=_OPENAI_TEXT,
     response_text=("choices", "output"),
     prompt_roots=("messages", "prompt", "input", "instructions"),
     request_fields=(("model",), ("stream",), ("user",), ("stream_options", "include_usage")),
     key_headers=("Authorization",),
+    # A failed response bills nothing; response.incomplete (cut short by max_output_tokens
+    # or a content filter) is billed and counted.
+    unbilled_objects=(("type", "response.failed"),),
 )
 
 AZURE_OPENAI = Provider(
@@ -142,8 +181,7 @@ AZURE_OPENAI = Provider(
     # Any deployment API: the ones not listed are named after their path ("audio.speech").
     operations=_OPENAI_OPERATIONS[:3],
     path=r"/openai/deployments/(?P<model>[^/]+)/(?P<op>.+?)/?$",
-    usage_at=OPENAI.usage_at,
-    usage_shapes=OPENAI.usage_shapes,
+    usage=OPENAI.usage,
     model_at=OPENAI.model_at,
     stream_text=_OPENAI_TEXT,
     response_text=OPENAI.response_text,
@@ -157,9 +195,11 @@ AZURE_OPENAI = Provider(
 
 ANTHROPIC_MESSAGES = Provider(
     name="anthropic",
-    operations=(Operation("messages", "chat", ("/messages",), not_under=("/threads/",)),),
-    usage_at=(("usage",), ("message", "usage")),
-    usage_shapes=(ANTHROPIC,),
+    operations=(
+        Operation("messages", "chat", ("/messages",), not_under=("/threads/",)),
+        Operation("count_tokens", "count_tokens", ("/messages/count_tokens",), estimate_text=False, billed=False),
+    ),
+    usage=(at(("usage",), ANTHROPIC), at(("message", "usage"), ANTHROPIC)),
     model_at=(("model",), ("message", "model")),
     stream_text=("text", "thinking", "partial_json"),
     response_text=("content",),
@@ -174,8 +214,7 @@ GEMINI_API = Provider(
     name="gcp.gemini",
     operations=_GEMINI_OPERATIONS,
     path=_GEMINI_PATH,
-    usage_at=(("usageMetadata",),),
-    usage_shapes=(GEMINI,),
+    usage=(at(("usageMetadata",), GEMINI),),
     model_at=(("modelVersion",),),
     stream_text=("text",),
     response_text=("candidates",),
@@ -191,8 +230,7 @@ VERTEX_AI = Provider(
     operations=_GEMINI_OPERATIONS,
     path=_GEMINI_PATH,
     path_requires=("/projects/", "/locations/"),
-    usage_at=GEMINI_API.usage_at,
-    usage_shapes=GEMINI_API.usage_shapes,
+    usage=GEMINI_API.usage,
     model_at=GEMINI_API.model_at,
     stream_text=GEMINI_API.stream_text,
     response_text=GEMINI_API.response_text,
@@ -200,16 +238,50 @@ VERTEX_AI = Provider(
     streams_report_usage=True,
 )
 
+#: Anthropic's models on Vertex AI: the Messages API's bodies behind Vertex's paths.
+VERTEX_ANTHROPIC = Provider(
+    name="gcp.vertex_ai",
+    operations=(
+        Operation("rawPredict", "chat", tails=("rawPredict",)),
+        Operation("streamRawPredict", "chat", tails=("streamRawPredict",)),
+    ),
+    path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
+    path_requires=("/publishers/anthropic/",),
+    usage=ANTHROPIC_MESSAGES.usage,
+    model_at=ANTHROPIC_MESSAGES.model_at,
+    stream_text=ANTHROPIC_MESSAGES.stream_text,
+    response_text=ANTHROPIC_MESSAGES.response_text,
+    prompt_roots=ANTHROPIC_MESSAGES.prompt_roots,
+    request_fields=ANTHROPIC_MESSAGES.request_fields,
+    streams_report_usage=True,
+)
+
 BEDROCK = Provider(
     name="aws.bedrock",
-    operations=(Operation("converse", "chat", tails=("converse", "converse-stream")),),
+    operations=(
+        Operation("converse", "chat", tails=("converse", "converse-stream")),
+        # InvokeModel: each model family's own body; the operation is named as AWS does.
+        Operation("invoke", "invoke_model", tails=("invoke", "invoke-with-response-stream")),
+        Operation("count_tokens", "count_tokens", tails=("count-tokens",), estimate_text=False, billed=False),
+    ),
     path=r"/model/(?P<model>[^/]+)/(?P<op>{ops})$",
-    usage_at=(("usage",),),
-    usage_shapes=(CONVERSE,),
+    usage=(
+        at(("usage",), CONVERSE),  # Converse; ConverseStream's metadata event; Nova
+        at(("amazon-bedrock-invocationMetrics",), BEDROCK_METRICS),  # last chunk of InvokeModel streams
+        at(("metadata", "usage"), CONVERSE),  # Nova's InvokeModel stream
+        at((), TITAN, LLAMA),
+    ),
     stream_text=("text",),
     response_text=("output",),
-    prompt_roots=("messages", "system"),
+    prompt_roots=("messages", "system", "inputText", "prompt"),
     streams_report_usage=True,
+    stream_format="eventstream",
+    usage_headers=(
+        "X-Amzn-Bedrock-Input-Token-Count",
+        "X-Amzn-Bedrock-Output-Token-Count",
+        "X-Amzn-Bedrock-Cache-Read-Input-Token-Count",
+        "X-Amzn-Bedrock-Cache-Write-Input-Token-Count",
+    ),
 )
 
 OLLAMA_API = Provider(
@@ -219,13 +291,13 @@ OLLAMA_API = Provider(
         Operation("generate", "text_completion", ("/api/generate",)),
         Operation("embeddings", "embeddings", ("/api/embed", "/api/embeddings"), estimate_text=False),
     ),
-    usage_at=((),),
-    usage_shapes=(OLLAMA,),
+    usage=(at((), OLLAMA),),
     model_at=(("model",),),
     stream_text=("content", "response"),
     response_text=("message", "response"),
     prompt_roots=("messages", "prompt"),
     streams_report_usage=True,
+    stream_format="ndjson",
 )
 
 COHERE_V2 = Provider(
@@ -234,8 +306,7 @@ COHERE_V2 = Provider(
         Operation("chat", "chat", ("/v2/chat",)),
         Operation("embeddings", "embeddings", ("/v2/embed",), estimate_text=False),
     ),
-    usage_at=(("usage",), ("delta", "usage")),
-    usage_shapes=(COHERE,),
+    usage=(at(("usage",), COHERE), at(("delta", "usage"), COHERE)),
     model_at=(("model",),),
     stream_text=("text",),
     response_text=("message", "text", "generations"),
@@ -251,6 +322,7 @@ PROVIDERS: tuple[Provider, ...] = (
     ANTHROPIC_MESSAGES,
     GEMINI_API,
     VERTEX_AI,
+    VERTEX_ANTHROPIC,
     BEDROCK,
     OLLAMA_API,
     COHERE_V2,

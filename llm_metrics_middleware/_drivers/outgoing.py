@@ -1,0 +1,112 @@
+"""What every outgoing-call driver shares: which calls are LLM calls, and who counts them.
+
+An outgoing driver (httpx transports, the ``requests`` adapter) asks :meth:`Outgoing.begin`
+for a :class:`MeteredCall` when a request starts and drives it exactly as the incoming
+drivers do (``request_body``, ``response_start``, ``body``, ``finish``). ``begin`` answers
+None, cheaply, for everything that is not to be counted: a path that is no LLM operation,
+a call already metered by an outer layer (a :class:`LLMMetricsTransport` inside an
+instrumented client), a call outside any request when no exporters were given.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .._core.providers import route_of
+from .._metering import context
+from .._metering.call import Exporter
+from .._metering.dimensions import Dimension
+from .._metering.metering import MeteredCall, Metering
+from .._metering.paths import PathFilter, PathPatterns
+from .._metering.request import RequestView
+
+logger = logging.getLogger("llm_metrics_middleware")
+
+#: The request a metering layer is sending: layers below it (an instrumented transport
+#: inside a ``LLMMetricsTransport``) pass that same request through uncounted. The request
+#: itself, not a flag: an in-process app behind ``ASGITransport`` runs in the sender's task,
+#: and the calls it makes (other request objects) are still counted.
+SENDING: contextvars.ContextVar[object] = contextvars.ContextVar("llm_metrics_middleware.sending", default=None)
+
+
+def sending(request: object) -> bool:
+    """Whether an outer metering layer is already sending ``request``."""
+    return SENDING.get() is request
+
+#: Marks of an SSE stream's end, for a caller that closes the response as soon as it has
+#: read them (the OpenAI SDK stops at ``[DONE]``): such a close is a completed call.
+_END_MARKS = (b"[DONE]", b"message_stop", b'"done":true', b'"done": true')
+#: Bytes of a body's end kept to look for those marks (Ollama's final object carries a
+#: few statistics after its ``"done":true``).
+TAIL = 256
+
+
+def ended(tail: bytes) -> bool:
+    """Whether the last bytes of a body show that the stream had said its last word."""
+    return any(mark in tail for mark in _END_MARKS)
+
+
+class Outgoing:
+    """The options of ``instrument_httpx`` or of one ``LLMMetricsTransport``.
+
+    ``exporters`` / ``dimensions`` / ``**options`` (the middlewares' options) build the
+    :class:`Metering` that counts calls made outside any request; without exporters, those
+    calls are not counted. Inside a request the middleware's own Metering counts the call.
+    ``include_paths`` / ``exclude_paths`` apply to the outgoing URL's path: LLM calls to
+    a path of your own (an internal gateway) are counted when ``include_paths`` names it.
+    """
+
+    def __init__(
+        self,
+        *,
+        exporters: Sequence[Exporter] | None = None,
+        dimensions: Sequence[Dimension | str] | None = None,
+        include_paths: PathPatterns | None = None,
+        exclude_paths: PathPatterns | None = None,
+        **options: Any,
+    ) -> None:
+        self.paths = PathFilter(include_paths, exclude_paths)
+        if exporters is None:
+            if dimensions is not None or options:
+                given = ", ".join(["dimensions"] * (dimensions is not None) + sorted(options))
+                raise TypeError(
+                    f"{given}= apply to the calls made outside any request, which only exporters= "
+                    "count; pass exporters=[...] as well (inside a request the middleware's own "
+                    "options apply)"
+                )
+            self.default: Metering | None = None
+        else:
+            self.default = Metering(exporters=exporters, dimensions=dimensions, **options)
+
+    def begin(
+        self, request: object, method: str, path: str, query: str, raw_headers: Iterable[tuple[bytes, bytes]]
+    ) -> MeteredCall | None:
+        """The per-call state for an outgoing ``request``, or None when it is not counted."""
+        try:
+            if sending(request):
+                return None
+            route = route_of(path)
+            if not self.paths.meters(path, route.operation is not None):
+                return None
+            incoming = context.current()
+            if incoming is not None:
+                metering = incoming.metering
+            elif self.default is not None:
+                metering = self.default
+            else:
+                return None
+            call_view = RequestView(method, path, query, "", raw_headers=[(k.lower(), v) for k, v in raw_headers])
+            view = incoming.view if incoming is not None else call_view
+            call = metering.begin_outgoing(view, call_view, incoming=incoming)
+            # The outgoing options decided; the middleware's paths are incoming ones.
+            call.metered = True
+            call.overrides = context.overrides()
+            if incoming is not None:
+                incoming.counted_elsewhere = True  # a relayed response is not counted again
+            return call
+        except Exception:
+            logger.exception("llm-metrics: could not start metering an outgoing call; it is not counted")
+            return None
