@@ -76,7 +76,7 @@ class Upstream:
             case = RECORDED[headers["x-case"]]
             data = case.body
             chunks = [data[i : i + 97] for i in range(0, len(data), 97)]
-            await self._send(send, RECORDED_STATUS.get(case.id, 200), case.content_type, chunks)
+            await self._send(send, RECORDED_STATUS.get(case.id, 200), case.content_type, chunks, case.response_headers)
             return
         response = self.simulator.respond(scope["method"], scope["path"], body)
         content_type = dict(response.headers)["content-type"]
@@ -99,8 +99,12 @@ class Upstream:
                 self.gate_results.append(await asyncio.to_thread(self.gate.wait, 10))
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _send(self, send: Any, status: int, content_type: str, chunks: list[bytes]) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type.encode())]})
+    async def _send(
+        self, send: Any, status: int, content_type: str, chunks: list[bytes], extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        """``extra``: the recorded response's other headers (Bedrock's token counts)."""
+        headers = [(b"content-type", content_type.encode()), *((k.encode(), v.encode()) for k, v in extra)]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -155,3 +155,39 @@ def test_path_patterns_from_the_environment() -> None:
                 environ={"LLM_METRICS_EXCLUDE_PATHS": "/health"}).exclude_paths is given
     with pytest.raises(ValueError, match=r"LLM_METRICS_EXCLUDE_PATHS: '\(unclosed' is neither a path prefix"):
         read(dimensions=None, namespace=None, environ={"LLM_METRICS_EXCLUDE_PATHS": "(unclosed"})
+
+
+@pytest.mark.parametrize("driver", ["asgi", "wsgi"])
+def test_excluded_and_included_paths_from_the_environment(driver: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A known LLM path excluded by a regular expression; an app path of its own included.
+    monkeypatch.setenv("LLM_METRICS_EXCLUDE_PATHS", "/health, ^/v1/chat/")
+    monkeypatch.setenv("LLM_METRICS_INCLUDE_PATHS", "/my-chat")
+    memory = InMemoryExporter()
+    llm = SimulatedLLM()
+
+    def answer(path: str) -> bytes:
+        return b"".join(llm.respond("POST", "/v1/completions", b'{"prompt": "one two", "max_tokens": 2}').chunks)
+
+    if driver == "asgi":
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http":
+                return
+            await receive()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": answer(scope["path"])})
+
+        middleware: Any = LLMMetricsMiddleware(app, exporters=[memory])
+        for path in ("/v1/chat/completions", "/my-chat", "/other"):
+            assert asgi_post(middleware, path).status_code == 200
+    else:
+        def wsgi_app(environ: Any, start_response: Any) -> Any:
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [answer(environ["PATH_INFO"])]
+
+        middleware = LLMMetricsWSGIMiddleware(wsgi_app, exporters=[memory])
+        with httpx.Client(transport=httpx.WSGITransport(app=middleware), base_url="http://test") as client:
+            for path in ("/v1/chat/completions", "/my-chat", "/other"):
+                assert client.post(path, json=CHAT).status_code == 200
+    # Only /my-chat was read: /v1/chat/ is excluded, /other is no LLM path and not included.
+    assert [c.usage.total_tokens if c.usage else None for c in memory.calls] == [4]

@@ -131,9 +131,9 @@ def test_derived_lists() -> None:
     assert facts.provider_from_headers({"api-key": "k"}, {"api-version": "2024-10-21"}) == "azure.ai.openai"
     assert facts.provider_from_headers({"api-key": "k"}, {}) is None
     assert facts.OTEL_OPERATION_NAMES["converse"] == "chat"
-    assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": "5", "x-amzn-bedrock-output-token-count": "10"}) == (5, 10, None, None, None)
+    assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": "5", "x-amzn-bedrock-output-token-count": "10"}) == (5, 10, None, None, None, None, None)
     assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": "5", "x-amzn-bedrock-output-token-count": "10",
-                                      "x-amzn-bedrock-cache-read-input-token-count": "100"}) == (105, 10, None, 100, None)
+                                      "x-amzn-bedrock-cache-read-input-token-count": "100"}) == (105, 10, None, 100, None, None, None)
     for bad in ("-1", "1e3", "x", "99999999999"):
         assert facts.counts_from_headers({"x-amzn-bedrock-input-token-count": bad, "x-amzn-bedrock-output-token-count": "1"}) is None
     assert facts.counts_from_headers({}) is None

@@ -1,7 +1,7 @@
 """Hostile request and response bodies through both middlewares (issue 16, "done when").
 
 Whatever the bodies (deep nesting, lone surrogates, huge key counts, garbage) and however
-they are chunked: no exception escapes, the response's bytes are unchanged, the call is
+they are chunked, through the ASGI and WSGI middlewares and the outgoing transport: no exception escapes, the response's bytes are unchanged, the call is
 recorded, no internal error is counted, and ``/metrics`` still parses.
 """
 
@@ -11,12 +11,18 @@ import gzip
 import json
 from typing import Any
 
+import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
+from llm_metrics_middleware import (
+    LLMMetricsMiddleware,
+    LLMMetricsTransport,
+    LLMMetricsWSGIMiddleware,
+    PrometheusExporter,
+)
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
@@ -122,6 +128,19 @@ def test_hostile_bodies_through_both_middlewares(
     assert len(exporter.calls) == 1 and "internal" not in exporter.errors, exporter.errors
     _metrics_parse(registry)
 
-    # TODO(outgoing): feed the same request and response through the outgoing transport
-    # (LLMMetricsTransport around an httpx MockTransport answering `chunks`), asserting the
-    # same four things: no exception, bytes unchanged, one call recorded, /metrics parses.
+    # The outgoing transport: an app calling the hostile upstream itself.
+    registry, exporter = CollectorRegistry(), InMemoryExporter()
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        request.read()
+        return httpx.Response(200, headers=headers, content=iter(chunks))
+
+    transport = LLMMetricsTransport(httpx.MockTransport(upstream), exporters=[exporter, PrometheusExporter(registry)],
+                                    dimensions=dimensions)
+    with httpx.Client(transport=transport) as client, client.stream(
+        "POST", "http://upstream.test/v1/chat/completions", content=request,
+        headers={"content-type": "application/json"},
+    ) as answer:
+        assert [piece for piece in answer.iter_raw() if piece] == [c for c in chunks if c]
+    assert len(exporter.calls) == 1 and "internal" not in exporter.errors, exporter.errors
+    _metrics_parse(registry)

@@ -40,8 +40,9 @@ class MiddlewareBase(Generic[AppT]):
     - ``dimensions``: names of default dimensions and/or :class:`Dimension` objects;
       default: the seven Azure API Management defaults plus ``"Model"``.
     - ``namespace``: metric namespace (Prometheus prefix, Azure namespace); ``"llm"``.
-    - Not given, ``dimensions`` and ``namespace`` come from ``LLM_METRICS_DIMENSIONS`` and
-      ``LLM_METRICS_NAMESPACE``; ``LLM_METRICS_ENABLED=false`` turns metering off
+    - Not given, ``dimensions``, ``namespace``, ``include_paths`` and ``exclude_paths`` come
+      from ``LLM_METRICS_DIMENSIONS``, ``LLM_METRICS_NAMESPACE``, ``LLM_METRICS_INCLUDE_PATHS``
+      and ``LLM_METRICS_EXCLUDE_PATHS``; ``LLM_METRICS_ENABLED=false`` turns metering off
       (see ``environment.py``).
     - ``provider``: force the provider name instead of detecting it (``"mistral"``).
     - ``custom_usage``: a :class:`UsagePointers` for a usage format of your own.
@@ -98,7 +99,9 @@ class MiddlewareBase(Generic[AppT]):
     ) -> None:
         self.app = app
         # Options not given come from LLM_METRICS_* variables (environment.py), then defaults.
-        settings = environment.read(dimensions=dimensions, namespace=namespace)
+        settings = environment.read(
+            dimensions=dimensions, namespace=namespace, include_paths=include_paths, exclude_paths=exclude_paths
+        )
         namespace = settings.namespace
         #: False when LLM_METRICS_ENABLED=false: every request goes straight to the app.
         self.enabled = settings.enabled
@@ -115,8 +118,8 @@ class MiddlewareBase(Generic[AppT]):
             gateway_id=gateway_id,
             subscription_secret=subscription_secret,
             pricing=pricing_from_environment(pricing),
-            include_paths=include_paths,
-            exclude_paths=exclude_paths,
+            include_paths=settings.include_paths,
+            exclude_paths=settings.exclude_paths,
         )
         if limits is not None:
             self.metering.enable_limits(

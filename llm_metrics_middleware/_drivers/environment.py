@@ -31,9 +31,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .._metering.dimensions import Dimension
+from .._metering.paths import PathPattern, PathPatterns
 
 ENABLED = "LLM_METRICS_ENABLED"
 DIMENSIONS = "LLM_METRICS_DIMENSIONS"
@@ -51,16 +51,16 @@ class Settings:
     enabled: bool
     dimensions: Sequence[Dimension | str] | None
     namespace: str
-    include_paths: Any = None
-    exclude_paths: Any = None
+    include_paths: PathPatterns | None = None
+    exclude_paths: PathPatterns | None = None
 
 
 def read(
     *,
     dimensions: Sequence[Dimension | str] | None,
     namespace: str | None,
-    include_paths: Any = None,
-    exclude_paths: Any = None,
+    include_paths: PathPatterns | None = None,
+    exclude_paths: PathPatterns | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
     """The options as given, with what was not given taken from the environment."""
@@ -80,9 +80,9 @@ def read(
                     include_paths=include_paths, exclude_paths=exclude_paths)
 
 
-def path_patterns(variable: str, value: str) -> list[str | re.Pattern[str]]:
+def path_patterns(variable: str, value: str) -> list[PathPattern]:
     """``"/health, ^/admin/.*$"`` -> ``["/health", re.compile("^/admin/.*$")]``."""
-    out: list[str | re.Pattern[str]] = []
+    out: list[PathPattern] = []
     for item in value.split(","):
         item = item.strip()
         if not item:

@@ -25,11 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
+from .._metering.call import COMPLETED, DISCONNECTED, Exporter
 from .._metering.dimensions import Dimension
-from .._metering.metering import MeteredCall
+from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
 from .._metering.paths import PathPatterns
-from .outgoing import SENDING, TAIL, Outgoing, ended, sending
+from .outgoing import BodyTee, Outgoing, metered_send, sending
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -55,67 +55,34 @@ _patched: list[tuple[type, str, Any]] = []
 # -- the tee ---------------------------------------------------------------------------------
 
 
-def _closed_outcome(tail: bytes) -> Outcome:
-    """A stream closed before its end: completed if its last word was said, else abandoned."""
-    return COMPLETED if ended(tail) else DISCONNECTED
-
-
 def _tee_classes(module: ModuleType) -> tuple[type, type]:
     """Stream tees that are instances of ``module``'s own stream classes (httpx asserts it)."""
 
-    class SyncTee(module.SyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, stream: Any, call: MeteredCall) -> None:
-            self._stream = stream
-            self._call = call
-            self._tail = b""
-
+    class SyncTee(BodyTee, module.SyncByteStream):  # type: ignore[name-defined,misc]
         def __iter__(self) -> Iterator[bytes]:
-            call = self._call
-            try:
-                for chunk in self._stream:
-                    call.body(chunk)
-                    self._tail = chunk[-TAIL:] if len(chunk) >= TAIL else (self._tail + chunk)[-TAIL:]
+            with self:
+                for chunk in self._inner:
+                    self._feed(chunk)
                     yield chunk
-            except GeneratorExit:
-                call.finish(_closed_outcome(self._tail))
-                raise
-            except BaseException:
-                call.finish(ERROR)
-                raise
-            call.finish(COMPLETED)
 
         def close(self) -> None:
             try:
-                self._stream.close()
+                self._inner.close()
             finally:
-                self._call.finish(_closed_outcome(self._tail))
+                self._end(DISCONNECTED)
 
-    class AsyncTee(module.AsyncByteStream):  # type: ignore[name-defined,misc]
-        def __init__(self, stream: Any, call: MeteredCall) -> None:
-            self._stream = stream
-            self._call = call
-            self._tail = b""
-
+    class AsyncTee(BodyTee, module.AsyncByteStream):  # type: ignore[name-defined,misc]
         async def __aiter__(self) -> AsyncIterator[bytes]:
-            call = self._call
-            try:
-                async for chunk in self._stream:
-                    call.body(chunk)
-                    self._tail = chunk[-TAIL:] if len(chunk) >= TAIL else (self._tail + chunk)[-TAIL:]
+            with self:
+                async for chunk in self._inner:
+                    self._feed(chunk)
                     yield chunk
-            except GeneratorExit:
-                call.finish(_closed_outcome(self._tail))
-                raise
-            except BaseException:
-                call.finish(ERROR)
-                raise
-            call.finish(COMPLETED)
 
         async def aclose(self) -> None:
             try:
-                await self._stream.aclose()
+                await self._inner.aclose()
             finally:
-                self._call.finish(_closed_outcome(self._tail))
+                self._end(DISCONNECTED)
 
     return SyncTee, AsyncTee
 
@@ -155,7 +122,11 @@ def _attach(call: MeteredCall, response: Any, is_async: bool) -> None:
     """Start reading ``response`` into ``call``; never raises."""
     try:
         headers = response.headers
-        call.response_start(response.status_code, headers.get("content-type"), headers.get("content-encoding"))
+        # Some providers report usage in response headers (Bedrock's token counts).
+        usage_headers = {name: headers[name] for name in USAGE_HEADER_NAMES if name in headers} or None
+        call.response_start(
+            response.status_code, headers.get("content-type"), headers.get("content-encoding"), usage_headers
+        )
         if hasattr(response, "_content"):
             # Built with its body (a mock's Response(json=...)): nothing will iterate the stream.
             call.body(response._content)
@@ -172,14 +143,8 @@ def _send(outgoing: Outgoing, send: Callable[[Any], Any], request: Any) -> Any:
     call = _begin(outgoing, request)
     if call is None:
         return send(request)
-    token = SENDING.set(request)
-    try:
+    with metered_send(request, call):
         response = send(request)
-    except BaseException:
-        call.finish(ERROR)
-        raise
-    finally:
-        SENDING.reset(token)
     _attach(call, response, False)
     return response
 
@@ -188,14 +153,8 @@ async def _send_async(outgoing: Outgoing, send: Callable[[Any], Awaitable[Any]],
     call = _begin(outgoing, request)
     if call is None:
         return await send(request)
-    token = SENDING.set(request)
-    try:
+    with metered_send(request, call):
         response = await send(request)
-    except BaseException:
-        call.finish(ERROR)
-        raise
-    finally:
-        SENDING.reset(token)
     _attach(call, response, True)
     return response
 

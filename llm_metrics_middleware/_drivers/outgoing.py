@@ -10,14 +10,16 @@ instrumented client), a call outside any request when no exporters were given.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 from .._core.providers import route_of
 from .._metering import context
-from .._metering.call import Exporter
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall, Metering
 from .._metering.paths import PathFilter, PathPatterns
@@ -47,6 +49,54 @@ TAIL = 256
 def ended(tail: bytes) -> bool:
     """Whether the last bytes of a body show that the stream had said its last word."""
     return any(mark in tail for mark in _END_MARKS)
+
+
+@contextlib.contextmanager
+def metered_send(request: object, call: MeteredCall) -> Iterator[None]:
+    """Around sending ``request`` for ``call``: layers below pass that request through
+    uncounted (see :data:`SENDING`), and a send that fails ends the call as an error."""
+    token = SENDING.set(request)
+    try:
+        yield
+    except BaseException:
+        call.finish(ERROR)
+        raise
+    finally:
+        SENDING.reset(token)
+
+
+class BodyTee:
+    """What every outgoing response tee shares, whatever the client library.
+
+    ``_feed`` shows each piece the caller reads to the call and keeps the body's last bytes;
+    ``_end`` ends the call, a close before the end counting as completed when those bytes
+    hold the stream's end mark. Used as a context manager around the reading loop, it ends
+    the call by how the loop ended: exhausted, closed early (``GeneratorExit``) or failed.
+    """
+
+    def __init__(self, inner: Any, call: MeteredCall) -> None:
+        self._inner = inner
+        self._call = call
+        self._tail = b""
+
+    def _feed(self, chunk: bytes) -> None:
+        if chunk:
+            self._call.body(chunk)
+            self._tail = chunk[-TAIL:] if len(chunk) >= TAIL else (self._tail + chunk)[-TAIL:]
+
+    def _end(self, outcome: Outcome) -> None:
+        if outcome == DISCONNECTED and ended(self._tail):
+            outcome = COMPLETED
+        self._call.finish(outcome)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self._end(COMPLETED)
+        else:
+            self._end(DISCONNECTED if issubclass(exc_type, GeneratorExit) else ERROR)
 
 
 class Outgoing:

@@ -25,9 +25,9 @@ import requests.adapters
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
-from .._metering.metering import MeteredCall
+from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
 from .._metering.paths import PathPatterns
-from .outgoing import SENDING, TAIL, Outgoing, ended, sending
+from .outgoing import BodyTee, Outgoing, metered_send, sending
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -39,44 +39,39 @@ def _latin1(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode("latin-1", "replace")
 
 
-class _TeeRaw:
+class _TeeRaw(BodyTee):
     """``response.raw`` as the caller reads it, shown to the call on the way."""
 
-    def __init__(self, raw: Any, call: MeteredCall, status: int, content_type: str | None, encoding: str | None) -> None:
-        self._raw = raw
-        self._call = call
+    def __init__(
+        self,
+        raw: Any,
+        call: MeteredCall,
+        status: int,
+        content_type: str | None,
+        encoding: str | None,
+        usage_headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(raw, call)
         self._head: tuple[int, str | None, str | None] | None = (status, content_type, encoding)
-        self._tail = b""
+        self._usage_headers = usage_headers
 
     def _start(self, decoded: bool) -> None:
         head = self._head
         if head is not None:
             self._head = None
-            self._call.response_start(head[0], head[1], None if decoded else head[2])
-
-    def _feed(self, data: bytes) -> None:
-        if data:
-            self._call.body(data)
-            self._tail = data[-TAIL:] if len(data) >= TAIL else (self._tail + data)[-TAIL:]
+            self._call.response_start(head[0], head[1], None if decoded else head[2], self._usage_headers)
 
     def stream(self, amt: int | None = 2**16, decode_content: bool | None = None) -> Iterator[bytes]:
         self._start(bool(decode_content))
-        try:
-            for chunk in self._raw.stream(amt, decode_content=decode_content):
+        with self:
+            for chunk in self._inner.stream(amt, decode_content=decode_content):
                 self._feed(chunk)
                 yield chunk
-        except GeneratorExit:
-            self._end(DISCONNECTED)
-            raise
-        except BaseException:
-            self._end(ERROR)
-            raise
-        self._end(COMPLETED)
 
     def read(self, amt: int | None = None, decode_content: bool | None = None, **kwargs: Any) -> bytes:
         self._start(bool(decode_content))
         try:
-            data: bytes = self._raw.read(amt, decode_content=decode_content, **kwargs)
+            data: bytes = self._inner.read(amt, decode_content=decode_content, **kwargs)
         except BaseException:
             self._end(ERROR)
             raise
@@ -86,25 +81,23 @@ class _TeeRaw:
         return data
 
     def _end(self, outcome: Outcome) -> None:
-        self._start(True)
-        if outcome == DISCONNECTED and ended(self._tail):
-            outcome = COMPLETED
-        self._call.finish(outcome)
+        self._start(True)  # a body never read still needs its response started
+        super()._end(outcome)
 
     def close(self) -> None:
         try:
-            self._raw.close()
+            self._inner.close()
         finally:
             self._end(DISCONNECTED)
 
     def release_conn(self) -> None:
         try:
-            self._raw.release_conn()
+            self._inner.release_conn()
         finally:
             self._end(DISCONNECTED)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._raw, name)
+        return getattr(self._inner, name)
 
 
 def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -121,18 +114,13 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
         call = None
     if call is None:
         return _ORIGINAL_SEND(adapter, request, *args, **kwargs)
-    token = SENDING.set(request)
-    try:
+    with metered_send(request, call):
         response = _ORIGINAL_SEND(adapter, request, *args, **kwargs)
-    except BaseException:
-        call.finish(ERROR)
-        raise
-    finally:
-        SENDING.reset(token)
     try:
         got = response.headers
+        usage_headers = {name: got[name] for name in USAGE_HEADER_NAMES if name in got} or None
         response.raw = _TeeRaw(response.raw, call, response.status_code, got.get("content-type"),
-                               got.get("content-encoding"))
+                               got.get("content-encoding"), usage_headers)
     except Exception:
         logger.exception("llm-metrics: could not read an outgoing response; it is not counted")
         call.finished = True
