@@ -61,7 +61,7 @@ __all__ = [
     "uninstrument_requests",
 ]
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # noqa: E402 (re-exported, not in __all__)
 
 
 def __getattr__(name: str) -> Any:

@@ -103,7 +103,7 @@ class Upstream:
         self, send: Any, status: int, content_type: str, chunks: list[bytes], extra: tuple[tuple[str, str], ...] = ()
     ) -> None:
         """``extra``: the recorded response's other headers (Bedrock's token counts)."""
-        headers = [(b"content-type", content_type.encode()), *((k.encode(), v.encode()) for k, v in extra)]
+        headers = [(b"content-type", content_type.encode()), *((k.lower().encode(), v.encode()) for k, v in extra)]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

@@ -36,34 +36,12 @@ def metrics_exporter(exporters: Sequence[Exporter], metrics_path: str | None) ->
 class MiddlewareBase(Generic[AppT]):
     """The options both middlewares take (keyword-only, so typed ``add_middleware`` checks them).
 
-    - ``exporters``: where the counts go (at least one).
-    - ``dimensions``: names of default dimensions and/or :class:`Dimension` objects;
-      default: the seven Azure API Management defaults plus ``"Model"``.
-    - ``namespace``: metric namespace (Prometheus prefix, Azure namespace); ``"llm"``.
-    - Not given, ``dimensions``, ``namespace``, ``include_paths`` and ``exclude_paths`` come
-      from ``LLM_METRICS_DIMENSIONS``, ``LLM_METRICS_NAMESPACE``, ``LLM_METRICS_INCLUDE_PATHS``
-      and ``LLM_METRICS_EXCLUDE_PATHS``; ``LLM_METRICS_ENABLED=false`` turns metering off
-      (see ``environment.py``).
-    - ``provider``: force the provider name instead of detecting it (``"mistral"``).
-    - ``custom_usage``: a :class:`UsagePointers` for a usage format of your own.
-    - ``estimate``: estimate tokens of streams that report no usage (default True).
-    - ``token_counter``: ``Callable[[str], int]`` used for estimates.
-    - ``max_series``: cap on distinct dimension combinations (default 2000).
-    - ``location``, ``gateway_id``: fixed values for those default dimensions.
-    - ``subscription_secret``: key of the Subscription ID hash.
-    - ``metrics_path``: serve the Prometheus exporter's metrics at this path (GET, HEAD).
-    - ``metrics_auth``: credentials ``metrics_path`` asks for: ``"Bearer <token>"``,
-      ``"Basic <user>:<password>"`` or ``(user, password)``; default ``$LLM_METRICS_AUTH``.
-    - ``limits``: :class:`TokenLimit` budgets per key and window (README "Token limits");
-      ``limit_storage`` the store (``"memory://"``, ``"redis://host:port/db"``...),
-      ``limit_fail_closed`` refuse (503) instead of passing when the store fails,
-      ``limit_timeout`` seconds per store call, ``limit_headers`` ``"openai"`` (or a
-      mapping of header names) to add remaining-tokens headers to allowed responses.
-    - ``pricing``: None, ``"genai-prices"``, a :class:`Price` or ``{model: Price}``: the
-      cost of each call (``llm_cost_usd_total``).
-    - ``include_paths``, ``exclude_paths``: path prefixes or compiled regular expressions
-      read besides the known LLM paths, and never read (``include_paths=["/"]``: read
-      every response for usage, the behaviour before 0.2).
+    Each option, with its default and meaning, is in the README's "Options" table (and the
+    ``LLM_METRICS_*`` variables in "From the environment"); ``tests/test_options_documented.py``
+    fails when this signature and that table disagree, so the list is written here once.
+    The metering options are handed on to :class:`~.._metering.metering.Metering`; the
+    limit options to :meth:`~.._metering.metering.Metering.enable_limits`; ``metrics_path``
+    and ``metrics_auth`` stay with the driver, which serves the metrics.
     """
 
     #: The exporter method that builds the app serving ``metrics_path``.

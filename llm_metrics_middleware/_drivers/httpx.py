@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, Exporter
 from .._metering.dimensions import Dimension
-from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
+from .._metering.metering import MeteredCall, usage_headers_of
 from .._metering.paths import PathPatterns
 from .outgoing import BodyTee, Outgoing, metered_send, sending
 
@@ -122,10 +122,8 @@ def _attach(call: MeteredCall, response: Any, is_async: bool) -> None:
     """Start reading ``response`` into ``call``; never raises."""
     try:
         headers = response.headers
-        # Some providers report usage in response headers (Bedrock's token counts).
-        usage_headers = {name: headers[name] for name in USAGE_HEADER_NAMES if name in headers} or None
         call.response_start(
-            response.status_code, headers.get("content-type"), headers.get("content-encoding"), usage_headers
+            response.status_code, headers.get("content-type"), headers.get("content-encoding"), usage_headers_of(headers)
         )
         if hasattr(response, "_content"):
             # Built with its body (a mock's Response(json=...)): nothing will iterate the stream.

@@ -25,7 +25,7 @@ import requests.adapters
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
-from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
+from .._metering.metering import MeteredCall, usage_headers_of
 from .._metering.paths import PathPatterns
 from .outgoing import BodyTee, Outgoing, metered_send, sending
 
@@ -118,9 +118,8 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
         response = _ORIGINAL_SEND(adapter, request, *args, **kwargs)
     try:
         got = response.headers
-        usage_headers = {name: got[name] for name in USAGE_HEADER_NAMES if name in got} or None
         response.raw = _TeeRaw(response.raw, call, response.status_code, got.get("content-type"),
-                               got.get("content-encoding"), usage_headers)
+                               got.get("content-encoding"), usage_headers_of(got))
     except Exception:
         logger.exception("llm-metrics: could not read an outgoing response; it is not counted")
         call.finished = True

@@ -56,7 +56,7 @@ class AzureNamespace:
     """
 
     def __init__(self, namespace: str, names: tuple[str, ...], provider: MeterProvider) -> None:
-        from .. import __version__
+        from .._version import __version__
 
         self.names = names
         self.provider = provider

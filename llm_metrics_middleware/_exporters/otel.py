@@ -384,7 +384,7 @@ class OpenTelemetryExporter:
         prefix = instrument_prefix(schema.namespace)
 
         def build() -> _Namespace:
-            from .. import __version__
+            from .._version import __version__
 
             meter = self.meter_provider.get_meter(schema.namespace, __version__, schema_url=SCHEMA_URL)
             return _Namespace(meter, prefix, labels, self._semconv)

@@ -52,7 +52,7 @@ from .series import SeriesLimiter, series_limiter
 
 logger = logging.getLogger("llm_metrics_middleware")
 
-__all__ = ["DEFAULT_MAX_SERIES", "USAGE_HEADER_NAMES", "MeteredCall", "Metering", "SeriesLimiter"]
+__all__ = ["DEFAULT_MAX_SERIES", "USAGE_HEADER_NAMES", "MeteredCall", "Metering", "SeriesLimiter", "usage_headers_of"]
 
 #: Default cap on distinct dimension-value combinations per middleware (the default
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
@@ -62,6 +62,13 @@ DEFAULT_MAX_SERIES = 2000
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The usage-reporting headers among a client library's case-insensitive response
+    headers (httpx, requests), lower-case, for :meth:`MeteredCall.response_start`."""
+    found = {name: value for name in USAGE_HEADER_NAMES if (value := headers.get(name)) is not None}
+    return found or None
 
 
 def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
