@@ -113,15 +113,13 @@ def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkey
     import llm_metrics_middleware._core.readers as readers_module
 
     calls = []
-    real_loads = json.loads
+    real_loads = readers_module.loads
 
-    class CountingJSON:
-        @staticmethod
-        def loads(data: bytes) -> object:
-            calls.append(data)
-            return real_loads(data)
+    def counting_loads(data: bytes) -> object:
+        calls.append(data)
+        return real_loads(data)
 
-    monkeypatch.setattr(readers_module, "json", CountingJSON)
+    monkeypatch.setattr(readers_module, "loads", counting_loads)
     stream = b"".join(b'data: {"tick": %d}\n\n' % i for i in range(1000))
     stream += b'data: {"usage": {"input_tokens": 2, "output_tokens": 3}}\n\n'
     x = UsageExtractor(SSE)

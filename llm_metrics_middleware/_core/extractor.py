@@ -14,6 +14,7 @@ compressed body passes through its decoder (:mod:`.decoders`) first.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .decoders import ContentDecoder
@@ -30,6 +31,13 @@ _BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
 _text_fields = TEXT_FIELD.finditer
+
+#: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
+_KEY_AFTER = re.compile(rb'"\s*:').match
+
+#: Chunks of a stream whose text field could not be found (or was found more than once)
+#: before the extractor stops looking for a template to skim with (see feed).
+TEMPLATE_TRIES = 8
 
 __all__ = ["BODY_FORMATS", "EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
 
@@ -91,7 +99,7 @@ class UsageExtractor:
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
     """
 
-    __slots__ = ("_reader", "_found", "_decoder", "_head")
+    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_tail", "_tpl_tail_len", "_tries")
 
     def __init__(
         self,
@@ -110,23 +118,57 @@ class UsageExtractor:
         # The body's first bytes, held until a UTF-8 byte order mark is ruled in (and
         # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
         self._head: bytes | None = b""
+        # The template of a skimmed stream's chunks: the bytes before and after the one
+        # text string of a chunk (see feed). None until learnt.
+        self._tpl_head: bytes | None = None
+        self._tpl_tail = b""
+        self._tpl_tail_len = 0
+        self._tries = TEMPLATE_TRIES
 
     def feed(self, chunk: bytes) -> None:
         reader = self._reader
         skim = reader.skim
-        if (
-            skim is not None
-            and skim.at_boundary
-            and chunk[-2:] == b"\n\n"
-            and _usage_hint(chunk) is None
-            and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
-        ):
-            # The SSE fast path (see SSEReader): whole events that cannot hold usage.
-            text = self._found.text
-            if text is not None:
-                for m in _text_fields(chunk):
-                    text.add_json_string(m.group(1))
-            return
+        if skim is not None and skim.at_boundary:
+            try:
+                # The SSE fast paths (see SSEReader): whole events that cannot hold usage.
+                head = self._tpl_head
+                if head is not None and chunk.startswith(head) and chunk.endswith(self._tpl_tail):
+                    # A chunk of a stream is the same bytes before and after its text (id,
+                    # model, created, indices): learnt from one chunk whose single text string
+                    # the regex found (and that held no usage hint or marker), every chunk with
+                    # the same head and tail and no quote in between is that shape with another
+                    # string there, so it holds neither usage nor other text, and its text is
+                    # the bytes in between. Three C calls instead of three regex scans.
+                    start = len(head)
+                    end = len(chunk) - self._tpl_tail_len
+                    if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
+                        text = self._found.text
+                        if text is not None:
+                            text.add_span(chunk, start, end)
+                        return
+                if (
+                    chunk[-2:] == b"\n\n"
+                    and _usage_hint(chunk) is None
+                    and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
+                ):
+                    text = self._found.text
+                    if text is not None:
+                        count = 0
+                        last = None
+                        for m in _text_fields(chunk):
+                            text.add_json_string(m.group(1))
+                            count += 1
+                            last = m
+                        if count == 1 and last is not None:
+                            self._learn(chunk, last)
+                    elif self._tries > 0:
+                        self._tries -= 1
+                        found = list(_text_fields(chunk))
+                        if len(found) == 1:
+                            self._learn(chunk, found[0])
+                    return
+            except Exception:  # not bytes, a bug: the general path decides (and never raises)
+                pass
         decoder = self._decoder
         if decoder is None:
             if self._head is not None:
@@ -147,6 +189,14 @@ class UsageExtractor:
                 self._stop()
         if decoder.error is not None:
             self._found.fail(decoder.error)
+
+    def _learn(self, chunk: bytes, match: re.Match[bytes]) -> None:
+        tail = chunk[match.end(1) :]
+        if _KEY_AFTER(tail) is not None:
+            return  # the string was a key's value followed by another key: no template
+        self._tpl_head = chunk[: match.start(1)]
+        self._tpl_tail = tail
+        self._tpl_tail_len = len(tail)
 
     def _without_bom(self, chunk: bytes) -> bytes:
         head = (self._head or b"") + chunk

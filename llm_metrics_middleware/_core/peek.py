@@ -8,9 +8,9 @@ and keeps only those few fields (plus a byte count of the prompt text for estima
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from .fastjson import loads
 from .jsonscan import JSONObject, JSONScanner, string_bytes
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
@@ -33,10 +33,14 @@ def _scalar(value: Any) -> bool:
 class BodyPeek:
     """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
 
-    __slots__ = ("_scanner", "_small", "_fields", "_prompt_bytes", "_value", "done")
+    __slots__ = ("_scanner", "_first", "_small", "_kept", "_fields", "_prompt_bytes", "_value", "done")
 
     def __init__(self) -> None:
-        self._small: bytearray | None = bytearray()
+        # While the body is small it is kept: its first chunk as it came (most request
+        # bodies come in one piece; copying it would be the only work), then a buffer.
+        self._kept = True
+        self._first: bytes | None = None
+        self._small: bytearray | None = None
         self._scanner: JSONScanner | None = None
         self._fields: JSONObject | None = None
         self._prompt_bytes: int | None = None
@@ -46,12 +50,23 @@ class BodyPeek:
     def feed(self, chunk: bytes) -> None:
         if self.done or not chunk:
             return
-        small = self._small
-        if small is not None:
+        if self._kept:
+            small = self._small
+            if small is None:
+                first = self._first
+                if first is None:
+                    if len(chunk) <= SMALL_REQUEST:
+                        self._first = chunk
+                        return
+                    small = bytearray()
+                else:
+                    small = self._small = bytearray(first)
+                    self._first = None
             if len(small) + len(chunk) <= SMALL_REQUEST:
                 small += chunk
                 return
-            self._small = None
+            self._kept = False
+            self._first = self._small = None
             self._scanner = JSONScanner(_BODY_PATHS, self._on_object, text_roots=_PROMPT_ROOTS)
             self._scanner.feed(bytes(small))
         scanner = self._scanner
@@ -66,19 +81,25 @@ class BodyPeek:
         self.done = True
 
     def _parse_small(self) -> None:
-        data = bytes(self._small or b"")
-        self._small = None
+        data: bytes | bytearray = self._small if self._small is not None else (self._first or b"")
+        self._kept = False
+        self._first = self._small = None
         self._fields = {}
         try:
-            value = json.loads(data.decode("utf-8")) if data.strip() else None
+            value = loads(data) if data and not data.isspace() else None
         except (ValueError, RecursionError):
             return
-        if not isinstance(value, dict):
+        if type(value) is not dict:
             return
         # The same sparse object the scanner builds from _BODY_PATHS, without its loops.
-        fields: JSONObject = {key: value[key] for key in _TOP_FIELDS if _scalar(value.get(key))}
+        fields: JSONObject = {}
+        get = value.get
+        for key in _TOP_FIELDS:
+            field = get(key)
+            if field is not None and type(field) is not dict and type(field) is not list:
+                fields[key] = field
         for parent, key in _NESTED_FIELDS:
-            node = value.get(parent)
+            node = get(parent)
             if type(node) is dict and _scalar(node.get(key)):
                 fields.setdefault(parent, {})[key] = node[key]
         self._fields = fields
@@ -86,17 +107,18 @@ class BodyPeek:
 
     @property
     def fields(self) -> JSONObject:
-        if self._small is not None:
+        if self._kept:
             self._parse_small()
-        if self._fields is None and self._scanner is not None:
+        fields = self._fields
+        if fields is None and self._scanner is not None:
             # Not read to its end yet (the limit check reads only the body's start): the
             # fields seen so far.
             return self._scanner.partial or {}
-        return self._fields or {}
+        return fields if fields is not None else {}
 
     @property
     def prompt_bytes(self) -> int:
-        if self._small is not None:
+        if self._kept:
             self._parse_small()
         if self._scanner is not None:
             return self._scanner.text_bytes

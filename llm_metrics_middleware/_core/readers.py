@@ -18,6 +18,7 @@ import json
 from typing import Final, Literal, Protocol, get_args
 
 from .eventstream import EventStreamDecoder
+from .fastjson import loads
 from .findings import Findings
 from .jsonscan import JSONScanner, string_bytes
 from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
@@ -114,36 +115,55 @@ class SmallJSONReader:
     scanner too, which reads the first and judges the second.
     """
 
-    __slots__ = ("_found", "_buffer", "_limit")
+    __slots__ = ("_found", "_first", "_buffer", "_limit")
     format: BodyFormat = JSON
     skim: SSEDecoder | None = None
 
     def __init__(self, found: Findings, may_skip: bool = False) -> None:
         self._found = found
-        self._buffer = bytearray()
+        # The first chunk is kept as it is (most small bodies come in one piece, and
+        # copying it would be the only work): a buffer is made for a second one.
+        self._first: bytes | None = None
+        self._buffer: bytearray | None = None
         self._limit = SMALL_BODY
 
     def feed(self, chunk: bytes) -> Reader:
         buffer = self._buffer
+        if buffer is None:
+            first = self._first
+            if first is None:
+                if len(chunk) <= self._limit:
+                    self._first = chunk
+                    return self
+                buffer = bytearray()
+            else:
+                buffer = self._buffer = bytearray(first)
+                self._first = None
         if len(buffer) + len(chunk) <= self._limit:
             buffer += chunk
             return self
         scanned = ScannedJSONReader(self._found)
         scanned.feed(bytes(buffer))
-        self._buffer = bytearray()
+        self._buffer = None
         return scanned.feed(chunk)
 
     def close(self) -> None:
-        data = bytes(self._buffer)
-        self._buffer = bytearray()
-        if not data.strip():
+        data: bytes | bytearray
+        if self._buffer is not None:
+            data = self._buffer
+        elif self._first is not None:
+            data = self._first
+        else:
+            return
+        self._first = self._buffer = None
+        if not data or data.isspace():
             return
         found = self._found
         try:
-            value = json.loads(data.decode("utf-8"))
+            value = loads(data)
         except (ValueError, RecursionError):
             scanned = ScannedJSONReader(found)
-            scanned.feed(data)
+            scanned.feed(bytes(data))
             scanned.close()
             return
         objects = value if isinstance(value, list) else [value]
@@ -239,7 +259,7 @@ class SSEReader:
             if data == b"[DONE]":
                 return
             try:
-                obj = json.loads(data)
+                obj = loads(data)
             except ValueError:
                 found.fail("malformed")
                 return

@@ -94,7 +94,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 raise
             kind: str = message["type"]
             if kind == "http.response.body":
-                call.body(message.get("body", b""))  # type: ignore[arg-type]
+                call.feed(message.get("body", b""))  # type: ignore[arg-type]
                 if not message.get("more_body", False):
                     call.finish(COMPLETED)
             elif kind == "http.response.start":

@@ -136,7 +136,7 @@ class _MeteredIterable:
             raise
         finally:
             context.leave(token)
-        self._call.body(chunk)
+        self._call.feed(chunk)
         return chunk
 
     def close(self) -> None:
@@ -243,7 +243,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
 
             def metered_write(data: bytes) -> object:
                 result = write(data)
-                call.body(data)
+                call.feed(data)
                 return result
 
             return metered_write

@@ -121,29 +121,34 @@ class AzureNamespace:
             for counter, value in zip(self.limit_counters, sums, strict=True):
                 if value:
                     counter.add(value, {LIMIT: name})
-        tokens, requests, errors = self.totals.take()
+        series, errors = self.totals.take()
         with self._timing_lock:
             timings, self._timings = self._timings, []
         attributes = self.totals.attributes
-        for dims, (prompt, completion, total, cached, reasoning, est_prompt, est_completion) in tokens.items():
+        for dims, s in series.items():
             attrs = attributes(dims)
-            if prompt:
-                self.prompt.add(prompt, attrs)
-            if completion:
-                self.completion.add(completion, attrs)
-            if total:
-                self.total.add(total, attrs)
-            if cached:
-                self.cached.add(cached, attrs)
-            if reasoning:
-                self.reasoning.add(reasoning, attrs)
-            if est_prompt:
-                self.estimated.add(est_prompt, {**attrs, TOKEN_TYPE: "prompt"})
-            if est_completion:
-                self.estimated.add(est_completion, {**attrs, TOKEN_TYPE: "completion"})
-        # Requests are summed by (dims, status, outcome): the usage source is not a dimension here.
-        for (dims, status, outcome, _usage), count in requests.items():
-            self.requests.add(count, {**attributes(dims), STATUS_CODE: status, OUTCOME: outcome})
+            if s.prompt:
+                self.prompt.add(s.prompt, attrs)
+            if s.completion:
+                self.completion.add(s.completion, attrs)
+            if s.total:
+                self.total.add(s.total, attrs)
+            if s.cached:
+                self.cached.add(s.cached, attrs)
+            if s.reasoning:
+                self.reasoning.add(s.reasoning, attrs)
+            if s.est_prompt:
+                self.estimated.add(s.est_prompt, {**attrs, TOKEN_TYPE: "prompt"})
+            if s.est_completion:
+                self.estimated.add(s.est_completion, {**attrs, TOKEN_TYPE: "completion"})
+            if s.cost:
+                self.cost.add(s.cost, attrs)
+            # Requests are summed by (dims, status, outcome): the usage source is not a dimension here.
+            by_status: dict[tuple[int, str], int] = {}
+            for (status, outcome, _usage), count in s.requests.items():
+                by_status[status, outcome] = by_status.get((status, outcome), 0) + count
+            for (status, outcome), count in by_status.items():
+                self.requests.add(count, {**attrs, STATUS_CODE: str(status), OUTCOME: outcome})
         for dims, duration, ttfc in timings:
             attrs = attributes(dims)
             self.duration.record(duration, attrs)
@@ -151,8 +156,6 @@ class AzureNamespace:
                 self.first_chunk.record(ttfc, attrs)
         for kind, count in errors.items():
             self.errors.add(count, {KIND: kind})
-        for dims, usd in self.totals.take_cost().items():
-            self.cost.add(usd, attributes(dims))
 
 
 class AzureSink:

@@ -45,7 +45,7 @@ from .._metering.call import COMPLETED, DISCONNECTED, CallRecord
 from .._metering.failures import FailureLog
 from .._metering.names import OTEL, safe_name
 from .namespaces import Namespaces, check_reserved
-from .totals import CACHED, COMPLETION, EST_COMPLETION, EST_PROMPT, PROMPT, REASONING, TOTAL, CallTotals, LimitTotals
+from .totals import CallTotals, LimitTotals, Series
 
 _IMPORT_HINT = "pip install 'llm-metrics-middleware[otel]'"
 
@@ -143,15 +143,15 @@ class _Namespace:
         self.limits: LimitTotals | None = None
         self._limits_lock = threading.Lock()
         token = "{token}"
-        counters = (
-            ("prompt_tokens", "Prompt (input) tokens, cached included.", PROMPT),
-            ("completion_tokens", "Completion (output) tokens, reasoning included.", COMPLETION),
-            ("total_tokens", "Total tokens.", TOTAL),
-            ("cached_tokens", "Prompt tokens read from the provider's cache.", CACHED),
-            ("reasoning_tokens", "Completion tokens spent on reasoning.", REASONING),
+        counters: tuple[tuple[str, str, Callable[[Series], int]], ...] = (
+            ("prompt_tokens", "Prompt (input) tokens, cached included.", lambda s: s.prompt),
+            ("completion_tokens", "Completion (output) tokens, reasoning included.", lambda s: s.completion),
+            ("total_tokens", "Total tokens.", lambda s: s.total),
+            ("cached_tokens", "Prompt tokens read from the provider's cache.", lambda s: s.cached),
+            ("reasoning_tokens", "Completion tokens spent on reasoning.", lambda s: s.reasoning),
         )
-        for name, description, index in counters:
-            meter.create_observable_counter(f"{prefix}.{name}", [self._token_callback(index)], token, description)
+        for name, description, read in counters:
+            meter.create_observable_counter(f"{prefix}.{name}", [self._token_callback(read)], token, description)
         meter.create_observable_counter(
             f"{prefix}.estimated_tokens",
             [self._observe_estimated],
@@ -206,50 +206,43 @@ class _Namespace:
 
     # -- collection (the SDK's thread) -----------------------------------------------------
 
-    def _token_callback(self, index: int) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _token_callback(self, read: Callable[[Series], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         totals = self.totals
 
         def observe(options: CallbackOptions) -> Iterable[Observation]:
-            with totals.lock:
-                items = [(dims, sums[index]) for dims, sums in totals.tokens.items() if sums[index]]
-            return [Observation(value, totals.attributes(dims)) for dims, value in items]
+            series, _ = totals.snapshot()
+            return [Observation(read(s), totals.attributes(s.dims)) for s in series if s.usage_calls and read(s)]
 
         return observe
 
     def _observe_estimated(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self.totals
-        with totals.lock:
-            items = [
-                (dims, sums[EST_PROMPT], sums[EST_COMPLETION])
-                for dims, sums in totals.tokens.items()
-                if sums[EST_PROMPT] or sums[EST_COMPLETION]
-            ]
+        series, _ = totals.snapshot()
         out = []
-        for dims, prompt, completion in items:
-            attrs = totals.attributes(dims)
-            out.append(Observation(prompt, {**attrs, "type": "prompt"}))
-            out.append(Observation(completion, {**attrs, "type": "completion"}))
+        for s in series:
+            if s.estimated_calls and (s.est_prompt or s.est_completion):
+                attrs = totals.attributes(s.dims)
+                out.append(Observation(s.est_prompt, {**attrs, "type": "prompt"}))
+                out.append(Observation(s.est_completion, {**attrs, "type": "completion"}))
         return out
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self.totals
-        with totals.lock:
-            items = list(totals.requests.items())
+        series, _ = totals.snapshot()
         return [
-            Observation(count, {**totals.attributes(dims), "status": status, "outcome": outcome, "usage": source})
-            for (dims, status, outcome, source), count in items
+            Observation(count, {**totals.attributes(s.dims), "status": str(status), "outcome": outcome, "usage": source})
+            for s in series
+            for (status, outcome, source), count in s.requests.items()
         ]
 
     def _observe_cost(self, options: CallbackOptions) -> Iterable[Observation]:
         totals = self.totals
-        with totals.lock:
-            items = list(totals.cost.items())
-        return [Observation(usd, totals.attributes(dims)) for dims, usd in items]
+        series, _ = totals.snapshot()
+        return [Observation(s.cost, totals.attributes(s.dims)) for s in series if s.cost is not None]
 
     def _observe_errors(self, options: CallbackOptions) -> Iterable[Observation]:
-        with self.totals.lock:
-            items = list(self.totals.errors.items())
-        return [Observation(count, {"kind": kind}) for kind, count in items]
+        _, errors = self.totals.snapshot()
+        return [Observation(count, {"kind": kind}) for kind, count in errors.items()]
 
 
     # -- token limits (instruments created when a middleware with limits= binds) ------------

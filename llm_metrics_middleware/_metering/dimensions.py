@@ -269,7 +269,12 @@ class BoundSchema(Schema):
                 if count_error is not None:
                     count_error("dimension")
                 value = None
-            out.append(sanitize(value))
+            # The usual value (a short printable str) is kept as it is, without a regex;
+            # isprintable() is False for every character _CONTROL removes.
+            if value.__class__ is str and 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
+                out.append(value)
+            else:
+                out.append(sanitize(value))
         return tuple(out)
 
     def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:

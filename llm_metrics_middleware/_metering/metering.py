@@ -27,7 +27,7 @@ from .._core.providers.facts import (
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -272,6 +272,10 @@ class Metering:
                     self._to_sinks("on_error", "export")
 
 
+def _ignore(chunk: bytes) -> None:
+    """The body of a response that is not read."""
+
+
 class MeteredCall:
     """Per-request state. Every method is safe to call: none raises."""
 
@@ -294,6 +298,7 @@ class MeteredCall:
         "counted_elsewhere",
         "overrides",
         "header_counts",
+        "feed",
     )
 
     def __init__(
@@ -333,6 +338,10 @@ class MeteredCall:
         self.finished = False
         self.fmt: BodyFormat = NONE
         self.header_counts: Counts | None = None
+        #: What the drivers call with every response body chunk: first the method that
+        #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
+        #: no-op), so a streamed chunk costs one Python call here, not two.
+        self.feed: Callable[[bytes], None] = self._first_body
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -394,10 +403,18 @@ class MeteredCall:
             self.metering.count_error("internal")
 
     def body(self, chunk: bytes) -> None:
-        if self.first_chunk is None and chunk:
-            self.first_chunk = time.perf_counter()
+        """One response body chunk (the same as calling :attr:`feed`)."""
+        self.feed(chunk)
+
+    def _first_body(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        self.first_chunk = time.perf_counter()
         extractor = self.extractor
-        if extractor is not None:
+        if extractor is None:
+            self.feed = _ignore
+        else:
+            self.feed = extractor.feed
             extractor.feed(chunk)
 
     def finish(self, outcome: Outcome) -> None:
@@ -444,7 +461,7 @@ class MeteredCall:
         ):
             prompt = min(tokens_from_bytes(self.call_view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
-            usage = Usage(prompt, completion, prompt + completion, estimated=True)
+            usage = make_usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
         if not isinstance(request_model, str) or not request_model:
@@ -458,7 +475,7 @@ class MeteredCall:
             or (extraction.provider if extraction is not None else None)
             or _provider_from_headers(self.call_view)
         )
-        ctx = CallContext(provider=provider, operation=route.operation, model=response_model or request_model)
+        ctx = CallContext(provider, route.operation, response_model or request_model)
         values = metering.schema.values(self.view, ctx, metering.count_error)
         if self.overrides:
             values = metering.schema.override(values, self.overrides)
