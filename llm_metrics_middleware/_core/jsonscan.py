@@ -24,11 +24,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, Union
 
-PathItem = Union[str, int]
-Path = tuple[PathItem, ...]
-JSONObject = dict[str, Any]
+from .jsonpaths import _CAPTURE, _DESCEND, JSONObject, Path, PathItem, _Frame, _put, plan_paths, string_bytes
+
+__all__ = ["CAPTURE_LIMIT", "KEY_LIMIT", "JSONObject", "JSONScanner", "Path", "PathItem", "string_bytes"]
 
 #: Largest captured value kept, in bytes. A usage object is well under 1 KB; a bigger value
 #: at a captured path is not what we are looking for and is dropped (``overflowed`` is set).
@@ -68,30 +67,11 @@ _STRING = 4  # inside a string
 _SKIP = 5  # inside a container we do not care about
 _SCALAR = 6  # inside a number / true / false / null
 
-_CAPTURE = 1
-_DESCEND = 2
 
 _QUOTE = 0x22
 _BACKSLASH = 0x5C
 
 
-class _Frame:
-    """A container on the way to a captured path (or the object / top-level array)."""
-
-    __slots__ = ("is_object", "path", "index", "is_object_root", "is_top_array")
-
-    def __init__(
-        self,
-        is_object: bool,
-        path: Path | None,
-        is_object_root: bool = False,
-        is_top_array: bool = False,
-    ) -> None:
-        self.is_object = is_object
-        self.path = path
-        self.index = 0
-        self.is_object_root = is_object_root
-        self.is_top_array = is_top_array
 
 
 class JSONScanner:
@@ -116,33 +96,9 @@ class JSONScanner:
         on_object: Callable[[JSONObject], None],
         text_roots: Iterable[str] = (),
     ) -> None:
-        trie: dict[Path, int] = {}
-        for path in paths:
-            path = tuple(path)
-            for i in range(1, len(path)):
-                trie.setdefault(path[:i], _DESCEND)
-            trie[path] = _CAPTURE
-        self._trie = trie
-        self._on_object = on_object
         self._text_roots = frozenset(text_roots)
-        # For each object on a descended path: the raw keys whose members must be read one
-        # by one (captured or descended into, or counted text); the others are crossed
-        # by _MEMBER. None: every member of that object is read one by one (text inside).
-        members: dict[Path, frozenset[bytes] | None] = {(): frozenset()}
-        for path in trie:
-            members.setdefault(path, frozenset())
-        for path in list(members):
-            if path and isinstance(path[0], str) and path[0] in self._text_roots:
-                members[path] = None
-        for path in trie:
-            parent, key = path[:-1], path[-1]
-            keys = members.get(parent)
-            if isinstance(key, str) and keys is not None:
-                members[parent] = keys | {key.encode()}
-        root = members[()]
-        if root is not None:
-            members[()] = root | {k.encode() for k in self._text_roots}
-        self._members = members
+        self._trie, self._members = plan_paths(paths, self._text_roots)
+        self._on_object = on_object
         self._state = _VALUE
         self._frames: list[_Frame] = []
         self._object: JSONObject | None = None
@@ -481,37 +437,3 @@ class JSONScanner:
             self.objects += 1
             if obj is not None:
                 self._on_object(obj)
-
-
-def string_bytes(value: Any) -> int:
-    """Length of the strings in a parsed JSON value, keys included (for estimates).
-
-    Iterative: a request or response nested thousands deep (json.loads accepts up to about
-    a thousand levels) must not exhaust the stack of the thread that serves it.
-    """
-    total = 0
-    stack = [value]
-    pop, extend = stack.pop, stack.extend
-    while stack:
-        item = pop()
-        if isinstance(item, str):
-            total += len(item)
-        elif isinstance(item, dict):
-            for key in item:
-                total += len(key)
-            extend(item.values())
-        elif isinstance(item, list):
-            extend(item)
-    return total
-
-
-def _put(obj: JSONObject, path: Path, value: Any) -> None:
-    """Store ``value`` at ``path`` in a sparse nested dict (list indices become dict keys)."""
-    node: Any = obj
-    for item in path[:-1]:
-        child = node.get(item)
-        if not isinstance(child, dict):
-            child = {}
-            node[item] = child
-        node = child
-    node[path[-1]] = value
