@@ -1,4 +1,4 @@
-"""Pure ASGI 3 middleware: a short driver of :class:`~.._metering.metering.MeteredCall`.
+"""Pure ASGI 3 middleware: a short driver of :class:`~.._metering.metered_call.MeteredCall`.
 
 ``send`` is awaited first and the message looked at afterwards, so the client gets every
 message as the app produced it, when it produced it. All per-request state lives in the

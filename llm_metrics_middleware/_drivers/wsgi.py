@@ -1,4 +1,4 @@
-"""WSGI middleware (PEP 3333): a short driver of :class:`~.._metering.metering.MeteredCall`.
+"""WSGI middleware (PEP 3333): a short driver of :class:`~.._metering.metered_call.MeteredCall`.
 
 The response iterable is wrapped in a class with an explicit ``close()`` (a generator
 closed before its first ``next()`` would skip its ``finally``); the inner iterable is
