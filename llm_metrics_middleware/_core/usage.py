@@ -194,26 +194,30 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
 
 
+def _prompt_beside_cache(
+    usage: Mapping[str, Any], uncached_key: str, written_key: str, read_key: str
+) -> tuple[int | None, int | None, int | None]:
+    """``(prompt, read, written)`` for providers whose input count leaves out the cache
+    (Anthropic, Bedrock Converse): the prompt is the three added, when the input is known."""
+    uncached = _count(usage, uncached_key)
+    written = _count(usage, written_key)
+    read = _count(usage, read_key)
+    return (_sum(uncached, written, read) if uncached is not None else None), read, written
+
+
 def read_anthropic(usage: Mapping[str, Any]) -> Counts | None:
     """Anthropic Messages: ``input_tokens`` excludes cache writes and reads."""
-    uncached = _count(usage, "input_tokens")
-    written = _count(usage, "cache_creation_input_tokens")
-    read = _count(usage, "cache_read_input_tokens")
+    prompt, read, written = _prompt_beside_cache(
+        usage, "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"
+    )
     hour = _count(usage, "cache_creation", "ephemeral_1h_input_tokens")
-    prompt = _sum(uncached, written, read) if uncached is not None else None
-    completion = _count(usage, "output_tokens")
-    return prompt, completion, None, read, None, written, hour
+    return prompt, _count(usage, "output_tokens"), None, read, None, written, hour
 
 
 def read_converse(usage: Mapping[str, Any]) -> Counts | None:
     """AWS Bedrock Converse: ``inputTokens`` excludes cache reads and writes."""
-    uncached = _count(usage, "inputTokens")
-    read = _count(usage, "cacheReadInputTokens")
-    written = _count(usage, "cacheWriteInputTokens")
-    prompt = _sum(uncached, written, read) if uncached is not None else None
-    completion = _count(usage, "outputTokens")
-    total = _count(usage, "totalTokens")
-    return prompt, completion, total, read, None, written, None
+    prompt, read, written = _prompt_beside_cache(usage, "inputTokens", "cacheWriteInputTokens", "cacheReadInputTokens")
+    return prompt, _count(usage, "outputTokens"), _count(usage, "totalTokens"), read, None, written, None
 
 
 def read_cohere(usage: Mapping[str, Any]) -> Counts | None:
