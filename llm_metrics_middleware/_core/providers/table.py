@@ -225,16 +225,22 @@ GEMINI_API = Provider(
     streams_report_usage=True,
 )
 
+
+def _bodies_of(provider: Provider) -> dict[str, Any]:
+    """The fields that describe ``provider``'s request and response bodies, for a provider
+    that serves the same bodies behind its own paths (Vertex AI: Gemini's and Anthropic's)."""
+    return {name: getattr(provider, name) for name in _BODY_FIELDS}
+
+
+_BODY_FIELDS = ("usage", "model_at", "stream_text", "response_text", "prompt_roots", "request_fields")
+
+
 VERTEX_AI = Provider(
     name="gcp.vertex_ai",
     operations=_GEMINI_OPERATIONS,
     path=_GEMINI_PATH,
     path_requires=("/projects/", "/locations/"),
-    usage=GEMINI_API.usage,
-    model_at=GEMINI_API.model_at,
-    stream_text=GEMINI_API.stream_text,
-    response_text=GEMINI_API.response_text,
-    prompt_roots=GEMINI_API.prompt_roots,
+    **_bodies_of(GEMINI_API),
     streams_report_usage=True,
 )
 
@@ -247,12 +253,7 @@ VERTEX_ANTHROPIC = Provider(
     ),
     path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
     path_requires=("/publishers/anthropic/",),
-    usage=ANTHROPIC_MESSAGES.usage,
-    model_at=ANTHROPIC_MESSAGES.model_at,
-    stream_text=ANTHROPIC_MESSAGES.stream_text,
-    response_text=ANTHROPIC_MESSAGES.response_text,
-    prompt_roots=ANTHROPIC_MESSAGES.prompt_roots,
-    request_fields=ANTHROPIC_MESSAGES.request_fields,
+    **_bodies_of(ANTHROPIC_MESSAGES),
     streams_report_usage=True,
 )
 
