@@ -117,6 +117,17 @@ class Findings:
         if self.error is None:
             self.error = kind
 
+    def ended(self, *, failed: bool, idle: bool, dropped: bool) -> None:
+        """What a body's decoder said when the body ended: broken (``malformed``), cut in
+        the middle of a value (``truncated``) or holding a value too large to keep
+        (``too_large``); the last two only when no usage was found anyway."""
+        if failed:
+            self.fail("malformed")
+        elif not idle and not self.acc.seen:
+            self.fail("truncated")
+        if dropped and not self.acc.seen:
+            self.fail("too_large")
+
     def scanner(self, *, text: bool = True) -> JSONScanner:
         """An incremental scanner that sends the objects it finds here."""
         return JSONScanner(self.paths, self.on_object, text_roots=self.text_roots if text else ())

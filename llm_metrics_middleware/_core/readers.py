@@ -199,12 +199,7 @@ class ScannedJSONReader:
     def close(self) -> None:
         scanner = self._scanner
         found = self._found
-        if scanner.failed:
-            found.fail("malformed")
-        elif not scanner.idle and not found.acc.seen:
-            found.fail("truncated")
-        if scanner.overflowed and not found.acc.seen:
-            found.fail("too_large")
+        found.ended(failed=scanner.failed, idle=scanner.idle, dropped=scanner.overflowed)
         if found.text is not None:
             found.text.add_bytes(scanner.text_bytes)
 
@@ -317,13 +312,7 @@ class EventStreamReader:
 
     def close(self) -> None:
         decoder = self._decoder
-        found = self._found
-        if decoder.failed:
-            found.fail("malformed")
-        elif not decoder.idle and not found.acc.seen:
-            found.fail("truncated")
-        if decoder.skipped and not found.acc.seen:
-            found.fail("too_large")
+        self._found.ended(failed=decoder.failed, idle=decoder.idle, dropped=bool(decoder.skipped))
 
     def _on_message(self, headers: dict[str, str], payload: bytes) -> None:
         if headers.get(":message-type", "event") != "event":
