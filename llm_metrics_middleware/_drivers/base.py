@@ -107,9 +107,6 @@ class MiddlewareBase(Generic[AppT]):
                 fail_closed=limit_fail_closed,
                 timeout=limit_timeout,
                 headers=limit_headers,
-                location=location,
-                gateway_id=gateway_id,
-                subscription_secret=subscription_secret,
             )
         # Two stacked copies with one namespace would count every call twice.
         self._marker = "llm_metrics_middleware:" + namespace

@@ -17,7 +17,7 @@ from .._core.estimate import TokenCounter, offline_tiktoken
 from .._core.providers import Route, UsagePointers
 from .._core.providers.facts import USAGE_HEADER_NAMES
 from .call import CallRecord, ErrorKind, Exporter, Sink
-from .dimensions import CallContext, Dimension, Source, build_schema
+from .dimensions import BoundSchema, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
 from .metered_call import MeteredCall, body_error, usage_headers_of
@@ -79,13 +79,9 @@ class Metering:
             raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
         if custom_usage is not None and not isinstance(custom_usage, UsagePointers):
             raise TypeError(f"custom_usage= takes UsagePointers(...), got {custom_usage!r}")
-        self.schema = build_schema(
-            namespace,
-            dimensions,
-            location=location,
-            gateway_id=gateway_id,
-            subscription_secret=subscription_secret,
-        )
+        # Kept for the limit keys (enable_limits), which read the same built-in sources.
+        self._location, self._gateway_id, self._subscription_secret = location, gateway_id, subscription_secret
+        self.schema = self._build_schema(namespace, dimensions)
         self.exporters = exporters
         self.sinks: list[Sink] = [exporter.bind(self.schema) for exporter in exporters]
         self.provider = provider
@@ -113,22 +109,20 @@ class Metering:
         fail_closed: bool,
         timeout: float,
         headers: HeaderNames,
-        location: str | None,
-        gateway_id: str | None,
-        subscription_secret: bytes | str | None,
     ) -> None:
-        """Check ``limits`` and connect their store; sinks learn the configured limits."""
+        """Check ``limits`` and connect their store; sinks learn the configured limits.
+
+        Their keys read the built-in sources with this Metering's ``location``,
+        ``gateway_id`` and ``subscription_secret``."""
         schema = self.schema
+        subscription_secret = self._subscription_secret
 
         def source(name: str) -> Source | None:
             for dim in schema.dimensions:
                 if dim.name == name:
                     return dim.source
             try:  # a default name the middleware does not export: its documented source
-                built = build_schema(
-                    schema.namespace, [name], location=location, gateway_id=gateway_id,
-                    subscription_secret=subscription_secret,
-                )
+                built = self._build_schema(schema.namespace, [name])
             except (TypeError, ValueError):
                 return None
             return built.dimensions[0].source
@@ -151,6 +145,15 @@ class Metering:
             configured = getattr(sink, "limits_configured", None)
             if configured is not None:
                 configured(described)
+
+    def _build_schema(self, namespace: str, dimensions: Sequence[Dimension | str] | None) -> BoundSchema:
+        return build_schema(
+            namespace,
+            dimensions,
+            location=self._location,
+            gateway_id=self._gateway_id,
+            subscription_secret=self._subscription_secret,
+        )
 
     def _on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
         hooks = self._limit_hooks
