@@ -28,6 +28,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -74,41 +75,32 @@ def _abort(conn: http.client.HTTPConnection, aborted: threading.Event) -> None:
             pass
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class Delivery:
     """The pending per-application sums of one exporter and the thread that reports them.
 
     ``url`` is the backend's (checked, no trailing slash); ``form`` turns a batch into the POST body; ``stats`` and ``log_once`` are the
-    exporter's, so that its :attr:`stats` tells the whole story in one place.
+    exporter's, so that its :attr:`stats` tells the whole story in one place. A dataclass:
+    the options it is made with are its fields, checked by the exporter beforehand.
     """
 
-    def __init__(
-        self,
-        *,
-        url: str,
-        form: Callable[[Batch], bytes],
-        flush_interval: float,
-        timeout: float,
-        max_backoff: float,
-        max_batch: int,
-        max_pending: int,
-        stats: collections.Counter[str],
-        log_once: LogOnce,
-    ) -> None:
-        self._url = url
-        target = urlsplit(url)
+    url: str
+    form: Callable[[Batch], bytes]
+    flush_interval: float
+    timeout: float
+    max_backoff: float
+    max_batch: int
+    max_pending: int
+    stats: collections.Counter[str]
+    log_once: LogOnce
+
+    def __post_init__(self) -> None:
+        target = urlsplit(self.url)
         self._https = target.scheme == "https"
         self._host = target.hostname or ""
         self._port = target.port
         self._path = target.path.rstrip("/") + REPORT_PATH
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self._https else None
-        self._form = form
-        self._flush_interval = flush_interval
-        self._timeout = timeout
-        self._max_backoff = max_backoff
-        self._max_batch = max_batch
-        self._max_pending = max_pending
-        self._stats = stats
-        self._log_once = log_once
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -135,15 +127,15 @@ class Delivery:
 
     def count(self, kind: str) -> None:
         with self.lock:
-            self._stats[kind] += 1
+            self.stats[kind] += 1
 
     def add(self, key: PendingKey, usage: dict[str, int]) -> None:
         """Merge one call's usage into its application's sums (the request path)."""
         with self.lock:
             sums = self._pending.get(key)
             if sums is None:
-                if len(self._pending) >= self._max_pending:
-                    self._stats["dropped"] += 1
+                if len(self._pending) >= self.max_pending:
+                    self.stats["dropped"] += 1
                     dropped = True
                 else:
                     sums = self._pending[key] = {}
@@ -153,13 +145,13 @@ class Delivery:
             if sums is not None:
                 for metric, amount in usage.items():
                     sums[metric] = sums.get(metric, 0) + amount
-            full = len(self._pending) >= self._max_batch
+            full = len(self._pending) >= self.max_batch
         if dropped:
-            self._log_once(
+            self.log_once(
                 ("dropped",),
                 "ThreeScaleExporter: %d applications already wait to be reported (max_pending); calls of further "
                 "applications are dropped until the backend accepts reports again",
-                self._max_pending,
+                self.max_pending,
             )
         if not self._running:
             self._start()
@@ -183,7 +175,7 @@ class Delivery:
 
     def _run(self) -> None:
         failures = 0
-        delay = self._flush_interval
+        delay = self.flush_interval
         while True:
             self._wake.wait(delay)
             self._wake.clear()
@@ -205,10 +197,10 @@ class Delivery:
                 return
             if ok:
                 failures = 0
-                delay = self._flush_interval
+                delay = self.flush_interval
             else:
                 failures += 1
-                backoff = min(self._max_backoff, self._flush_interval * 2 ** min(failures - 1, 16))
+                backoff = min(self.max_backoff, self.flush_interval * 2 ** min(failures - 1, 16))
                 delay = backoff * random.uniform(0.5, 1.0)
 
     def _send_pending(self) -> bool:
@@ -216,8 +208,8 @@ class Delivery:
         with self.lock:
             taken, self._pending = self._pending, {}
         items = list(taken.items())
-        for start in range(0, len(items), self._max_batch):
-            batch = items[start:start + self._max_batch]
+        for start in range(0, len(items), self.max_batch):
+            batch = items[start:start + self.max_batch]
             outcome, status, code = self._post(batch)
             if outcome == _OK:
                 continue
@@ -249,8 +241,8 @@ class Delivery:
                         sums[metric] = sums.get(metric, 0) + amount
 
     def _reject(self, items: Batch, status: int, code: str | None) -> None:
-        self._stats["rejected"] += len(items)
-        self._log_once(
+        self.stats["rejected"] += len(items)
+        self.log_once(
             ("rejected", status, code),
             "ThreeScaleExporter: the 3scale backend refused a report with %s (error code %s); that usage is dropped. "
             "Check service_id, service_token and the applications' credentials",
@@ -260,16 +252,16 @@ class Delivery:
 
     def _post(self, batch: Batch) -> tuple[str, int, str | None]:
         """One report: (outcome, HTTP status or 0, 3scale error code)."""
-        self._stats["posts"] += 1
-        body = self._form(batch)
+        self.stats["posts"] += 1
+        body = self.form(batch)
         conn: http.client.HTTPConnection
         if self._https:
-            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout, context=self._ssl)
+            conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout, context=self._ssl)
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         # The socket timeout bounds each connect and read; the watchdog bounds them all together.
         aborted = threading.Event()
-        watchdog = threading.Timer(self._timeout * _TOTAL_TIMEOUTS, _abort, (conn, aborted))
+        watchdog = threading.Timer(self.timeout * _TOTAL_TIMEOUTS, _abort, (conn, aborted))
         watchdog.daemon = True
         watchdog.start()
         try:
@@ -283,13 +275,13 @@ class Delivery:
             data = response.read(_MAX_RESPONSE)
             status = response.status
             if aborted.is_set():  # cut off: whatever was parsed is not an answer
-                raise TimeoutError(f"no complete answer within {self._timeout * _TOTAL_TIMEOUTS:g} s")
+                raise TimeoutError(f"no complete answer within {self.timeout * _TOTAL_TIMEOUTS:g} s")
         except Exception as exc:  # refused, reset, timed out, TLS, a broken answer: all kept for later
-            self._stats["retries"] += 1
-            self._log_once(
+            self.stats["retries"] += 1
+            self.log_once(
                 ("unreachable", type(exc).__name__),
                 "ThreeScaleExporter: cannot reach %s (%s: %s); usage is kept and retried",
-                self._url,
+                self.url,
                 type(exc).__name__,
                 exc,
             )
@@ -298,11 +290,11 @@ class Delivery:
             watchdog.cancel()
             conn.close()
         if 200 <= status < 300:
-            self._stats["reported"] += len(batch)
+            self.stats["reported"] += len(batch)
             return _OK, status, None
         if status == 429 or status >= 500:
-            self._stats["retries"] += 1
-            self._log_once(("status", status), "ThreeScaleExporter: %s answered %s; usage is kept and retried", self._url, status)
+            self.stats["retries"] += 1
+            self.log_once(("status", status), "ThreeScaleExporter: %s answered %s; usage is kept and retried", self.url, status)
             return _RETRY, status, None
         return _REJECTED, status, error_code(data)
 
