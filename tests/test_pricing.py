@@ -204,12 +204,12 @@ def served() -> Iterator[tuple[str, InMemoryExporter, CollectorRegistry]]:
 
 def test_openai_stream_with_cached_tokens_through_the_sdk(served: tuple[str, InMemoryExporter, CollectorRegistry]) -> None:
     url, memory, registry = served
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0, timeout=10)
-    stream = client.chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
-        stream_options={"include_usage": True}, user="alice",
-    )
-    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    with openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0, timeout=10) as client:
+        stream = client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True}, user="alice",
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text == "Hello there"
     wait_for_calls(memory, 1)
     [call] = memory.calls
@@ -226,11 +226,11 @@ def test_anthropic_stream_and_json_with_cache_writes_through_the_sdk(
     served: tuple[str, InMemoryExporter, CollectorRegistry],
 ) -> None:
     url, memory, registry = served
-    client = anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0, timeout=10)
-    with client.messages.stream(model="claude-opus-4-7", max_tokens=256, messages=[{"role": "user", "content": "Summarise the notes."}]) as stream:
-        final = stream.get_final_message()
-    assert final.usage.cache_creation_input_tokens == 9165
-    message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Summarise."}])
+    with anthropic.Anthropic(base_url=url, api_key="sk-ant-test", max_retries=0, timeout=10) as client:
+        with client.messages.stream(model="claude-opus-4-7", max_tokens=256, messages=[{"role": "user", "content": "Summarise the notes."}]) as stream:
+            final = stream.get_final_message()
+        assert final.usage.cache_creation_input_tokens == 9165
+        message = client.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "Summarise."}])
     assert message.usage.cache_read_input_tokens == 1111
     wait_for_calls(memory, 2)
     [streamed] = [c for c in memory.calls if c.streamed]

@@ -37,8 +37,9 @@ def test_fixtures_give_fresh_objects(llm_metrics_exporter: InMemoryExporter, sim
 
 def test_served_simulator_answers_the_official_sdk(simulated_llm_url: str, simulated_llm: SimulatedLLM) -> None:
     assert simulated_llm_url.startswith("http://127.0.0.1:")
-    client = openai.OpenAI(base_url=simulated_llm_url + "/v1", api_key="sk-test", max_retries=0, timeout=10)
-    completion = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    # Closed here: an SDK client left open leaks its pooled socket into a later test's warning.
+    with openai.OpenAI(base_url=simulated_llm_url + "/v1", api_key="sk-test", max_retries=0, timeout=10) as client:
+        completion = client.chat.completions.create(**CHAT)  # type: ignore[call-overload]
     assert completion.usage.completion_tokens == 4
     assert simulated_llm.requests == 1  # the fixture served this very object
 
