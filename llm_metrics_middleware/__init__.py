@@ -22,6 +22,7 @@ from ._metering.pricing import Price
 from ._metering.request import RequestView
 
 if TYPE_CHECKING:
+    from ._drivers.aiohttp import instrument_aiohttp, uninstrument_aiohttp
     from ._drivers.httpx import LLMMetricsTransport, instrument_httpx, uninstrument_httpx
     from ._drivers.requests import LLMMetricsAdapter, instrument_requests, uninstrument_requests
     from ._exporters.azure import AzureMonitorExporter
@@ -54,9 +55,11 @@ __all__ = [
     "UsagePointers",
     "UsageSource",
     "carry_context",
+    "instrument_aiohttp",
     "instrument_httpx",
     "instrument_requests",
     "metering_context",
+    "uninstrument_aiohttp",
     "uninstrument_httpx",
     "uninstrument_requests",
 ]
@@ -73,6 +76,10 @@ def __getattr__(name: str) -> Any:
         from ._drivers import httpx
 
         return getattr(httpx, name)
+    if name in ("instrument_aiohttp", "uninstrument_aiohttp"):
+        from ._drivers import aiohttp
+
+        return getattr(aiohttp, name)
     if name in ("LLMMetricsAdapter", "instrument_requests", "uninstrument_requests"):
         from ._drivers import requests
 

@@ -29,9 +29,11 @@ def test_exported_members_are_pinned() -> None:
         "UsagePointers",
         "UsageSource",
         "carry_context",
+        "instrument_aiohttp",
         "instrument_httpx",
         "instrument_requests",
         "metering_context",
+        "uninstrument_aiohttp",
         "uninstrument_httpx",
         "uninstrument_requests",
     ]
