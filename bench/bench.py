@@ -30,36 +30,17 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from common import DIMENSIONS, log, verdict, version_of
+from common import DIMENSIONS, Config, log, verdict, version_of
 from large import run_large_child
 from load import python_client, serve
 from profiling import profile
 from sections import section_asgi_json, section_asgi_sse, section_large, section_uvicorn, section_wsgi
 from variants import OTEL_SETUP
-
-
-class Config:
-    def __init__(self, args: argparse.Namespace) -> None:
-        quick = args.quick
-        self.rng = random.Random(args.seed)
-        self.rounds = args.rounds or (3 if quick else 7)
-        self.json_requests = 2_000 if quick else 20_000
-        self.stream_chunks = 2_000
-        self.streams = 2 if quick else 10
-        self.large_json = 20_000_000 if quick else 200_000_000
-        self.large_events = 100_000 if quick else 1_000_000
-        self.large_rounds = 1 if quick else 3
-        self.uvicorn_rounds = 1 if quick else 5
-        self.uvicorn_seconds = args.seconds or (2.0 if quick else 10.0)
-        self.uvicorn_budget = 40.0 if quick else 150.0
-        self.client = args.client
-
 
 SECTIONS: dict[str, Callable[[Config, dict[str, Any], list[str], list[Any]], None]] = {
     "1": section_asgi_json,

@@ -7,6 +7,7 @@ costs are medians of the per-round differences to the bare app of the same round
 
 from __future__ import annotations
 
+import argparse
 import random
 import statistics
 import sys
@@ -69,3 +70,23 @@ def interleave(variants: dict[str, Callable[[], float]], rounds: int, rng: rando
 def paired_added(samples: dict[str, list[float]], name: str, bare: str, per: int) -> float:
     """Median over rounds of (variant - bare) in microseconds per unit."""
     return median([(a - b) / per * 1e6 for a, b in zip(samples[name], samples[bare])])
+
+
+class Config:
+    """One run's sizes and round counts, from the command line (``--quick`` for a smoke run)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        quick = args.quick
+        self.rng = random.Random(args.seed)
+        self.rounds = args.rounds or (3 if quick else 7)
+        self.json_requests = 2_000 if quick else 20_000
+        self.stream_chunks = 2_000
+        self.streams = 2 if quick else 10
+        self.large_json = 20_000_000 if quick else 200_000_000
+        self.large_events = 100_000 if quick else 1_000_000
+        self.large_rounds = 1 if quick else 3
+        self.uvicorn_rounds = 1 if quick else 5
+        self.uvicorn_seconds = args.seconds or (2.0 if quick else 10.0)
+        self.uvicorn_budget = 40.0 if quick else 150.0
+        self.client = args.client
+

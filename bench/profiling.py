@@ -19,7 +19,7 @@ from variants import ours_asgi
 from workloads import COMPLETION_BODY, chat_chunks, request_body
 
 if TYPE_CHECKING:
-    from bench import Config
+    from common import Config
 
 def profile(cfg: Config) -> None:
     """Where our time goes: step timings without a profiler, then cProfile's top entries."""

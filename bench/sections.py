@@ -1,6 +1,6 @@
 """The five sections of the benchmark; each measures, checks what was counted, and reports.
 
-A section takes the run's :class:`~bench.Config`, and adds to ``out`` (every sample, for
+A section takes the run's :class:`~common.Config`, and adds to ``out`` (every sample, for
 ``--json``), ``md`` (its Markdown table) and ``targets`` (name, figure, required, passed).
 
 1. ASGI, non-streamed ~1 KB chat completion, in-process: bare app, ours,
@@ -59,7 +59,7 @@ from variants import check_counted, instrumentator_asgi, otel_asgi, otel_wsgi, o
 from workloads import COMPLETION_BODY, COMPLETION_TOKENS, LARGE_KINDS, chat_chunks, large_expected, request_body
 
 if TYPE_CHECKING:
-    from bench import Config
+    from common import Config
 
 def section_asgi_json(cfg: Config, out: dict[str, Any], md: list[str], targets: list[Any]) -> None:
     n, rounds = cfg.json_requests, cfg.rounds

@@ -1,3 +1,3 @@
 """The package version, apart so that the exporters can name it without importing the package root."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
