@@ -17,10 +17,8 @@ from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import tokens_from_bytes
 from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
 from .._core.peek import BodyPeek
-from .._core.providers import Route, route_of
+from .._core.providers import Route
 from .._core.providers.facts import (
-    ALWAYS_REPORTS,
-    NO_TEXT_OPERATIONS,
     UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
@@ -91,6 +89,20 @@ def _ignore(chunk: bytes) -> None:
     """The body of a response that is not read."""
 
 
+#: Response Content-Type -> body format, so the media type is parsed once per value, not per
+#: response. The app chooses the header (a proxy passes its upstream's), so it is bounded.
+_FORMATS: dict[str | None, BodyFormat] = {}
+_FORMATS_SIZE = 64
+
+
+def _format_of(content_type: str | None) -> BodyFormat:
+    fmt = body_format(content_type)
+    if len(_FORMATS) >= _FORMATS_SIZE:
+        _FORMATS.clear()
+    _FORMATS[content_type] = fmt
+    return fmt
+
+
 class MeteredCall:
     """Per-request state. Every method is safe to call: none raises."""
 
@@ -140,16 +152,21 @@ class MeteredCall:
         #: Dimension values set by ``metering_context()`` for this call, by name or label.
         self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(call_view.path)
+        # What the path says (route, whether it is metered, whether its text is counted),
+        # worked out once per path and middleware: see Metering.route_entry.
+        entry = metering.routes.get(call_view.path)
+        if entry is None:
+            entry = metering.route_entry(call_view.path)
+        self.route: Route
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
-        self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
+        self.metered: bool
+        self.route, self.metered, self.want_text = entry
         # Peeked on every path: the dimensions of outgoing calls made while serving a
         # non-LLM path read the incoming body too (its "user").
         self.peek: BodyPeek | None = call_view.start_peek()
         self.status = 0
         self.extractor: UsageExtractor | None = None
         self.first_chunk: float | None = None
-        self.want_text = False
         self.finished = False
         self.fmt: BodyFormat = NONE
         self.header_counts: Counts | None = None
@@ -184,28 +201,26 @@ class MeteredCall:
             if status >= 400 or status < 200 or not self.metered or self.counted_elsewhere:
                 return
             decompressor = None
-            if not is_identity(content_encoding):
+            if content_encoding and not is_identity(content_encoding):
                 decompressor = decompressor_for(content_encoding)
                 if decompressor is None:
                     return  # an encoding we cannot read: pass it on unread
-            fmt = body_format(content_type)
+            fmt = _FORMATS.get(content_type)
+            if fmt is None:
+                fmt = _format_of(content_type)
             if fmt == NONE:
                 return
             metering = self.metering
-            route = self.route
             body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = metering.provider or route.provider
-            self.want_text = (
-                metering.estimate
-                and provider not in ALWAYS_REPORTS
-                and route.operation not in NO_TEXT_OPERATIONS
-            )
             self.fmt = fmt
             self.extractor = UsageExtractor(
                 fmt,
                 custom=metering.custom,
+                # Set from the route (Metering.route_entry): only when usage may be missing
+                # (estimates on, a provider whose streams may lack it, an operation that
+                # generates text).
                 want_text=self.want_text,
                 # A stream that asked for usage is still estimated when none came (the client
                 # left after the finish chunk, the upstream ignored the option), but its text
@@ -279,41 +294,52 @@ class MeteredCall:
             usage = make_usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
-        if not isinstance(request_model, str) or not request_model:
+        if request_model.__class__ is not str or not request_model:
             request_model = route.model
-        # Strings from the request or response: made encodable before any exporter sees them.
-        request_model = safe_text(request_model)
-        response_model = safe_text(extraction.model if extraction is not None else None)
-        provider = safe_text(
+        response_model = extraction.model if extraction is not None else None
+        provider = (
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
             or _provider_from_headers(self.call_view)
         )
-        ctx = CallContext(provider, route.operation, response_model or request_model)
-        values = metering.schema.values(self.view, ctx, metering.count_error)
+        # Strings from the request or response: made encodable before any exporter sees them
+        # (an ASCII str, the usual case, is kept without the call).
+        if request_model is not None and not (request_model.__class__ is str and request_model.isascii()):
+            request_model = safe_text(request_model)
+        if response_model is not None and not (response_model.__class__ is str and response_model.isascii()):
+            response_model = safe_text(response_model)
+        if provider is not None and not (provider.__class__ is str and provider.isascii()):
+            provider = safe_text(provider)
+        operation = route.operation
+        schema = metering.schema
+        values = schema.values(self.view, CallContext(provider, operation, response_model or request_model), metering.count_error)
         if self.overrides:
-            values = metering.schema.override(values, self.overrides)
+            values = schema.override(values, self.overrides)
         dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
-        now = time.perf_counter()
-        call = CallRecord(
-            dimensions=dims,
-            usage=usage,
-            usage_source=source,
-            provider=provider,
-            operation=route.operation,
-            request_model=request_model if isinstance(request_model, str) else None,
-            response_model=response_model,
-            status=self.status,
-            outcome=outcome,
-            streamed=streamed,
-            duration_s=now - self.started,
-            time_to_first_chunk_s=(self.first_chunk - self.started) if streamed and self.first_chunk else None,
-            parse_error=extraction.error if extraction is not None else None,
-            origin=self.origin,
-            request=self.view if self.origin == "incoming" or self.incoming is not None else None,
+        fmt = self.fmt
+        streamed = fmt == SSE or fmt == EVENTSTREAM or (fmt == JSON and body.get("stream") is True)
+        started = self.started
+        first_chunk = self.first_chunk
+        # Positional: CallRecord's field order (a keyword call costs a third more).
+        metering.deliver(
+            CallRecord(
+                dims,
+                usage,
+                source,
+                provider,
+                operation,
+                request_model,
+                response_model,
+                self.status,
+                outcome,
+                streamed,
+                time.perf_counter() - started,
+                (first_chunk - started) if streamed and first_chunk else None,
+                extraction.error if extraction is not None else None,
+                self.origin,
+                self.view if self.origin == "incoming" or self.incoming is not None else None,
+            )
         )
-        metering.deliver(call)

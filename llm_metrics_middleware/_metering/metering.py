@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 from .._core.estimate import TokenCounter, offline_tiktoken
-from .._core.providers import Route, UsagePointers
-from .._core.providers.facts import USAGE_HEADER_NAMES
+from .._core.providers import Route, UsagePointers, route_of
+from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, USAGE_HEADER_NAMES
 from .call import CallRecord, ErrorKind, Exporter, Sink
 from .dimensions import BoundSchema, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
@@ -35,6 +35,10 @@ __all__ = [
     "body_error",
     "usage_headers_of",
 ]
+
+#: Request paths whose route entry a Metering keeps (see Metering.route_entry); clients
+#: choose paths, so the cache is emptied when it fills.
+ROUTE_CACHE_SIZE = 1024
 
 #: Default cap on distinct dimension-value combinations per middleware (the default
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
@@ -95,6 +99,9 @@ class Metering:
         self.errors: collections.Counter[ErrorKind] = collections.Counter()
         self.failures = FailureLog()
         self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
+        #: Request path -> its route entry (see :meth:`route_entry`).
+        self.routes: dict[str, tuple[Route, bool, bool]] = {}
+        self._record_fns: list[Callable[[CallRecord], None]] | None = None
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
@@ -175,6 +182,28 @@ class Metering:
             model=model if isinstance(model, str) and model else route.model,
         )
 
+    def route_entry(self, path: str) -> tuple[Route, bool, bool]:
+        """``(route, metered, want_text)`` of a request path, kept in :attr:`routes`.
+
+        ``metered``: a known LLM path or one ``include_paths=`` allows, and not excluded;
+        ``want_text``: count the response's text for an estimate, because its usage may be
+        missing (estimates on, a provider whose streams may lack it, an operation that
+        generates text). All three depend on the path and this Metering's options only,
+        so each is worked out once per path instead of on every request.
+        """
+        route = route_of(path)
+        provider = self.provider or route.provider
+        entry = (
+            route,
+            self.paths.meters(path, route.operation is not None),
+            self.estimate and provider not in ALWAYS_REPORTS and route.operation not in NO_TEXT_OPERATIONS,
+        )
+        routes = self.routes
+        if len(routes) >= ROUTE_CACHE_SIZE:
+            routes.clear()
+        routes[path] = entry
+        return entry
+
     def begin(self, view: RequestView) -> MeteredCall:
         return MeteredCall(self, view)
 
@@ -198,7 +227,21 @@ class Metering:
                 self.count_error("internal")
         if self.limits is not None:
             self.limits.charge(call)
-        self._to_sinks("record", call)
+        records = self._record_fns
+        if records is None:
+            records = self._record_fns = [sink.record for sink in self.sinks]
+        # The sinks' record methods, looked up once: the guard of _to_sinks only when one raises.
+        for index, record in enumerate(records):
+            try:
+                record(call)
+            except Exception as exc:
+                self._record_failed(index, exc)
+
+    def _record_failed(self, index: int, exc: Exception) -> None:
+        self.errors["export"] += 1
+        sink = self.sinks[index]
+        self.failures.failed(f"exporter {type(sink).__qualname__} (exporters[{index}])", "record a call", exc)
+        self._to_sinks("on_error", "export")  # tell the others
 
     def _to_sinks(self, method: Literal["record", "on_error"], arg: CallRecord | ErrorKind) -> None:
         """The one guard around exporter code: a sink that raises is logged once per sink and

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
     from asgiref.typing import HTTPScope
 
+_new = object.__new__
+
 
 class RequestView:
     """What a dimension callable gets: ``method``, ``path``, ``headers`` and a bit more.
@@ -30,6 +32,7 @@ class RequestView:
 
     __slots__ = (
         "method", "path", "query_string", "root_path", "scope", "environ", "_headers", "_peek", "_raw_headers", "limits",
+        "_query",
     )
 
     def __init__(
@@ -52,20 +55,28 @@ class RequestView:
         self._raw_headers = raw_headers
         self._headers: Mapping[str, str] | None = None
         self._peek: BodyPeek | None = None
+        self._query: dict[str, str] | None = None
         #: The token limits that apply to this request, with its keys (set by the limit check).
         self.limits: Any = None
 
     @classmethod
     def from_scope(cls, scope: HTTPScope) -> RequestView:
+        # Slots filled directly: the keyword call to __init__ is a third of this on the
+        # request path, and every ASGI request builds one.
+        view = _new(cls)
         qs = scope.get("query_string", b"")
-        return cls(
-            scope.get("method", "GET"),
-            scope.get("path", "/"),
-            qs.decode("latin-1") if qs else "",
-            scope.get("root_path", "") or "",
-            scope=scope,
-            raw_headers=scope.get("headers", ()),
-        )
+        view.method = scope.get("method", "GET")
+        view.path = scope.get("path", "/")
+        view.query_string = qs.decode("latin-1") if qs else ""
+        view.root_path = scope.get("root_path", "") or ""
+        view.scope = scope
+        view.environ = None
+        view._raw_headers = scope.get("headers", ())
+        view._headers = None
+        view._peek = None
+        view._query = None
+        view.limits = None
+        return view
 
     @classmethod
     def from_environ(cls, environ: WSGIEnvironment) -> RequestView:
@@ -97,10 +108,15 @@ class RequestView:
 
     @property
     def query(self) -> dict[str, str]:
-        """Query parameters, the first value of each."""
-        out: dict[str, str] = {}
-        for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-            out.setdefault(key, value)
+        """Query parameters, the first value of each (parsed once per request: do not change
+        the dict returned)."""
+        out = self._query
+        if out is None:
+            out = {}
+            if self.query_string:
+                for key, value in parse_qsl(self.query_string, keep_blank_values=True):
+                    out.setdefault(key, value)
+            self._query = out
         return out
 
     @property
@@ -138,15 +154,38 @@ class RequestView:
 
     def start_peek(self) -> BodyPeek | None:
         """Begin peeking at the body if it is JSON; returns the peek to feed, or None."""
-        if self.method not in ("POST", "PUT", "PATCH"):
+        if self.method not in _BODY_METHODS:
             return None
+        content_type: str | bytes
         if self.environ is not None:
             content_type = self.environ.get("CONTENT_TYPE", "")
         else:
-            raw = self.header_bytes(b"content-type")
-            content_type = raw.decode("latin-1") if raw else ""
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media and media != "application/json" and not media.endswith("+json") and media != "text/plain":
+            content_type = b""
+            for key, value in self._raw_headers or ():
+                if key == b"content-type":
+                    content_type = bytes(value)
+                    break
+        json_like = _JSON_LIKE.get(content_type)
+        if json_like is None:
+            json_like = _json_like(content_type)
+        if not json_like:
             return None
         self._peek = BodyPeek()
         return self._peek
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Content-Type header value (str from WSGI, bytes from ASGI) -> whether the body may be JSON.
+#: Clients choose the header, so the cache is bounded; a typical app sees one or two values.
+_JSON_LIKE: dict[str | bytes, bool] = {}
+_JSON_LIKE_SIZE = 64
+
+
+def _json_like(content_type: str | bytes) -> bool:
+    text = content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type
+    media = text.split(";", 1)[0].strip().lower()
+    json_like = not media or media == "application/json" or media.endswith("+json") or media == "text/plain"
+    if len(_JSON_LIKE) >= _JSON_LIKE_SIZE:
+        _JSON_LIKE.clear()
+    _JSON_LIKE[content_type] = json_like
+    return json_like
