@@ -324,20 +324,23 @@ class UsageAccumulator:
     def result(self) -> Usage | None:
         if not self.seen or (self.prompt is None and self.completion is None):
             return None
+        # Conditional expressions, not min(): the builtin's call costs more than the whole
+        # comparison, and this runs once per metered call.
         prompt = self.prompt or 0
         completion = self.completion or 0
-        cached = min(self.cached or 0, prompt)
-        written = min(self.written or 0, prompt - cached)
+        cached = self.cached or 0
+        if cached > prompt:
+            cached = prompt
+        written = self.written or 0
+        if written > prompt - cached:
+            written = prompt - cached
+        written_1h = self.written_1h or 0
+        if written_1h > written:
+            written_1h = written
+        reasoning = self.reasoning or 0
+        if reasoning > completion:
+            reasoning = completion
         total = prompt + completion
         if self.total is not None and self.total >= total:
             total = self.total
-        return make_usage(
-            prompt,
-            completion,
-            total,
-            cached,
-            min(self.reasoning or 0, completion),
-            False,
-            written,
-            min(self.written_1h or 0, written),
-        )
+        return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)

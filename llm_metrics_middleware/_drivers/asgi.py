@@ -82,8 +82,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
 
         async def metered_send(message: ASGISendEvent) -> None:
             nonlocal disconnected
-            kind: str = message["type"]
-            if extra_headers and kind == "http.response.start":
+            if extra_headers and message["type"] == "http.response.start":
                 message = {**message, "headers": with_raw_headers(message.get("headers", ()), extra_headers)}
             try:
                 await send(message)
@@ -93,6 +92,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 # ConnectionRefusedError from its upstream) is an error, not a disconnect.
                 disconnected = True
                 raise
+            kind: str = message["type"]
             if kind == "http.response.body":
                 call.feed(message.get("body", b""))  # type: ignore[arg-type]
                 if not message.get("more_body", False):

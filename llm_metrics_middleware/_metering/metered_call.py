@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
+from .._core import readers
 from .._core.decoders import decompressor_for, is_identity
-from .._core.estimate import tokens_from_bytes
-from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, UsageExtractor, body_format
+from .._core.estimate import TokenCounter, tokens_from_bytes
+from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, Extraction, UsageExtractor, body_format
 from .._core.peek import BodyPeek
 from .._core.providers import Route
 from .._core.providers.facts import (
@@ -25,6 +26,7 @@ from .._core.providers.facts import (
     provider_from_headers,
 )
 from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
+from .._core.whole import extract_whole_json
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -126,6 +128,9 @@ class MeteredCall:
         "overrides",
         "header_counts",
         "feed",
+        "deferred",
+        "whole",
+        "token_counter",
     )
 
     def __init__(
@@ -170,6 +175,11 @@ class MeteredCall:
         self.finished = False
         self.fmt: BodyFormat = NONE
         self.header_counts: Counts | None = None
+        #: A JSON body read when it ends (see response_start), its one chunk so far, and
+        #: the token counter for its estimate.
+        self.deferred = False
+        self.whole: bytes | None = None
+        self.token_counter: TokenCounter | None = None
         #: What the drivers call with every response body chunk: first the method that
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
@@ -215,6 +225,14 @@ class MeteredCall:
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
             self.fmt = fmt
+            token_counter = None if include_usage else metering.token_counter
+            if fmt == JSON and decompressor is None and metering.custom is None:
+                # Read when it ends: most such bodies come whole, in one message or block,
+                # and extract_whole_json reads them with one parse; a body that comes in
+                # more pieces gets its extractor at the second (see _more_json).
+                self.deferred = True
+                self.token_counter = token_counter
+                return
             self.extractor = UsageExtractor(
                 fmt,
                 custom=metering.custom,
@@ -225,7 +243,7 @@ class MeteredCall:
                 # A stream that asked for usage is still estimated when none came (the client
                 # left after the finish chunk, the upstream ignored the option), but its text
                 # is only measured in bytes: usage almost always comes, so no tokenizer runs.
-                token_counter=None if include_usage else metering.token_counter,
+                token_counter=token_counter,
                 decompressor=decompressor,
             )
         except Exception as exc:
@@ -242,10 +260,33 @@ class MeteredCall:
         self.first_chunk = time.perf_counter()
         extractor = self.extractor
         if extractor is None:
-            self.feed = _ignore
+            if not self.deferred:
+                self.feed = _ignore
+            elif len(chunk) <= readers.SMALL_BODY:
+                self.whole = chunk
+                self.feed = self._more_json
+            else:
+                self._json_extractor().feed(chunk)
         else:
             self.feed = extractor.feed
             extractor.feed(chunk)
+
+    def _json_extractor(self) -> UsageExtractor:
+        """The extractor of a deferred JSON body that did not come whole."""
+        extractor = self.extractor = UsageExtractor(JSON, want_text=self.want_text, token_counter=self.token_counter)
+        self.deferred = False
+        self.feed = extractor.feed
+        return extractor
+
+    def _more_json(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        whole = self.whole
+        self.whole = None
+        extractor = self._json_extractor()
+        if whole is not None:
+            extractor.feed(whole)
+        extractor.feed(chunk)
 
     def finish(self, outcome: Outcome) -> None:
         if self.finished:
@@ -260,7 +301,17 @@ class MeteredCall:
     def _finish(self, outcome: Outcome) -> None:
         metering = self.metering
         route = self.route
-        extraction = self.extractor.close(ended=outcome == COMPLETED) if self.extractor is not None else None
+        extractor = self.extractor
+        extraction: Extraction | None = None
+        if extractor is not None:
+            extraction = extractor.close(ended=outcome == COMPLETED)
+        elif self.deferred:
+            whole = self.whole
+            if whole is None:  # no body bytes at all
+                extraction = Extraction(None, None, None, JSON, 0, None)
+            else:
+                self.whole = None
+                extraction = extract_whole_json(whole, want_text=self.want_text, token_counter=self.token_counter)
         usage = extraction.usage if extraction is not None else None
         if not self.metered or self.counted_elsewhere:
             return
@@ -320,7 +371,7 @@ class MeteredCall:
         if overflowed:
             metering.count_error("series_overflow")
         fmt = self.fmt
-        streamed = fmt == SSE or fmt == EVENTSTREAM or (fmt == JSON and body.get("stream") is True)
+        streamed = fmt in (SSE, EVENTSTREAM) or (fmt == JSON and body.get("stream") is True)
         started = self.started
         first_chunk = self.first_chunk
         # Positional: CallRecord's field order (a keyword call costs a third more).

@@ -1,0 +1,61 @@
+"""A small JSON response body that came whole, read without the incremental machinery.
+
+Most non-streamed responses reach the middleware as one body message (one WSGI block)
+well under :data:`~.readers.SMALL_BODY`. For those, building a
+:class:`~.extractor.UsageExtractor` with its findings, text meter and reader, feeding it
+once and closing it costs more than the JSON parse itself; :func:`extract_whole_json`
+gives the same :class:`~.extractor.Extraction` with one parse and the provider table's
+usage shapes, and hands every body it is not sure of to the general path.
+"""
+
+from __future__ import annotations
+
+from .estimate import TokenCounter
+from .extractor import JSON, Extraction, UsageExtractor
+from .fastjson import loads
+from .findings import TextMeter
+from .jsonscan import string_bytes
+from .providers.facts import RESPONSE_TEXT_ROOTS
+from .providers.objects import counts_from_object, model_from_object
+from .usage import Invalid, UsageAccumulator
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def extract_whole_json(data: bytes, *, want_text: bool = False, token_counter: TokenCounter | None = None) -> Extraction:
+    """What ``UsageExtractor(JSON, want_text=..., token_counter=...)`` says of ``data`` fed
+    as one chunk and closed: the same answer, for a body of at most ``SMALL_BODY`` bytes.
+
+    A JSON object is parsed once and its usage read from the provider table's shapes.
+    Anything else (a byte order mark, NDJSON or an array, a body that does not parse, a
+    usage object with absurd counts) goes the general way, which decides and names the
+    error.
+    """
+    value = None
+    if data[:3] != _BOM:
+        try:
+            value = loads(data)
+        except (ValueError, RecursionError):
+            value = None
+    if type(value) is dict:
+        try:
+            found = counts_from_object(value)
+            model = model_from_object(value)
+        except Invalid:
+            value = None  # the general path names the error
+        if value is not None:
+            provider = None
+            acc = UsageAccumulator()
+            if found is not None:
+                acc.update(found[0])
+                provider = found[1]
+            text_tokens = 0
+            if want_text:
+                meter = TextMeter(token_counter)
+                if not acc.seen:  # no usage: measure the answer text for an estimate
+                    meter.add_bytes(sum(string_bytes(value.get(root)) for root in RESPONSE_TEXT_ROOTS))
+                text_tokens = meter.result()
+            return Extraction(acc.result(), model, provider, JSON, text_tokens, None)
+    extractor = UsageExtractor(JSON, want_text=want_text, token_counter=token_counter)
+    extractor.feed(data)
+    return extractor.close()
