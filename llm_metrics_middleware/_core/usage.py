@@ -322,25 +322,35 @@ class UsageAccumulator:
             self.written_1h = written_1h
 
     def result(self) -> Usage | None:
-        if not self.seen or (self.prompt is None and self.completion is None):
+        if not self.seen:
             return None
-        # Conditional expressions, not min(): the builtin's call costs more than the whole
-        # comparison, and this runs once per metered call.
-        prompt = self.prompt or 0
-        completion = self.completion or 0
-        cached = self.cached or 0
-        if cached > prompt:
-            cached = prompt
-        written = self.written or 0
-        if written > prompt - cached:
-            written = prompt - cached
-        written_1h = self.written_1h or 0
-        if written_1h > written:
-            written_1h = written
-        reasoning = self.reasoning or 0
-        if reasoning > completion:
-            reasoning = completion
-        total = prompt + completion
-        if self.total is not None and self.total >= total:
-            total = self.total
-        return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)
+        return usage_of(
+            (self.prompt, self.completion, self.total, self.cached, self.reasoning, self.written, self.written_1h)
+        )
+
+
+def usage_of(counts: Counts) -> Usage | None:
+    """The normalised :class:`Usage` of merged counts (what :meth:`UsageAccumulator.result`
+    returns); also the usage of one object's counts, when its counts are all there is."""
+    prompt, completion, total, cached, reasoning, written, written_1h = counts
+    if prompt is None and completion is None:
+        return None
+    # Conditional expressions, not min(): the builtin's call costs more than the whole
+    # comparison, and this runs once per metered call.
+    prompt = prompt or 0
+    completion = completion or 0
+    cached = cached or 0
+    if cached > prompt:
+        cached = prompt
+    written = written or 0
+    if written > prompt - cached:
+        written = prompt - cached
+    written_1h = written_1h or 0
+    if written_1h > written:
+        written_1h = written
+    reasoning = reasoning or 0
+    if reasoning > completion:
+        reasoning = completion
+    whole = prompt + completion
+    total = total if total is not None and total >= whole else whole
+    return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)

@@ -17,7 +17,7 @@ from .findings import TextMeter
 from .jsonscan import string_bytes
 from .providers.facts import RESPONSE_TEXT_ROOTS
 from .providers.objects import counts_from_object, model_from_object
-from .usage import Invalid, UsageAccumulator
+from .usage import Invalid, usage_of
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -45,17 +45,20 @@ def extract_whole_json(data: bytes, *, want_text: bool = False, token_counter: T
             value = None  # the general path names the error
         if value is not None:
             provider = None
-            acc = UsageAccumulator()
+            usage = None
+            seen = False
             if found is not None:
-                acc.update(found[0])
-                provider = found[1]
+                counts, provider = found
+                # One object's counts are what an accumulator fed them would hold.
+                seen = counts[0] is not None or counts[1] is not None or counts[2] is not None
+                if seen:
+                    usage = usage_of(counts)
             text_tokens = 0
-            if want_text:
+            if want_text and not seen:  # no usage: measure the answer text for an estimate
                 meter = TextMeter(token_counter)
-                if not acc.seen:  # no usage: measure the answer text for an estimate
-                    meter.add_bytes(sum(string_bytes(value.get(root)) for root in RESPONSE_TEXT_ROOTS))
+                meter.add_bytes(sum(string_bytes(value.get(root)) for root in RESPONSE_TEXT_ROOTS))
                 text_tokens = meter.result()
-            return Extraction(acc.result(), model, provider, JSON, text_tokens, None)
+            return Extraction(usage, model, provider, JSON, text_tokens, None)
     extractor = UsageExtractor(JSON, want_text=want_text, token_counter=token_counter)
     extractor.feed(data)
     return extractor.close()

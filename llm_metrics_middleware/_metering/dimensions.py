@@ -130,8 +130,25 @@ Source = Callable[[RequestView, CallContext], str | None]
 
 
 def _api_id(request: RequestView, ctx: CallContext) -> str:
-    root = request.root_path.rstrip("/")
+    root_path = request.root_path
     path = request.path
+    key = (root_path, path)
+    value = _API_IDS.get(key)
+    if value is None:
+        value = _api_id_of(root_path, path)
+        if len(_API_IDS) >= _API_IDS_SIZE:  # clients choose paths: bounded
+            _API_IDS.clear()
+        _API_IDS[key] = value
+    return value
+
+
+#: (root_path, path) -> API ID, so each path is cut once, not on every request.
+_API_IDS: dict[tuple[str, str], str] = {}
+_API_IDS_SIZE = 1024
+
+
+def _api_id_of(root_path: str, path: str) -> str:
+    root = root_path.rstrip("/")
     # ASGI's path includes root_path (a mount prefix); WSGI's PATH_INFO excludes SCRIPT_NAME.
     if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
@@ -250,6 +267,12 @@ class BoundSchema(Schema):
     dimensions: tuple[BoundDimension, ...]
     #: Dimensions whose failure was logged (once each, not per request).
     _failed: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: Each dimension's source, in order: what :meth:`values` calls.
+    _sources: tuple[Source, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        Schema.__post_init__(self)
+        object.__setattr__(self, "_sources", tuple(dim.source for dim in self.dimensions))
 
     def values(
         self, request: RequestView, ctx: CallContext, count_error: Callable[[ErrorKind], None] | None = None
@@ -258,24 +281,29 @@ class BoundSchema(Schema):
         ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
         (with its traceback), not once per request."""
         out = []
-        for dim in self.dimensions:
+        append = out.append
+        for source in self._sources:
             try:
-                value = dim.source(request, ctx)
+                value = source(request, ctx)
             except Exception:
-                if dim.name not in self._failed:
-                    self._failed.add(dim.name)
-                    logger.warning("dimension %r failed; exported as %r (logged once, counted in "
-                                   "llm_metering_errors_total{kind=\"dimension\"})", dim.name, UNKNOWN, exc_info=True)
-                if count_error is not None:
-                    count_error("dimension")
+                self._failed_source(source, count_error)
                 value = None
             # The usual value (a short printable str) is kept as it is, without a regex;
             # isprintable() is False for every character _CONTROL removes.
             if value.__class__ is str and 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
-                out.append(value)
+                append(value)
             else:
-                out.append(sanitize(value))
+                append(sanitize(value))
         return tuple(out)
+
+    def _failed_source(self, source: Source, count_error: Callable[[ErrorKind], None] | None) -> None:
+        name = next(dim.name for dim in self.dimensions if dim.source is source)
+        if name not in self._failed:
+            self._failed.add(name)
+            logger.warning("dimension %r failed; exported as %r (logged once, counted in "
+                           "llm_metering_errors_total{kind=\"dimension\"})", name, UNKNOWN, exc_info=True)
+        if count_error is not None:
+            count_error("dimension")
 
     def override(self, values: tuple[str, ...], overrides: Mapping[str, str]) -> tuple[str, ...]:
         """``values`` with the dimensions ``overrides`` names (by label) replaced."""
