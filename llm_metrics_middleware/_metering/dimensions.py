@@ -280,7 +280,7 @@ class BoundSchema(Schema):
         """The dimension values of one call. A value callable that raises exports
         ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
         (with its traceback), not once per request."""
-        out = []
+        out: list[str] = []
         append = out.append
         for source in self._sources:
             try:
