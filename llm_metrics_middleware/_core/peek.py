@@ -33,7 +33,7 @@ def _scalar(value: Any) -> bool:
 class BodyPeek:
     """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
 
-    __slots__ = ("_scanner", "_first", "_small", "_kept", "_fields", "_prompt_bytes", "_value", "done")
+    __slots__ = ("_scanner", "_first", "_small", "_kept", "_fields", "_prompt_bytes", "_value", "done", "final")
 
     def __init__(self) -> None:
         # While the body is small it is kept: its first chunk as it came (most request
@@ -46,6 +46,9 @@ class BodyPeek:
         self._prompt_bytes: int | None = None
         self._value: Any = None
         self.done = False
+        #: True once :attr:`fields` can no longer change (the small body parsed, or the
+        #: scanner's object complete): a reader may keep what it returned.
+        self.final = False
 
     def feed(self, chunk: bytes) -> None:
         if self.done or not chunk:
@@ -79,12 +82,14 @@ class BodyPeek:
         if self._fields is None:
             self._fields = obj
         self.done = True
+        self.final = True
 
     def _parse_small(self) -> None:
         data: bytes | bytearray = self._small if self._small is not None else (self._first or b"")
         self._kept = False
         self._first = self._small = None
         self._fields = {}
+        self.final = True  # whatever follows, these are the fields (set before any reader runs)
         try:
             value = loads(data) if data and not data.isspace() else None
         except (ValueError, RecursionError):

@@ -231,11 +231,11 @@ class Metering:
         if records is None:
             records = self._record_fns = [sink.record for sink in self.sinks]
         # The sinks' record methods, looked up once: the guard of _to_sinks only when one raises.
-        for index, record in enumerate(records):
+        for record in records:
             try:
                 record(call)
             except Exception as exc:
-                self._record_failed(index, exc)
+                self._record_failed(records.index(record), exc)
 
     def _record_failed(self, index: int, exc: Exception) -> None:
         self.errors["export"] += 1

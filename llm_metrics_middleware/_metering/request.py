@@ -32,7 +32,7 @@ class RequestView:
 
     __slots__ = (
         "method", "path", "query_string", "root_path", "scope", "environ", "_headers", "_peek", "_raw_headers", "limits",
-        "_query",
+        "_query", "_body",
     )
 
     def __init__(
@@ -56,6 +56,7 @@ class RequestView:
         self._headers: Mapping[str, str] | None = None
         self._peek: BodyPeek | None = None
         self._query: dict[str, str] | None = None
+        self._body: Mapping[str, Any] | None = None
         #: The token limits that apply to this request, with its keys (set by the limit check).
         self.limits: Any = None
 
@@ -75,6 +76,7 @@ class RequestView:
         view._headers = None
         view._peek = None
         view._query = None
+        view._body = None
         view.limits = None
         return view
 
@@ -121,7 +123,15 @@ class RequestView:
 
     @property
     def body(self) -> Mapping[str, Any]:
-        return self._peek.fields if self._peek is not None else {}
+        body = self._body
+        if body is None:
+            peek = self._peek
+            if peek is None:
+                return {}
+            body = peek.fields
+            if peek.final:  # read three times a call or more: kept once it cannot change
+                self._body = body
+        return body
 
     @property
     def prompt_bytes(self) -> int:
