@@ -31,11 +31,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.samples import Sample
 
 from llm_metrics_middleware import (
+    CallRecord,
     LLMMetricsMiddleware,
     LLMMetricsTransport,
     LLMMetricsWSGIMiddleware,
     PrometheusExporter,
+    Usage,
 )
+from llm_metrics_middleware._metering.dimensions import build_schema
 from llm_metrics_middleware._metering.trace import current_trace
 from llm_metrics_middleware.testing import SimulatedLLM
 from tests.servers import ROOT, free_port, python_env, server_process, uvicorn_server
@@ -190,6 +193,37 @@ def test_without_opentelemetry_imported_nothing_is_imported_and_no_trace_is_read
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env=python_env(), cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+# -- the exporter alone ----------------------------------------------------------------------
+
+
+def test_the_duration_exemplar_sits_on_the_bucket_its_call_fell_in_and_untraced_calls_keep_it() -> None:
+    registry = CollectorRegistry()
+    sink = PrometheusExporter(registry).bind(build_schema("llm", ["User ID"]))
+    trace_ids = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
+    sink.record(record(duration_s=0.3, usage=Usage(10, 5, 15), **trace_ids))
+    sink.record(record(duration_s=7.0, usage=Usage(1, 1, 2)))  # untraced: the exemplar stays
+    samples = openmetrics_samples(openmetrics_latest(registry).decode())
+    (bucket,) = [s for s in samples if s.name == "llm_request_duration_seconds_bucket" and s.exemplar]
+    assert bucket.labels["le"] == "0.5" and bucket.exemplar is not None
+    assert bucket.exemplar.labels == trace_ids and bucket.exemplar.value == 0.3
+    tokens = one(samples, "llm_tokens_total").exemplar
+    assert tokens is not None and tokens.labels == trace_ids and tokens.value == 15
+    assert one(samples, "llm_tokens_total").value == 17
+    # The other counters carry none.
+    assert not [s for s in samples if s.exemplar and not s.name.startswith(("llm_prompt", "llm_completion", "llm_tokens",
+                                                                            "llm_request_duration"))]
+
+
+def record(**fields: Any) -> CallRecord:
+    base: dict[str, Any] = dict(
+        dimensions=("ada",), usage=None, usage_source="reported", provider="openai", operation="chat.completions",
+        request_model="m", response_model="m", status=200, outcome="completed", streamed=False, duration_s=0.1,
+        time_to_first_chunk_s=None,
+    )
+    base.update(fields)
+    return CallRecord(**base)
 
 
 # -- ASGI under uvicorn ---------------------------------------------------------------------
