@@ -11,6 +11,7 @@ iterated, so the span is not current when the call is recorded).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+import requests
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -32,11 +35,14 @@ from prometheus_client.samples import Sample
 
 from llm_metrics_middleware import (
     CallRecord,
+    LLMMetricsAdapter,
     LLMMetricsMiddleware,
     LLMMetricsTransport,
     LLMMetricsWSGIMiddleware,
     PrometheusExporter,
     Usage,
+    instrument_aiohttp,
+    uninstrument_aiohttp,
 )
 from llm_metrics_middleware._metering.dimensions import build_schema
 from llm_metrics_middleware._metering.trace import current_trace
@@ -385,6 +391,58 @@ def test_outgoing_call_inside_a_request_points_to_the_apps_span_around_the_call(
     tokens = (read["prompt_tokens"], read["completion_tokens"], read["total_tokens"])
     check_exemplars(samples, ask, tokens)
     assert ids(ask)["trace_id"] == ids(server)["trace_id"]  # the request's trace, the call's span
+
+
+@pytest.mark.timeout(60)
+def test_outgoing_call_in_a_wsgi_body_after_the_span_was_detached_takes_the_requests_trace() -> None:
+    tracing = Tracing()
+    registry = CollectorRegistry()
+    with uvicorn_server(SimulatedLLM()) as upstream_url:
+
+        def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+            start_response("200 OK", [("content-type", "application/json")])
+            # Runs as the server iterates the body: the tracing middleware's span is no
+            # longer current (its context was detached when the app returned).
+            assert trace.get_current_span() is trace.INVALID_SPAN
+            with requests.Session() as session:
+                session.mount("http://", LLMMetricsAdapter())
+                answer = session.post(upstream_url + "/v1/chat/completions", json=CHAT, timeout=10)
+            yield json.dumps({"read": answer.json()["usage"]}).encode()
+
+        metered = tracing.wsgi(LLMMetricsWSGIMiddleware(app, exporters=[PrometheusExporter(registry)],
+                                                        metrics_path="/metrics"))
+        with wsgi_server(metered) as url, httpx.Client(base_url=url, timeout=10) as client:
+            read = client.post("/ask", json={"user": "ada"}).json()["read"]
+            samples = wait_for(
+                lambda: (s := scrape_openmetrics(client)[0]) and any(x.name == "llm_tokens_total" for x in s) and s,
+                "the call to be recorded",
+            )
+    (server,) = tracing.finished("POST /ask")
+    check_exemplars(samples, server, (read["prompt_tokens"], read["completion_tokens"], read["total_tokens"]))
+
+
+@pytest.mark.timeout(60)
+def test_outgoing_aiohttp_call_exemplar_is_the_span_it_started_in() -> None:
+    tracing = Tracing()
+    registry = CollectorRegistry()
+
+    async def ask(url: str) -> tuple[dict[str, str], int]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+            with tracing.tracer.start_as_current_span("ask") as span:
+                response = await session.post(url + "/v1/chat/completions", json=CHAT)
+            async with response:  # read after "ask" ended: the call still belongs to it
+                total = (await response.json())["usage"]["total_tokens"]
+            return ids(span), total  # type: ignore[arg-type]
+
+    uninstrument_aiohttp()
+    instrument_aiohttp(exporters=[PrometheusExporter(registry)])
+    try:
+        with uvicorn_server(SimulatedLLM()) as upstream_url:
+            span_ids, total = asyncio.run(asyncio.wait_for(ask(upstream_url), 30))
+    finally:
+        uninstrument_aiohttp()
+    sample = one(openmetrics_samples(openmetrics_latest(registry).decode()), "llm_tokens_total")
+    assert sample.exemplar is not None and sample.exemplar.labels == span_ids and sample.exemplar.value == total
 
 
 # -- a real Prometheus ---------------------------------------------------------------------

@@ -159,8 +159,13 @@ class MeteredCall:
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
         self.feed: Callable[[bytes], None] = self._first_body
-        #: The OpenTelemetry span current when the call started (see :mod:`.trace`).
-        self.trace: TraceIds | None = current_trace()
+        #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
+        #: an outgoing call made when no span is current (a WSGI body, iterated after the
+        #: tracing middleware detached its span), the span of the request it belongs to.
+        trace = current_trace()
+        if trace is None and incoming is not None:
+            trace = incoming.trace
+        self.trace: TraceIds | None = trace
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
