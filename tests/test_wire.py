@@ -16,7 +16,7 @@ from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddlewar
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import body_of, chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
-from .wire.cases import CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, WireCase
+from .wire.cases import CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, UNREPORTED_CASES, WireCase
 
 DIMS = ["Operation ID", "Model", "Provider"]
 
@@ -112,6 +112,29 @@ def test_unbilled_calls_are_calls_with_no_tokens(case: WireCase) -> None:
                 assert body_of(sent)[:-1] == chunks
             [call] = exporter.calls
             assert call.usage is None and call.usage_source == "none", case.id
+            dims = exporter.dimensions(call)
+            assert (dims["Provider"], dims["Operation ID"]) == (case.provider, case.operation), case.id
+
+
+@pytest.mark.parametrize("case", UNREPORTED_CASES, ids=[c.id for c in UNREPORTED_CASES])
+def test_calls_that_report_no_usage_count_no_invented_tokens(case: WireCase, parse_path: str) -> None:
+    # An embedding whose response carries no usage (Gemini's older embedding models) is
+    # counted as a call with no tokens: no estimate is made for embeddings.
+    body = case.body
+    for sizes in _splits(body, case.id):
+        chunks = split(body, sizes)
+        for wsgi in (False, True):
+            exporter = InMemoryExporter()
+            headers = [("content-type", case.content_type), *case.response_headers]
+            if wsgi:
+                wapp = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", headers, chunks), exporters=[exporter], dimensions=DIMS)
+                assert run_wsgi(wapp, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case))[2] == chunks
+            else:
+                app = LLMMetricsMiddleware(chunk_app(200, headers, chunks), exporters=[exporter], dimensions=DIMS)
+                sent = run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case))
+                assert body_of(sent)[:-1] == chunks
+            [call] = exporter.calls
+            assert call.usage is None and call.usage_source == "none" and call.parse_error is None, case.id
             dims = exporter.dimensions(call)
             assert (dims["Provider"], dims["Operation ID"]) == (case.provider, case.operation), case.id
 

@@ -26,7 +26,7 @@ from .._core.providers.facts import (
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -251,6 +251,8 @@ class MeteredCall:
             return
         if self.header_counts is not None and self.status < 400:
             usage = _with_header_counts(usage, self.header_counts)
+        if usage is not None and route.hidden_output_in_total:
+            usage = with_hidden_output(usage)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:

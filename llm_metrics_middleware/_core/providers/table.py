@@ -139,6 +139,11 @@ class Provider:
     #: Response headers that report usage (authoritative when present): input, output,
     #: cache read, cache write.
     usage_headers: tuple[str, str, str, str] | None = None
+    #: Whether its total counts output that its completion count leaves out (Gemini's
+    #: OpenAI compatibility endpoint bills hidden thoughts as output but reports them only
+    #: in ``total_tokens``): what the total holds beyond prompt + completion is counted as
+    #: completion, and as reasoning, so that prompt + completion = total.
+    hidden_output_in_total: bool = False
 
 
 _OPENAI_OPERATIONS = (
@@ -223,6 +228,24 @@ GEMINI_API = Provider(
     key_query="key",
     sent_headers=("x-goog-api-key",),
     streams_report_usage=True,
+)
+
+
+#: Gemini's OpenAI compatibility endpoint: OpenAI's bodies behind Gemini's path. Its usage
+#: has no reasoning field: a thinking model's thoughts show only in ``total_tokens``
+#: (recorded: prompt 35, completion 12, total 109).
+GEMINI_OPENAI = Provider(
+    name="gcp.gemini",
+    operations=(_OPENAI_OPERATIONS[0], _OPENAI_OPERATIONS[2]),
+    path=r"/v1beta/openai/(?P<op>{ops})/?$",
+    usage=OPENAI.usage,
+    model_at=OPENAI.model_at,
+    stream_text=_OPENAI_TEXT,
+    response_text=OPENAI.response_text,
+    prompt_roots=OPENAI.prompt_roots,
+    request_fields=OPENAI.request_fields,
+    key_headers=OPENAI.key_headers,
+    hidden_output_in_total=True,
 )
 
 
@@ -322,6 +345,7 @@ PROVIDERS: tuple[Provider, ...] = (
     AZURE_OPENAI,
     ANTHROPIC_MESSAGES,
     GEMINI_API,
+    GEMINI_OPENAI,
     VERTEX_AI,
     VERTEX_ANTHROPIC,
     BEDROCK,
