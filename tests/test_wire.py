@@ -1,4 +1,4 @@
-"""Every provider's real wire format, through both middlewares, at many chunk splits.
+"""Every provider's real wire format, through both middlewares and the outgoing transport, at many chunk splits.
 
 Each case runs on both JSON parsing paths (the ``parse_path`` fixture: ``json.loads`` for
 small bodies, the incremental scanner for large ones), so a field the scanner is not told
@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import httpx
 import pytest
 
-from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
+from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsTransport, LLMMetricsWSGIMiddleware
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import body_of, chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
@@ -71,6 +72,28 @@ def test_wsgi(case: WireCase, parse_path: str) -> None:
         app = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", [("Content-Type", case.content_type), *case.response_headers], chunks), exporters=[exporter], dimensions=DIMS)
         _, _, blocks = run_wsgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
         assert blocks == chunks
+        _check(case, exporter)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_outgoing_transport(case: WireCase, parse_path: str) -> None:
+    # The app's own call to the provider, through LLMMetricsTransport, its response arriving
+    # in the same pieces: the caller reads every piece unchanged, and the call is counted.
+    body = case.body
+    for sizes in _splits(body, case.id):
+        chunks = split(body, sizes)
+        headers = [("content-type", case.content_type), *case.response_headers]
+
+        def answer(request: httpx.Request, chunks: list[bytes] = chunks) -> httpx.Response:
+            return httpx.Response(200, headers=headers, content=iter(chunks))
+
+        exporter = InMemoryExporter()
+        transport = LLMMetricsTransport(httpx.MockTransport(answer), exporters=[exporter], dimensions=DIMS)
+        target = "https://upstream.test" + case.path + (f"?{case.query}" if case.query else "")
+        with httpx.Client(transport=transport) as client, client.stream(
+            case.method, target, content=case.request_body, headers=_request_headers(case)
+        ) as response:
+            assert list(response.iter_raw()) == chunks
         _check(case, exporter)
 
 
