@@ -162,6 +162,21 @@ def test_calls_that_report_no_usage_count_no_invented_tokens(case: WireCase, par
             assert (dims["Provider"], dims["Operation ID"]) == (case.provider, case.operation), case.id
 
 
+JSON_ARRAY_STREAMS = [c for c in CASES if c.operation == "streamGenerateContent" and c.content_type.startswith("application/json")]
+
+
+@pytest.mark.parametrize("case", JSON_ARRAY_STREAMS, ids=[c.id for c in JSON_ARRAY_STREAMS])
+def test_a_gemini_json_array_stream_is_a_streamed_call(case: WireCase) -> None:
+    # streamGenerateContent without alt=sse streams a JSON array; the request body says
+    # nothing of streaming, the path does.
+    chunks = split(case.body, 64)
+    exporter = InMemoryExporter()
+    app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks), exporters=[exporter], dimensions=DIMS)
+    run_asgi(app, method=case.method, path=case.path, body=case.request_body, headers=_request_headers(case), query=case.query)
+    [call] = exporter.calls
+    assert call.streamed and call.time_to_first_chunk_s is not None, case.id
+
+
 def _vertex_anthropic(case: WireCase, operation: str) -> WireCase:
     model = case.model or "claude"
     return dataclasses.replace(

@@ -21,6 +21,7 @@ from .._core.providers import Route, route_of
 from .._core.providers.facts import (
     ALWAYS_REPORTS,
     NO_TEXT_OPERATIONS,
+    STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
@@ -299,7 +300,10 @@ class MeteredCall:
         dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
+        fmt = self.fmt
+        streamed = fmt in (SSE, EVENTSTREAM) or (
+            fmt == JSON and (body.get("stream") is True or route.operation in STREAMING_OPERATIONS)
+        )
         now = time.perf_counter()
         call = CallRecord(
             dimensions=dims,

@@ -94,6 +94,10 @@ class Operation:
     #: False for calls that bill no tokens (token counting, moderation): they are
     #: recorded as calls, and whatever their bodies say counts nothing.
     billed: bool = True
+    #: True when the operation always streams its answer, whatever the body format
+    #: (Gemini's ``streamGenerateContent`` without ``alt=sse``: a JSON array written one
+    #: element at a time), so the call is a streamed one with a time to first chunk.
+    streams: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,7 @@ _OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),
-    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
+    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",), streams=True),
     Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
     Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
     Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False, billed=False),
@@ -272,7 +276,7 @@ VERTEX_ANTHROPIC = Provider(
     name="gcp.vertex_ai",
     operations=(
         Operation("rawPredict", "chat", tails=("rawPredict",)),
-        Operation("streamRawPredict", "chat", tails=("streamRawPredict",)),
+        Operation("streamRawPredict", "chat", tails=("streamRawPredict",), streams=True),
     ),
     path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
     path_requires=("/publishers/anthropic/",),
