@@ -167,6 +167,10 @@ def test_hidden_output_in_a_total_is_counted_as_reasoning_only_where_the_table_s
     assert route_of("/v1beta/openai/chat/completions").hidden_output_in_total
     assert not route_of("/v1/chat/completions").hidden_output_in_total
     assert not route_of("/v1beta/models/gemini-2.5-pro:generateContent").hidden_output_in_total
+    # Whether streams always carry usage is a fact of the row, not of the provider's name.
+    assert route_of("/v1beta/models/gemini-2.5-pro:streamGenerateContent").streams_report_usage
+    assert not route_of("/v1beta/openai/chat/completions").streams_report_usage
+    assert route_of("/v1/messages").streams_report_usage and not route_of("/v1/chat/completions").streams_report_usage
     hidden = with_hidden_output(make_usage(35, 12, 109))
     assert (hidden.prompt_tokens, hidden.completion_tokens, hidden.total_tokens, hidden.reasoning_tokens) == (35, 74, 109, 62)
     reported = make_usage(10, 30, 40, reasoning=20)  # reasoning already inside completion

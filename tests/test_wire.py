@@ -177,6 +177,16 @@ def test_a_gemini_json_array_stream_is_a_streamed_call(case: WireCase) -> None:
     assert call.streamed and call.time_to_first_chunk_s is not None, case.id
 
 
+def test_a_stream_without_usage_on_geminis_openai_endpoint_is_estimated() -> None:
+    # Gemini's own API always reports usage; its OpenAI compatibility endpoint speaks
+    # OpenAI's format, whose streams may not. The recorded OpenAI stream without usage,
+    # under that path, is estimated (not left uncounted because the provider is gcp.gemini).
+    [case] = [c for c in CASES if c.id == "openai-chat-stream-no-usage"]
+    case = dataclasses.replace(case, id=case.id + "-on-gemini", provider="gcp.gemini", path="/v1beta/openai/chat/completions")
+    test_asgi(case, "json.loads")
+    test_wsgi(case, "json.loads")
+
+
 def _vertex_anthropic(case: WireCase, operation: str) -> WireCase:
     model = case.model or "claude"
     return dataclasses.replace(

@@ -197,10 +197,12 @@ class MeteredCall:
             body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = metering.provider or route.provider
+            # A provider= override names the provider; else the route's table row says
+            # (Gemini's own API always reports usage, its OpenAI-compatible one may not).
+            always_reports = metering.provider in ALWAYS_REPORTS if metering.provider else route.streams_report_usage
             self.want_text = (
                 metering.estimate
-                and provider not in ALWAYS_REPORTS
+                and not always_reports
                 and route.operation not in NO_TEXT_OPERATIONS
             )
             self.fmt = fmt
