@@ -45,6 +45,10 @@ ROUTES = [
      "gcp.vertex_ai", "streamRawPredict", "claude-sonnet-4@20250514"),
     ("/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
      "gcp.vertex_ai", "rawPredict", "claude-sonnet-4@20250514"),
+    ("/v1beta/openai/chat/completions", "gcp.gemini", "chat.completions", None),
+    ("/v1beta/openai/embeddings", "gcp.gemini", "embeddings", None),
+    ("/v1beta1/projects/p/locations/global/publishers/google/models/gemini-embedding-2:embedContent",
+     "gcp.vertex_ai", "embedContent", "gemini-embedding-2"),
     ("/health", None, None, None),
 ]
 
@@ -153,3 +157,23 @@ def test_responses_terminal_events(parse_path: str, terminal: str, counted: bool
             x.feed(body[i : i + 1])
         usage = x.close().usage
         assert (usage is not None and usage.total_tokens == 15) is counted, (fmt, terminal)
+
+
+def test_hidden_output_in_a_total_is_counted_as_reasoning_only_where_the_table_says() -> None:
+    # Gemini's OpenAI compatibility endpoint reports thoughts only in total_tokens; OpenAI's
+    # own total is prompt + completion, and a gap there is not reinterpreted.
+    from llm_metrics_middleware._core.usage import make_usage, with_hidden_output
+
+    assert route_of("/v1beta/openai/chat/completions").hidden_output_in_total
+    assert not route_of("/v1/chat/completions").hidden_output_in_total
+    assert not route_of("/v1beta/models/gemini-2.5-pro:generateContent").hidden_output_in_total
+    # Whether streams always carry usage is a fact of the row, not of the provider's name.
+    assert route_of("/v1beta/models/gemini-2.5-pro:streamGenerateContent").streams_report_usage
+    assert not route_of("/v1beta/openai/chat/completions").streams_report_usage
+    assert route_of("/v1/messages").streams_report_usage and not route_of("/v1/chat/completions").streams_report_usage
+    hidden = with_hidden_output(make_usage(35, 12, 109))
+    assert (hidden.prompt_tokens, hidden.completion_tokens, hidden.total_tokens, hidden.reasoning_tokens) == (35, 74, 109, 62)
+    reported = make_usage(10, 30, 40, reasoning=20)  # reasoning already inside completion
+    assert with_hidden_output(reported) == reported
+    estimated = make_usage(10, 5, 20, estimated=True)
+    assert with_hidden_output(estimated) == estimated

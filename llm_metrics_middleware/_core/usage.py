@@ -285,6 +285,29 @@ def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
     return prompt, completion if completion is not None else 0, None, None, None, None, None
 
 
+def with_hidden_output(usage: Usage) -> Usage:
+    """``usage`` with what its total holds beyond prompt + completion counted as output.
+
+    For providers whose total counts billed output that their completion count leaves
+    out, and that report no reasoning field for it (Gemini's OpenAI compatibility
+    endpoint: a thinking model's thoughts). The difference is reasoning, billed as output:
+    completion and reasoning both grow by it, so that prompt + completion = total again.
+    """
+    hidden = usage.total_tokens - usage.prompt_tokens - usage.completion_tokens
+    if hidden <= 0 or usage.estimated:
+        return usage
+    return make_usage(
+        usage.prompt_tokens,
+        usage.completion_tokens + hidden,
+        usage.total_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens + hidden,
+        False,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+    )
+
+
 class UsageAccumulator:
     """Merges the usage seen in a response's objects: per field, the last value wins."""
 

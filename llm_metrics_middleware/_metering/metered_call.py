@@ -21,12 +21,13 @@ from .._core.providers import Route, route_of
 from .._core.providers.facts import (
     ALWAYS_REPORTS,
     NO_TEXT_OPERATIONS,
+    STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -207,10 +208,12 @@ class MeteredCall:
             body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = metering.provider or route.provider
+            # A provider= override names the provider; else the route's table row says
+            # (Gemini's own API always reports usage, its OpenAI-compatible one may not).
+            always_reports = metering.provider in ALWAYS_REPORTS if metering.provider else route.streams_report_usage
             self.want_text = (
                 metering.estimate
-                and provider not in ALWAYS_REPORTS
+                and not always_reports
                 and route.operation not in NO_TEXT_OPERATIONS
             )
             self.fmt = fmt
@@ -262,6 +265,8 @@ class MeteredCall:
             return
         if self.header_counts is not None and self.status < 400:
             usage = _with_header_counts(usage, self.header_counts)
+        if usage is not None and route.hidden_output_in_total:
+            usage = with_hidden_output(usage)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:
@@ -308,7 +313,10 @@ class MeteredCall:
         dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
+        fmt = self.fmt
+        streamed = fmt in (SSE, EVENTSTREAM) or (
+            fmt == JSON and (body.get("stream") is True or route.operation in STREAMING_OPERATIONS)
+        )
         now = time.perf_counter()
         trace = self.trace
         call = CallRecord(

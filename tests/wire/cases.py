@@ -598,6 +598,115 @@ CASES += [
     ),
 ]
 
+_PYDANTIC_AI = "pydantic/pydantic-ai tests/"
+_GEMINI_SSE_NOTE = "raw body verbatim (each event ends \\r\\n\\r\\n as the Gemini API sends it)"
+_GOOGLE_EMBED_NOTE = (
+    "cassette stores the parsed body; written back on one line with ', ' and ': ' separators (the full body written so "
+    "gives exactly the recorded Content-Length, {length}); each {dims}-number vector cut to its first 256 numbers, "
+    "usage after it"
+)
+
+CASES += [
+    # ------------------------------------------------------------------ Gemini: tool-use prompt, thoughts
+    WireCase(
+        id="gemini-stream-sse-google-search",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-2.5-pro:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "What is the weather in San Francisco today?"}], "role": "user"}], "generationConfig": {}, "systemInstruction": {"parts": [{"text": "You are a helpful chatbot."}], "role": "user"}, "tools": [{"googleSearch": {}}]}),
+        content_type=_SSE, body_file="gemini-stream-sse-google-search.sse",
+        # promptTokenCount 17 + toolUsePromptTokenCount 102; candidatesTokenCount 241 + thoughtsTokenCount 412.
+        prompt_tokens=17 + 102, completion_tokens=241 + 412, total_tokens=772, reasoning_tokens=412,
+        model="gemini-2.5-pro",
+        source=_PYDANTIC_AI + "models/cassettes/test_google/test_google_model_web_search_tool_stream.yaml",
+        note=_GEMINI_SSE_NOTE + "; every event repeats toolUsePromptTokenCount and thoughtsTokenCount; the last one "
+        "carries groundingMetadata before its usage. Shortened to 8 KB: the 5th and 6th of 10 events dropped, the last "
+        "event's searchEntryPoint.renderedContent (5 KB of HTML) cut to its first 240 bytes; all else verbatim",
+    ),
+    WireCase(
+        id="gemini-stream-sse-code-execution",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-3-flash-preview:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "what is 65465-6544 * 65464-6+1.02255"}], "role": "user"}], "generationConfig": {"responseModalities": ["TEXT"]}, "systemInstruction": {"parts": [{"text": "Be concise and always use Python to do calculations no matter how small."}], "role": "user"}, "tools": [{"codeExecution": {}}]}),
+        content_type=_SSE, body_file="gemini-stream-sse-code-execution.sse",
+        # The last event: promptTokenCount 147 + toolUsePromptTokenCount 360; candidates 108 + thoughts 168.
+        prompt_tokens=147 + 360, completion_tokens=108 + 168, total_tokens=783, reasoning_tokens=168,
+        model="gemini-3-flash-preview",
+        source=_PYDANTIC_AI + "models/google/cassettes/test_code_execution/test_code_execution_stream.yaml",
+        note=_GEMINI_SSE_NOTE + "; usage is not monotonic: the codeExecutionResult event reports prompt 46 / total 46 "
+        "with no candidates or thoughts, and only the last event has toolUsePromptTokenCount",
+    ),
+    WireCase(
+        id="vertex-stream-sse-thinking",
+        provider="gcp.vertex_ai", operation="streamGenerateContent", method="POST",
+        path="/v1beta1/projects/pydantic-ai/locations/global/publishers/google/models/gemini-3-flash-preview:streamGenerateContent",
+        query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "Reply with exactly: OK"}], "role": "user"}], "generationConfig": {"responseModalities": ["TEXT"]}}),
+        content_type=_SSE, body_file="vertex-stream-sse-thinking.sse",
+        prompt_tokens=5, completion_tokens=1 + 100, total_tokens=106, reasoning_tokens=100,
+        model="gemini-3-flash-preview",
+        source=_PYDANTIC_AI + "models/cassettes/test_google/test_google_vertex_service_tier_flex_stream.yaml",
+        note="raw body verbatim: one event, thoughtsTokenCount 100 beside candidatesTokenCount 1 (and Vertex's trafficType)",
+    ),
+    # ------------------------------------------------------------------ Gemini: OpenAI compatibility, hidden thoughts
+    WireCase(
+        id="gemini-openai-chat-json-hidden-thoughts",
+        provider="gcp.gemini", operation="chat.completions", method="POST", path="/v1beta/openai/chat/completions",
+        request_body=_req({"messages": [{"content": "What is the current time?", "role": "user"}], "model": "gemini-2.5-pro-preview-05-06", "stream": False, "tool_choice": "auto", "tools": [{"function": {"description": "Get the current time.", "name": "get_current_time", "parameters": {"additionalProperties": False, "properties": {}, "type": "object"}}, "type": "function"}]}),
+        content_type=_JSON, body_file="gemini-openai-chat-json-hidden-thoughts-1.json",
+        # usage: prompt 35, completion 12, total 109: 62 thought tokens billed as output, reported nowhere else.
+        prompt_tokens=35, completion_tokens=12 + 62, total_tokens=109, reasoning_tokens=62,
+        model="gemini-2.5-pro-preview-05-06",
+        source=_PYDANTIC_AI + "models/cassettes/test_openai/test_compatible_api_with_tool_calls_without_id.yaml (1st interaction)",
+        note="cassette stores the parsed body; written compact in its field order, which gives exactly the recorded "
+        "Content-Length (1166); no completion_tokens_details: the thoughts show only in total_tokens",
+    ),
+    WireCase(
+        id="gemini-openai-chat-json-hidden-thoughts-after-tool",
+        provider="gcp.gemini", operation="chat.completions", method="POST", path="/v1beta/openai/chat/completions",
+        request_body=_req({"messages": [{"content": "What is the current time?", "role": "user"}, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}", "name": "get_current_time"}, "id": "pyd_ai_cee885c699414386a7e14b7ec43cadbc", "type": "function"}]}, {"content": "Noon", "role": "tool", "tool_call_id": "pyd_ai_cee885c699414386a7e14b7ec43cadbc"}], "model": "gemini-2.5-pro-preview-05-06", "stream": False, "tool_choice": "auto", "tools": [{"function": {"description": "Get the current time.", "name": "get_current_time", "parameters": {"additionalProperties": False, "properties": {}, "type": "object"}}, "type": "function"}]}),
+        content_type=_JSON, body_file="gemini-openai-chat-json-hidden-thoughts-2.json",
+        prompt_tokens=66, completion_tokens=6 + 28, total_tokens=100, reasoning_tokens=28,
+        model="gemini-2.5-pro-preview-05-06",
+        source=_PYDANTIC_AI + "models/cassettes/test_openai/test_compatible_api_with_tool_calls_without_id.yaml (2nd interaction)",
+        note="cassette stores the parsed body; written compact in its field order (exactly the recorded Content-Length, 755)",
+    ),
+    # ------------------------------------------------------------------ Gemini and Vertex AI embeddings
+    WireCase(
+        id="gemini-batch-embed-usage",
+        provider="gcp.gemini", operation="batchEmbedContents", method="POST",
+        path="/v1beta/models/gemini-embedding-2:batchEmbedContents",
+        request_body=_req({"requests": [{"content": {"parts": [{"text": "task: search result | query: Hello, world!"}]}, "model": "models/gemini-embedding-2"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-usage.json",
+        prompt_tokens=11, completion_tokens=0, total_tokens=11,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/test_google_task_prefix[default-query].yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=42647, dims=3072) + "; usageMetadata has promptTokenCount only (no total; "
+        "its details key is promptTokenDetails, not promptTokensDetails)",
+    ),
+    WireCase(
+        id="vertex-embed-content-usage",
+        provider="gcp.vertex_ai", operation="embedContent", method="POST",
+        path="/v1beta1/projects/pydantic-ai/locations/global/publishers/google/models/gemini-embedding-2:embedContent",
+        request_body=_req({"content": {"parts": [{"text": "task: question answering | query: Hello, world!"}]}}),
+        content_type=_GOOGLE_JSON, body_file="vertex-embed-content.json",
+        prompt_tokens=11, completion_tokens=0, total_tokens=11,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/test_google_task_prefix_vertex.yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=42605, dims=3072),
+    ),
+]
+
+#: Calls whose responses report no usage and whose text is not estimated (embeddings of
+#: models that return none): recorded as calls with no tokens, never as invented ones.
+UNREPORTED_CASES: list[WireCase] = [
+    WireCase(
+        id="gemini-batch-embed-no-usage", provider="gcp.gemini", operation="batchEmbedContents", method="POST",
+        path="/v1beta/models/gemini-embedding-2-preview:batchEmbedContents",
+        request_body=_req({"requests": [{"content": {"parts": [{"text": "hello"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}, {"content": {"parts": [{"text": "world"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-no-usage.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/TestGoogle.test_documents.yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=84732, dims=3072).replace(", usage after it", "") + "; no usageMetadata at all",
+    ),
+]
+
 #: Calls that bill no tokens (token counting, moderation, a failed response): recorded as calls with no usage,
 #: whatever their bodies hold.
 UNBILLED_CASES: list[WireCase] = [

@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, WireCase
+from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, UNREPORTED_CASES, WireCase
 
-ALL: list[WireCase] = [*CASES, *UNBILLED_CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
+ALL: list[WireCase] = [*CASES, *UNBILLED_CASES, *UNREPORTED_CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
 IDS = [case.id for case in ALL]
 
 

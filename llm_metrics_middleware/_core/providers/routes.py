@@ -16,6 +16,12 @@ class Route:
     operation: str | None
     #: A model named in the path (Azure deployment, Gemini model, Bedrock model ID).
     model: str | None = None
+    #: The provider's total holds output its completion count leaves out (the table's
+    #: ``hidden_output_in_total``).
+    hidden_output_in_total: bool = False
+    #: The table row's ``streams_report_usage``: per row, not per provider name, since one
+    #: provider may serve several APIs (Gemini's own, and its OpenAI compatibility one).
+    streams_report_usage: bool = False
 
 
 _UNKNOWN = Route(None, None)
@@ -27,13 +33,18 @@ class _Pattern:
     regex: re.Pattern[str]
     requires: tuple[str, ...]
     operation_of_tail: dict[str, str]
+    hidden_output_in_total: bool
+    streams_report_usage: bool
 
 
 def _pattern(provider: Provider) -> _Pattern:
     assert provider.path is not None
     tails = {tail: op.name for op in provider.operations for tail in op.tails}
     alternatives = "|".join(re.escape(t) for t in sorted(tails, key=len, reverse=True))
-    return _Pattern(provider.name, re.compile(provider.path.replace("{ops}", alternatives)), provider.path_requires, tails)
+    regex = re.compile(provider.path.replace("{ops}", alternatives))
+    return _Pattern(
+        provider.name, regex, provider.path_requires, tails, provider.hidden_output_in_total, provider.streams_report_usage
+    )
 
 
 # Patterns that need more of the path first (Vertex AI before the Gemini API it shares
@@ -47,7 +58,7 @@ _PATTERNS = tuple(
 _SUFFIXES = tuple(
     sorted(
         (
-            (suffix, p.name, op.name, op.not_under)
+            (suffix, p.name, op.name, op.not_under, p.streams_report_usage)
             for p in PROVIDERS
             if p.path is None
             for op in p.operations
@@ -85,11 +96,18 @@ def _route_of(path: str) -> Route:
         if m:
             tail = m.group("op")
             operation = pattern.operation_of_tail.get(tail) or tail.replace("/", ".")
-            return Route(pattern.provider, operation, m.group("model"))
+            # A path that names no model (Gemini's OpenAI endpoint) has no model group.
+            return Route(
+                pattern.provider,
+                operation,
+                m.groupdict().get("model"),
+                pattern.hidden_output_in_total,
+                pattern.streams_report_usage,
+            )
     stripped = path.rstrip("/")
-    for suffix, provider, operation, not_under in _SUFFIXES:
+    for suffix, provider, operation, not_under, reports in _SUFFIXES:
         if stripped.endswith(suffix):
             if any(part in stripped for part in not_under):
                 return _UNKNOWN
-            return Route(provider, operation)
+            return Route(provider, operation, streams_report_usage=reports)
     return _UNKNOWN

@@ -94,6 +94,10 @@ class Operation:
     #: False for calls that bill no tokens (token counting, moderation): they are
     #: recorded as calls, and whatever their bodies say counts nothing.
     billed: bool = True
+    #: True when the operation always streams its answer, whatever the body format
+    #: (Gemini's ``streamGenerateContent`` without ``alt=sse``: a JSON array written one
+    #: element at a time), so the call is a streamed one with a time to first chunk.
+    streams: bool = False
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,11 @@ class Provider:
     #: Response headers that report usage (authoritative when present): input, output,
     #: cache read, cache write.
     usage_headers: tuple[str, str, str, str] | None = None
+    #: Whether its total counts output that its completion count leaves out (Gemini's
+    #: OpenAI compatibility endpoint bills hidden thoughts as output but reports them only
+    #: in ``total_tokens``): what the total holds beyond prompt + completion is counted as
+    #: completion, and as reasoning, so that prompt + completion = total.
+    hidden_output_in_total: bool = False
 
 
 _OPENAI_OPERATIONS = (
@@ -153,7 +162,7 @@ _OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),
-    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
+    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",), streams=True),
     Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
     Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
     Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False, billed=False),
@@ -226,6 +235,24 @@ GEMINI_API = Provider(
 )
 
 
+#: Gemini's OpenAI compatibility endpoint: OpenAI's bodies behind Gemini's path. Its usage
+#: has no reasoning field: a thinking model's thoughts show only in ``total_tokens``
+#: (recorded: prompt 35, completion 12, total 109).
+GEMINI_OPENAI = Provider(
+    name="gcp.gemini",
+    operations=(_OPENAI_OPERATIONS[0], _OPENAI_OPERATIONS[2]),
+    path=r"/v1beta/openai/(?P<op>{ops})/?$",
+    usage=OPENAI.usage,
+    model_at=OPENAI.model_at,
+    stream_text=_OPENAI_TEXT,
+    response_text=OPENAI.response_text,
+    prompt_roots=OPENAI.prompt_roots,
+    request_fields=OPENAI.request_fields,
+    key_headers=OPENAI.key_headers,
+    hidden_output_in_total=True,
+)
+
+
 def _bodies_of(provider: Provider) -> dict[str, Any]:
     """The fields that describe ``provider``'s request and response bodies, for a provider
     that serves the same bodies behind its own paths (Vertex AI: Gemini's and Anthropic's)."""
@@ -249,7 +276,7 @@ VERTEX_ANTHROPIC = Provider(
     name="gcp.vertex_ai",
     operations=(
         Operation("rawPredict", "chat", tails=("rawPredict",)),
-        Operation("streamRawPredict", "chat", tails=("streamRawPredict",)),
+        Operation("streamRawPredict", "chat", tails=("streamRawPredict",), streams=True),
     ),
     path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
     path_requires=("/publishers/anthropic/",),
@@ -322,6 +349,7 @@ PROVIDERS: tuple[Provider, ...] = (
     AZURE_OPENAI,
     ANTHROPIC_MESSAGES,
     GEMINI_API,
+    GEMINI_OPENAI,
     VERTEX_AI,
     VERTEX_ANTHROPIC,
     BEDROCK,
