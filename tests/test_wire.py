@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator
 
+import httpx
 import pytest
 
-from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
+from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsTransport, LLMMetricsWSGIMiddleware
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import body_of, chunk_app, run_asgi, run_wsgi, split, wsgi_chunk_app
@@ -137,3 +139,52 @@ VERTEX_ANTHROPIC = [
 def test_anthropic_on_vertex(case: WireCase) -> None:
     test_asgi(case, "json.loads")
     test_wsgi(case, "json.loads")
+
+
+def _host(case: WireCase) -> str:
+    """The host a client would call: the recorded one (Azure's by its host), else any."""
+    return dict(case.request_headers).get("host", "llm.example.test")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_outgoing_transport(case: WireCase) -> None:
+    """Each case as an app's own call through ``LLMMetricsTransport``: the response stream
+    reaches the caller chunk for chunk, counted as it is read, at 1-byte and other splits."""
+    body = case.body
+    for sizes in _splits(body, case.id)[::2]:
+        chunks = split(body, sizes)
+
+        def handler(request: httpx.Request, chunks: list[bytes] = chunks) -> httpx.Response:
+            def stream() -> Iterator[bytes]:
+                yield from chunks
+
+            return httpx.Response(200, headers=[("content-type", case.content_type), *case.response_headers], content=stream())
+
+        exporter = InMemoryExporter()
+        transport = LLMMetricsTransport(httpx.MockTransport(handler), exporters=[exporter], dimensions=DIMS)
+        headers = {"content-type": "application/json", **{k: v for k, v in case.request_headers if k != "host"}}
+        target = f"https://{_host(case)}{case.path}" + (f"?{case.query}" if case.query else "")
+        with httpx.Client(transport=transport) as client, client.stream(case.method, target, content=case.request_body, headers=headers) as response:
+            assert list(response.iter_raw()) == chunks
+        _check(case, exporter)
+
+
+def _azure_v1(case: WireCase) -> WireCase:
+    operation = case.operation.replace(".", "/")
+    return dataclasses.replace(
+        case, id=case.id + "-on-v1", path=f"/openai/v1/{operation}", query="",
+        request_headers=(*case.request_headers, ("api-key", "test-api-key")),
+    )
+
+
+# Azure OpenAI's v1 API serves the deployment API's bodies under OpenAI's paths, the model in
+# the request body; the recorded deployment bodies are run under those paths, as an Azure
+# client sends them (its api-key). The v1 Responses bodies in the corpus are recordings.
+AZURE_V1 = [_azure_v1(c) for c in CASES if c.provider == "azure.ai.openai" and c.path.startswith("/openai/deployments/")]
+
+
+@pytest.mark.parametrize("case", AZURE_V1, ids=[c.id for c in AZURE_V1])
+def test_azure_deployment_bodies_on_v1_paths(case: WireCase) -> None:
+    test_asgi(case, "json.loads")
+    test_wsgi(case, "json.loads")
+    test_outgoing_transport(case)

@@ -26,6 +26,7 @@ from .._core.providers.facts import (
     counts_from_headers,
     provider_from_headers,
 )
+from .._core.providers.routes import CLAIMED, claimed
 from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
 from .call import (
     COMPLETED,
@@ -51,6 +52,25 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def route_of_call(view: RequestView) -> Route:
+    """The call's route: its path's, or the provider's that claims it by host or headers
+    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
+    another provider may claim, one by one, without building the header mapping."""
+    route = route_of(view.path)
+    if route.provider not in CLAIMED:
+        return route
+    environ = view.environ
+
+    def header(name: str) -> str | None:
+        if environ is not None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        raw = view.header_bytes(name.encode("latin-1"))
+        return None if raw is None else raw.decode("latin-1")
+
+    return claimed(route, view.path, header)
 
 
 def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
@@ -140,7 +160,7 @@ class MeteredCall:
         #: Dimension values set by ``metering_context()`` for this call, by name or label.
         self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(call_view.path)
+        self.route: Route = route_of_call(call_view)
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
         self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
         # Peeked on every path: the dimensions of outgoing calls made while serving a
@@ -196,7 +216,9 @@ class MeteredCall:
             body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = metering.provider or route.provider
+            # Whether usage always comes is the API's habit (route.wire: Bedrock's
+            # OpenAI-compatible streams report usage as OpenAI's do, only when asked).
+            provider = metering.provider or route.wire or route.provider
             self.want_text = (
                 metering.estimate
                 and provider not in ALWAYS_REPORTS

@@ -1,8 +1,10 @@
-"""Which LLM API a request is for, from its path alone (derived from the provider table)."""
+"""Which LLM API a request is for, from its path (derived from the provider table), and
+whose it is when another provider serves that API behind its own host (a claim)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .table import PROVIDERS, Provider
@@ -16,6 +18,9 @@ class Route:
     operation: str | None
     #: A model named in the path (Azure deployment, Gemini model, Bedrock model ID).
     model: str | None = None
+    #: The provider whose API (and wire format) the path is, when another provider serves
+    #: it (``openai`` for Azure's ``/openai/v1/...``); None: ``provider``'s own.
+    wire: str | None = None
 
 
 _UNKNOWN = Route(None, None)
@@ -93,3 +98,32 @@ def _route_of(path: str) -> Route:
                 return _UNKNOWN
             return Route(provider, operation)
     return _UNKNOWN
+
+
+# provider routed -> ((claiming provider, host endings, headers, path part), ...)
+_CLAIMS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...]] = {}
+for _p in PROVIDERS:
+    for _c in _p.claims:
+        _CLAIMS[_c.of] = (*_CLAIMS.get(_c.of, ()), (_p.name, _c.hosts, tuple(h.lower() for h in _c.headers), _c.under))
+
+#: Providers whose routes another provider may claim (only their requests look further).
+CLAIMED = frozenset(_CLAIMS)
+
+
+def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Route:
+    """``route``, or the same call as the provider that claims it (:class:`~.table.Claim`):
+    the request's ``Host`` ends with one of its hosts, or it sends that provider's headers on
+    a path under its prefix. ``header(name)`` returns a request header (lower-case name).
+    """
+    claims = _CLAIMS.get(route.provider or "")
+    if not claims:
+        return route
+    host = (header("host") or "").strip().lower()
+    if not host.endswith("]"):  # an IPv6 literal has colons of its own (and is no provider's)
+        host = host.partition(":")[0].rstrip(".")
+    for name, hosts, headers, under in claims:
+        if (hosts and host.endswith(hosts)) or (
+            headers and under in path and all(header(h) is not None for h in headers)
+        ):
+            return Route(name, route.operation, route.model, wire=route.provider)
+    return route

@@ -97,6 +97,28 @@ class Operation:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """Calls that route to another provider's API but are this provider's, when the
+    request says so.
+
+    OpenAI's API is served behind many hosts: Azure OpenAI's v1 API
+    (``{resource}.openai.azure.com/openai/v1/chat/completions``) and Amazon Bedrock's
+    OpenAI-compatible endpoints share their paths with Groq's (``api.groq.com/openai/v1``),
+    so the path alone cannot tell them apart. The host an outgoing call goes to can; so can
+    a header that only this provider's clients send (the ``api-key`` of Azure's SDKs), on
+    paths under ``under`` (an app that serves Azure's API behind its own host).
+    """
+
+    #: The provider whose routes are claimed (``openai``: the OpenAI-compatible default).
+    of: str
+    #: Host name endings (lower case, with their leading dot) of this provider's endpoints.
+    hosts: tuple[str, ...] = ()
+    #: Request headers only this provider's clients send, honoured on paths with ``under``.
+    headers: tuple[str, ...] = ()
+    under: str = ""
+
+
+@dataclass(frozen=True)
 class Provider:
     """Everything the package knows about one provider."""
 
@@ -139,6 +161,8 @@ class Provider:
     #: Response headers that report usage (authoritative when present): input, output,
     #: cache read, cache write.
     usage_headers: tuple[str, str, str, str] | None = None
+    #: Another provider's routes that are this one's when host or headers say so.
+    claims: tuple[Claim, ...] = ()
 
 
 _OPENAI_OPERATIONS = (
@@ -191,6 +215,18 @@ AZURE_OPENAI = Provider(
     key_headers=("api-key", "Ocp-Apim-Subscription-Key"),
     sent_headers=("api-key",),
     sent_query=("api-version",),
+    # The v1 API (/openai/v1/chat/completions, /responses, /embeddings: the model in the
+    # body, no api-version needed) is OpenAI's paths under /openai/, which Groq serves too
+    # (api.groq.com/openai/v1): Azure's when the host is an Azure OpenAI or Foundry
+    # resource's, or an Azure client sends its api-key.
+    claims=(
+        Claim(
+            "openai",
+            hosts=(".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"),
+            headers=("api-key",),
+            under="/openai/",
+        ),
+    ),
 )
 
 ANTHROPIC_MESSAGES = Provider(
@@ -257,6 +293,22 @@ VERTEX_ANTHROPIC = Provider(
     streams_report_usage=True,
 )
 
+#: Azure AI Foundry Models (the Azure AI model inference API): one endpoint for every model
+#: deployed on a Foundry resource (``{resource}.services.ai.azure.com/models/chat/completions
+#: ?api-version=2024-05-01-preview``, the deployment named by ``model``), and serverless
+#: endpoints of one model (``{endpoint}.{region}.models.ai.azure.com/chat/completions``).
+#: OpenAI's chat and embeddings bodies.
+AZURE_AI_INFERENCE = Provider(
+    name="azure.ai.inference",
+    operations=(
+        Operation("chat.completions", "chat", ("/models/chat/completions",)),
+        Operation("embeddings", "embeddings", ("/models/embeddings", "/models/images/embeddings"), estimate_text=False),
+    ),
+    **_bodies_of(OPENAI),
+    key_headers=("api-key", "Authorization"),
+    claims=(Claim("openai", hosts=(".models.ai.azure.com", ".inference.ai.azure.com")),),
+)
+
 BEDROCK = Provider(
     name="aws.bedrock",
     operations=(
@@ -277,6 +329,10 @@ BEDROCK = Provider(
     prompt_roots=("messages", "system", "inputText", "prompt"),
     streams_report_usage=True,
     stream_format="eventstream",
+    # Bedrock's OpenAI-compatible Chat Completions and Responses APIs
+    # (bedrock-runtime.{region}.amazonaws.com/openai/v1/..., bedrock-mantle.{region}.api.aws/v1/...):
+    # OpenAI's paths and bodies, Bedrock's calls.
+    claims=(Claim("openai", hosts=(".amazonaws.com", ".api.aws")),),
     usage_headers=(
         "X-Amzn-Bedrock-Input-Token-Count",
         "X-Amzn-Bedrock-Output-Token-Count",
@@ -315,11 +371,35 @@ COHERE_V2 = Provider(
     streams_report_usage=True,
 )
 
+#: Alibaba Cloud Model Studio's own API (DashScope: Qwen and the models it hosts); its
+#: OpenAI-compatible mode (``/compatible-mode/v1/chat/completions``) routes as OpenAI's.
+#: Streams (``X-DashScope-SSE: enable``) send ``id:``, ``event:result`` and a
+#: ``:HTTP_STATUS/200`` comment with every event, and cumulative usage in each.
+DASHSCOPE = Provider(
+    name="alibaba.dashscope",
+    operations=(
+        Operation(
+            "generation",
+            "chat",
+            ("/services/aigc/text-generation/generation", "/services/aigc/multimodal-generation/generation"),
+        ),
+    ),
+    # input/output (and total) tokens: read by the Responses or the Anthropic shape.
+    usage=(at(("usage",), RESPONSES, ANTHROPIC),),
+    stream_text=("text",),
+    response_text=("output",),
+    prompt_roots=("input",),
+    request_fields=(("model",),),
+    key_headers=("Authorization",),
+    streams_report_usage=True,
+)
+
 #: In the order usage shapes are tried (OpenAI's before Anthropic's: both have
 #: ``input_tokens``, only the Responses API's has details or a total).
 PROVIDERS: tuple[Provider, ...] = (
     OPENAI,
     AZURE_OPENAI,
+    AZURE_AI_INFERENCE,
     ANTHROPIC_MESSAGES,
     GEMINI_API,
     VERTEX_AI,
@@ -327,4 +407,5 @@ PROVIDERS: tuple[Provider, ...] = (
     BEDROCK,
     OLLAMA_API,
     COHERE_V2,
+    DASHSCOPE,
 )
