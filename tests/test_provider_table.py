@@ -66,6 +66,7 @@ CLAIMS = [
     ("res.services.ai.azure.com", {}, "/api/projects/p/openai/v1/responses", "azure.ai.openai", "responses"),
     ("127.0.0.1:8000", {"api-key": "k"}, "/openai/v1/chat/completions", "azure.ai.openai", "chat.completions"),
     ("127.0.0.1:8000", {"api-key": "k"}, "/openai/responses", "azure.ai.openai", "responses"),
+    ("127.0.0.1:8000", {"ocp-apim-subscription-key": "k"}, "/openai/v1/responses", "azure.ai.openai", "responses"),
     # api-key alone, off Azure's /openai/ prefix, says nothing
     ("127.0.0.1:8000", {"api-key": "k"}, "/v1/chat/completions", "openai", "chat.completions"),
     ("api.groq.com", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),

@@ -100,11 +100,19 @@ def _route_of(path: str) -> Route:
     return _UNKNOWN
 
 
-# provider routed -> ((claiming provider, host endings, headers, path part), ...)
-_CLAIMS: dict[str, tuple[tuple[str, tuple[str, ...], tuple[str, ...], str], ...]] = {}
-for _p in PROVIDERS:
-    for _c in _p.claims:
-        _CLAIMS[_c.of] = (*_CLAIMS.get(_c.of, ()), (_p.name, _c.hosts, tuple(h.lower() for h in _c.headers), _c.under))
+_Claim = tuple[str, tuple[str, ...], tuple[str, ...], str]
+
+
+def _claims() -> dict[str, tuple[_Claim, ...]]:
+    """Provider routed -> ((claiming provider, host endings, header names, path part), ...)."""
+    out: dict[str, tuple[_Claim, ...]] = {}
+    for p in PROVIDERS:
+        for c in p.claims:
+            out[c.of] = (*out.get(c.of, ()), (p.name, c.hosts, tuple(h.lower() for h in c.headers), c.under))
+    return out
+
+
+_CLAIMS = _claims()
 
 #: Providers whose routes another provider may claim (only their requests look further).
 CLAIMED = frozenset(_CLAIMS)
@@ -112,8 +120,9 @@ CLAIMED = frozenset(_CLAIMS)
 
 def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Route:
     """``route``, or the same call as the provider that claims it (:class:`~.table.Claim`):
-    the request's ``Host`` ends with one of its hosts, or it sends that provider's headers on
-    a path under its prefix. ``header(name)`` returns a request header (lower-case name).
+    the request's ``Host`` ends with one of its hosts, or it sends one of that provider's
+    headers on a path under its prefix. ``header(name)`` returns a request header
+    (lower-case name), or None.
     """
     claims = _CLAIMS.get(route.provider or "")
     if not claims:
@@ -123,7 +132,7 @@ def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Rou
         host = host.partition(":")[0].rstrip(".")
     for name, hosts, headers, under in claims:
         if (hosts and host.endswith(hosts)) or (
-            headers and under in path and all(header(h) is not None for h in headers)
+            headers and under in path and any(header(h) is not None for h in headers)
         ):
             return Route(name, route.operation, route.model, wire=route.provider)
     return route

@@ -113,7 +113,8 @@ class Claim:
     of: str
     #: Host name endings (lower case, with their leading dot) of this provider's endpoints.
     hosts: tuple[str, ...] = ()
-    #: Request headers only this provider's clients send, honoured on paths with ``under``.
+    #: Request headers only this provider's clients send (any one of them), honoured on
+    #: paths with ``under``.
     headers: tuple[str, ...] = ()
     under: str = ""
 
@@ -218,12 +219,13 @@ AZURE_OPENAI = Provider(
     # The v1 API (/openai/v1/chat/completions, /responses, /embeddings: the model in the
     # body, no api-version needed) is OpenAI's paths under /openai/, which Groq serves too
     # (api.groq.com/openai/v1): Azure's when the host is an Azure OpenAI or Foundry
-    # resource's, or an Azure client sends its api-key.
+    # resource's, or an Azure client sends its api-key (or Azure API Management's
+    # subscription key, in front of Azure OpenAI).
     claims=(
         Claim(
             "openai",
             hosts=(".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"),
-            headers=("api-key",),
+            headers=("api-key", "Ocp-Apim-Subscription-Key"),
             under="/openai/",
         ),
     ),
