@@ -76,9 +76,15 @@ CLAIMS = [
     # Bedrock serves OpenAI's API too: Bedrock's, never Azure's
     ("bedrock-runtime.us-west-2.amazonaws.com", {}, "/openai/v1/chat/completions", "aws.bedrock", "chat.completions"),
     ("bedrock-mantle.us-east-1.api.aws", {}, "/v1/responses", "aws.bedrock", "responses"),
+    # ... but a gateway of one's own on AWS is not Bedrock
+    ("abc123.execute-api.us-east-1.amazonaws.com", {}, "/v1/chat/completions", "openai", "chat.completions"),
+    ("my-vllm-123.elb.us-east-1.amazonaws.com", {}, "/v1/chat/completions", "openai", "chat.completions"),
+    ("bedrock-runtime.us-west-2.amazonaws.com.example.org", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
     # Azure AI Foundry Models: its own path, and serverless endpoints on OpenAI's
     ("res.services.ai.azure.com", {}, "/models/chat/completions", "azure.ai.inference", "chat.completions"),
     ("llama-xyz.eastus2.models.ai.azure.com", {}, "/chat/completions", "azure.ai.inference", "chat.completions"),
+    ("models.inference.ai.azure.com", {}, "/chat/completions", "azure.ai.inference", "chat.completions"),
+    ("a.b.openai.azure.com", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
     # a path another provider owns is never claimed
     ("myres.openai.azure.com", {}, "/v1/messages", "anthropic", "messages"),
 ]

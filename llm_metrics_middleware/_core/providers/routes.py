@@ -100,15 +100,22 @@ def _route_of(path: str) -> Route:
     return _UNKNOWN
 
 
-_Claim = tuple[str, tuple[str, ...], tuple[str, ...], str]
+_Claim = tuple[str, "re.Pattern[str] | None", tuple[str, ...], str]
+
+
+def _hosts(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for a claim's host names, ``*`` being one DNS label."""
+    if not names:
+        return None
+    return re.compile("|".join(re.escape(name).replace(r"\*", "[a-z0-9-]+") for name in names))
 
 
 def _claims() -> dict[str, tuple[_Claim, ...]]:
-    """Provider routed -> ((claiming provider, host endings, header names, path part), ...)."""
+    """Provider routed -> ((claiming provider, host pattern, header names, path part), ...)."""
     out: dict[str, tuple[_Claim, ...]] = {}
     for p in PROVIDERS:
         for c in p.claims:
-            out[c.of] = (*out.get(c.of, ()), (p.name, c.hosts, tuple(h.lower() for h in c.headers), c.under))
+            out[c.of] = (*out.get(c.of, ()), (p.name, _hosts(c.hosts), tuple(h.lower() for h in c.headers), c.under))
     return out
 
 
@@ -120,7 +127,7 @@ CLAIMED = frozenset(_CLAIMS)
 
 def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Route:
     """``route``, or the same call as the provider that claims it (:class:`~.table.Claim`):
-    the request's ``Host`` ends with one of its hosts, or it sends one of that provider's
+    the request's ``Host`` is one of its hosts, or it sends one of that provider's
     headers on a path under its prefix. ``header(name)`` returns a request header
     (lower-case name), or None.
     """
@@ -131,7 +138,7 @@ def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Rou
     if not host.endswith("]"):  # an IPv6 literal has colons of its own (and is no provider's)
         host = host.partition(":")[0].rstrip(".")
     for name, hosts, headers, under in claims:
-        if (hosts and host.endswith(hosts)) or (
+        if (hosts is not None and hosts.fullmatch(host)) or (
             headers and under in path and any(header(h) is not None for h in headers)
         ):
             return Route(name, route.operation, route.model, wire=route.provider)

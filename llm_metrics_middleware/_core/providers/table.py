@@ -111,7 +111,8 @@ class Claim:
 
     #: The provider whose routes are claimed (``openai``: the OpenAI-compatible default).
     of: str
-    #: Host name endings (lower case, with their leading dot) of this provider's endpoints.
+    #: Host names of this provider's endpoints, lower case, ``*`` standing for one DNS
+    #: label (a resource or region name): ``*.openai.azure.com``.
     hosts: tuple[str, ...] = ()
     #: Request headers only this provider's clients send (any one of them), honoured on
     #: paths with ``under``.
@@ -224,7 +225,7 @@ AZURE_OPENAI = Provider(
     claims=(
         Claim(
             "openai",
-            hosts=(".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com"),
+            hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com", "*.services.ai.azure.com"),
             headers=("api-key", "Ocp-Apim-Subscription-Key"),
             under="/openai/",
         ),
@@ -308,7 +309,7 @@ AZURE_AI_INFERENCE = Provider(
     ),
     **_bodies_of(OPENAI),
     key_headers=("api-key", "Authorization"),
-    claims=(Claim("openai", hosts=(".models.ai.azure.com", ".inference.ai.azure.com")),),
+    claims=(Claim("openai", hosts=("*.*.models.ai.azure.com", "*.*.inference.ai.azure.com", "models.inference.ai.azure.com")),),
 )
 
 BEDROCK = Provider(
@@ -333,8 +334,14 @@ BEDROCK = Provider(
     stream_format="eventstream",
     # Bedrock's OpenAI-compatible Chat Completions and Responses APIs
     # (bedrock-runtime.{region}.amazonaws.com/openai/v1/..., bedrock-mantle.{region}.api.aws/v1/...):
-    # OpenAI's paths and bodies, Bedrock's calls.
-    claims=(Claim("openai", hosts=(".amazonaws.com", ".api.aws")),),
+    # OpenAI's paths and bodies, Bedrock's calls. Only Bedrock's own hosts: a gateway of
+    # one's own on AWS (API Gateway, a load balancer) is no Bedrock call.
+    claims=(
+        Claim(
+            "openai",
+            hosts=("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com", "bedrock-mantle.*.api.aws"),
+        ),
+    ),
     usage_headers=(
         "X-Amzn-Bedrock-Input-Token-Count",
         "X-Amzn-Bedrock-Output-Token-Count",
