@@ -89,9 +89,11 @@ def test_outgoing_transport(case: WireCase, parse_path: str) -> None:
 
         exporter = InMemoryExporter()
         transport = LLMMetricsTransport(httpx.MockTransport(answer), exporters=[exporter], dimensions=DIMS)
-        target = "https://upstream.test" + case.path + (f"?{case.query}" if case.query else "")
+        # The recorded host (Azure's v1 calls are Azure's by it) goes in the URL, as a client sends it.
+        target = f"https://{_host(case)}{case.path}" + (f"?{case.query}" if case.query else "")
+        sent = [(k, v) for k, v in _request_headers(case) if k != "host"]
         with httpx.Client(transport=transport) as client, client.stream(
-            case.method, target, content=case.request_body, headers=_request_headers(case)
+            case.method, target, content=case.request_body, headers=sent
         ) as response:
             assert list(response.iter_raw()) == chunks
         _check(case, exporter)
@@ -208,3 +210,29 @@ VERTEX_ANTHROPIC = [
 def test_anthropic_on_vertex(case: WireCase) -> None:
     test_asgi(case, "json.loads")
     test_wsgi(case, "json.loads")
+
+
+def _host(case: WireCase) -> str:
+    """The host a client would call: the recorded one (Azure's by its host), else any."""
+    return dict(case.request_headers).get("host", "llm.example.test")
+
+
+def _azure_v1(case: WireCase) -> WireCase:
+    operation = case.operation.replace(".", "/")
+    return dataclasses.replace(
+        case, id=case.id + "-on-v1", path=f"/openai/v1/{operation}", query="",
+        request_headers=(*case.request_headers, ("api-key", "test-api-key")),
+    )
+
+
+# Azure OpenAI's v1 API serves the deployment API's bodies under OpenAI's paths, the model in
+# the request body; the recorded deployment bodies are run under those paths, as an Azure
+# client sends them (its api-key). The v1 Responses bodies in the corpus are recordings.
+AZURE_V1 = [_azure_v1(c) for c in CASES if c.provider == "azure.ai.openai" and c.path.startswith("/openai/deployments/")]
+
+
+@pytest.mark.parametrize("case", AZURE_V1, ids=[c.id for c in AZURE_V1])
+def test_azure_deployment_bodies_on_v1_paths(case: WireCase) -> None:
+    test_asgi(case, "json.loads")
+    test_wsgi(case, "json.loads")
+    test_outgoing_transport(case, "json.loads")

@@ -8,6 +8,10 @@ Every provider is normalised to one meaning, so that sums across providers add u
   (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``, xAI its
   ``reasoning_tokens`` apart from ``completion_tokens``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
+- audio tokens (OpenAI's ``prompt_tokens_details.audio_tokens`` and
+  ``completion_tokens_details.audio_tokens``, gpt-4o-audio and gpt-audio models) are parts
+  of the prompt and completion tokens, as OpenAI counts them: they are counted there once,
+  never added again, and not kept apart;
 - ``cached_tokens`` (prompt tokens read from the provider's cache), ``cache_write_tokens``
   (prompt tokens written to it: Anthropic's and Bedrock's cache creation, which they bill
   above the input price; ``cache_write_1h_tokens`` the part of them written for an hour,

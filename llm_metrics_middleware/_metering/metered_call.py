@@ -27,6 +27,7 @@ from .._core.providers.facts import (
     counts_from_headers,
     provider_from_headers,
 )
+from .._core.providers.routes import CLAIMED, claimed
 from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .call import (
     COMPLETED,
@@ -53,6 +54,25 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def route_of_call(view: RequestView) -> Route:
+    """The call's route: its path's, or the provider's that claims it by host or headers
+    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
+    another provider may claim, one by one, without building the header mapping."""
+    route = route_of(view.path)
+    if route.provider not in CLAIMED:
+        return route
+    environ = view.environ
+
+    def header(name: str) -> str | None:
+        if environ is not None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        raw = view.header_bytes(name.encode("latin-1"))
+        return None if raw is None else raw.decode("latin-1")
+
+    return claimed(route, view.path, header)
 
 
 def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
@@ -143,7 +163,7 @@ class MeteredCall:
         #: Dimension values set by ``metering_context()`` for this call, by name or label.
         self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(call_view.path)
+        self.route: Route = route_of_call(call_view)
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
         self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
         # Peeked on every path: the dimensions of outgoing calls made while serving a

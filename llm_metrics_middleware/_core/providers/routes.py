@@ -1,9 +1,11 @@
-"""Which LLM API a request is for, from its path alone (derived from the provider table)."""
+"""Which LLM API a request is for, from its path (derived from the provider table), and
+whose it is when another provider serves that API behind its own host (a claim)."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from .table import PROVIDERS, Provider
 
@@ -22,6 +24,9 @@ class Route:
     #: The table row's ``streams_report_usage``: per row, not per provider name, since one
     #: provider may serve several APIs (Gemini's own, and its OpenAI compatibility one).
     streams_report_usage: bool = False
+    #: The provider whose API (and wire format) the path is, when another provider serves
+    #: it (``openai`` for Azure's ``/openai/v1/...``); None: ``provider``'s own.
+    wire: str | None = None
 
 
 _UNKNOWN = Route(None, None)
@@ -111,3 +116,49 @@ def _route_of(path: str) -> Route:
                 return _UNKNOWN
             return Route(provider, operation, streams_report_usage=reports)
     return _UNKNOWN
+
+
+_Claim = tuple[str, "re.Pattern[str] | None", tuple[str, ...], str]
+
+
+def _hosts(names: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One pattern for a claim's host names, ``*`` being one DNS label."""
+    if not names:
+        return None
+    return re.compile("|".join(re.escape(name).replace(r"\*", "[a-z0-9-]+") for name in names))
+
+
+def _claims() -> dict[str, tuple[_Claim, ...]]:
+    """Provider routed -> ((claiming provider, host pattern, header names, path part), ...)."""
+    out: dict[str, tuple[_Claim, ...]] = {}
+    for p in PROVIDERS:
+        for c in p.claims:
+            out[c.of] = (*out.get(c.of, ()), (p.name, _hosts(c.hosts), tuple(h.lower() for h in c.headers), c.under))
+    return out
+
+
+_CLAIMS = _claims()
+
+#: Providers whose routes another provider may claim (only their requests look further).
+CLAIMED = frozenset(_CLAIMS)
+
+
+def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Route:
+    """``route``, or the same call as the provider that claims it (:class:`~.table.Claim`):
+    the request's ``Host`` is one of its hosts, or it sends one of that provider's
+    headers on a path under its prefix. ``header(name)`` returns a request header
+    (lower-case name), or None.
+    """
+    claims = _CLAIMS.get(route.provider or "")
+    if not claims:
+        return route
+    host = (header("host") or "").strip().lower()
+    if not host.endswith("]"):  # an IPv6 literal has colons of its own (and is no provider's)
+        host = host.partition(":")[0].rstrip(".")
+    for name, hosts, headers, under in claims:
+        if (hosts is not None and hosts.fullmatch(host)) or (
+            headers and under in path and any(header(h) is not None for h in headers)
+        ):
+            # The row's own facts stay (the API, hence its wire habits, is still the route's).
+            return replace(route, provider=name, wire=route.provider)
+    return route
