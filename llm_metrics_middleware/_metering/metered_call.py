@@ -18,14 +18,16 @@ from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, tokens_from_bytes
 from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, Extraction, UsageExtractor, body_format
 from .._core.peek import BodyPeek
-from .._core.providers import Route
+from .._core.providers import Route, route_of
 from .._core.providers.facts import (
+    STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
+from .._core.providers.routes import CLAIMED, claimed
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .._core.whole import extract_whole_json
 from .call import (
     COMPLETED,
@@ -41,6 +43,7 @@ from .call import (
 )
 from .dimensions import CallContext, safe_text
 from .request import RequestView
+from .trace import TraceIds, current_trace
 
 if TYPE_CHECKING:
     from .metering import Metering
@@ -51,6 +54,25 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def route_of_call(view: RequestView) -> Route:
+    """The call's route: its path's, or the provider's that claims it by host or headers
+    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
+    another provider may claim, one by one, without building the header mapping."""
+    route = route_of(view.path)
+    if route.provider not in CLAIMED:
+        return route
+    environ = view.environ
+
+    def header(name: str) -> str | None:
+        if environ is not None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        raw = view.header_bytes(name.encode("latin-1"))
+        return None if raw is None else raw.decode("latin-1")
+
+    return claimed(route, view.path, header)
 
 
 def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
@@ -131,6 +153,7 @@ class MeteredCall:
         "deferred",
         "whole",
         "token_counter",
+        "trace",
     )
 
     def __init__(
@@ -157,11 +180,11 @@ class MeteredCall:
         #: Dimension values set by ``metering_context()`` for this call, by name or label.
         self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        # What the path says (route, whether it is metered, whether its text is counted),
-        # worked out once per path and middleware: see Metering.route_entry.
+        # What the call's route says (the route, whether it is metered, whether its text
+        # is counted), worked out once per path and middleware: see Metering.route_entry.
         entry = metering.routes.get(call_view.path)
         if entry is None:
-            entry = metering.route_entry(call_view.path)
+            entry = metering.route_entry(call_view)
         self.route: Route
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
         self.metered: bool
@@ -184,6 +207,13 @@ class MeteredCall:
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
         self.feed: Callable[[bytes], None] = self._first_body
+        #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
+        #: an outgoing call made when no span is current (a WSGI body, iterated after the
+        #: tracing middleware detached its span), the span of the request it belongs to.
+        trace = current_trace()
+        if trace is None and incoming is not None:
+            trace = incoming.trace
+        self.trace: TraceIds | None = trace
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -204,6 +234,8 @@ class MeteredCall:
         (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
+            if self.trace is None:  # a span the app started itself is current now
+                self.trace = current_trace()
             if self.route.operation in UNBILLED_OPERATIONS:
                 return  # token counting, moderation: a call, but no tokens
             if usage_headers:
@@ -317,6 +349,8 @@ class MeteredCall:
             return
         if self.header_counts is not None and self.status < 400:
             usage = _with_header_counts(usage, self.header_counts)
+        if usage is not None and route.hidden_output_in_total:
+            usage = with_hidden_output(usage)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:
@@ -371,9 +405,12 @@ class MeteredCall:
         if overflowed:
             metering.count_error("series_overflow")
         fmt = self.fmt
-        streamed = fmt in (SSE, EVENTSTREAM) or (fmt == JSON and body.get("stream") is True)
+        streamed = fmt in (SSE, EVENTSTREAM) or (
+            fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
+        )
         started = self.started
         first_chunk = self.first_chunk
+        trace = self.trace
         # Positional: CallRecord's field order (a keyword call costs a third more).
         metering.deliver(
             CallRecord(
@@ -392,5 +429,8 @@ class MeteredCall:
                 extraction.error if extraction is not None else None,
                 self.origin,
                 self.view if self.origin == "incoming" or self.incoming is not None else None,
+                None,
+                trace[0] if trace is not None else None,
+                trace[1] if trace is not None else None,
             )
         )

@@ -16,11 +16,12 @@ from typing import Literal
 from .._core.estimate import TokenCounter, offline_tiktoken
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, USAGE_HEADER_NAMES
+from .._core.providers.routes import CLAIMED
 from .call import CallRecord, ErrorKind, Exporter, Sink
 from .dimensions import BoundSchema, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
-from .metered_call import MeteredCall, body_error, usage_headers_of
+from .metered_call import MeteredCall, body_error, route_of_call, usage_headers_of
 from .paths import PathFilter, PathPatterns
 from .pricing import PricingOption, build_pricing
 from .request import RequestView
@@ -182,26 +183,35 @@ class Metering:
             model=model if isinstance(model, str) and model else route.model,
         )
 
-    def route_entry(self, path: str) -> tuple[Route, bool, bool]:
-        """``(route, metered, want_text)`` of a request path, kept in :attr:`routes`.
+    def route_entry(self, view: RequestView) -> tuple[Route, bool, bool]:
+        """``(route, metered, want_text)`` of a call, kept in :attr:`routes` by path.
 
         ``metered``: a known LLM path or one ``include_paths=`` allows, and not excluded;
         ``want_text``: count the response's text for an estimate, because its usage may be
         missing (estimates on, a provider whose streams may lack it, an operation that
         generates text). All three depend on the path and this Metering's options only,
-        so each is worked out once per path instead of on every request.
+        so each is worked out once per path instead of on every request; a path another
+        provider may claim by host or headers (Azure's ``/openai/v1/...``) is routed on
+        every call and not kept.
         """
+        path = view.path
         route = route_of(path)
-        provider = self.provider or route.provider
+        cache = route.provider not in CLAIMED
+        if not cache:
+            route = route_of_call(view)
+        # A provider= override names the provider; else the route's table row says
+        # (Gemini's own API always reports usage, its OpenAI-compatible one may not).
+        always_reports = self.provider in ALWAYS_REPORTS if self.provider else route.streams_report_usage
         entry = (
             route,
             self.paths.meters(path, route.operation is not None),
-            self.estimate and provider not in ALWAYS_REPORTS and route.operation not in NO_TEXT_OPERATIONS,
+            self.estimate and not always_reports and route.operation not in NO_TEXT_OPERATIONS,
         )
-        routes = self.routes
-        if len(routes) >= ROUTE_CACHE_SIZE:
-            routes.clear()
-        routes[path] = entry
+        if cache:
+            routes = self.routes
+            if len(routes) >= ROUTE_CACHE_SIZE:
+                routes.clear()
+            routes[path] = entry
         return entry
 
     def begin(self, view: RequestView) -> MeteredCall:
