@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from .jsonpaths import _CAPTURE, _DESCEND, JSONObject, Path, PathItem, _Frame, _put, plan_paths, string_bytes
+from .textfields import TextFieldCounter
 
 __all__ = ["CAPTURE_LIMIT", "KEY_LIMIT", "JSONObject", "JSONScanner", "Path", "PathItem", "string_bytes"]
 
@@ -72,22 +73,20 @@ _QUOTE = 0x22
 _BACKSLASH = 0x5C
 
 
-
-
 class JSONScanner:
     """Feed bytes with :meth:`feed`; objects arrive through ``on_object``.
 
     ``paths`` are the object-relative paths to capture, as tuples of keys (``str``) and
     array indices (``int``). ``text_roots`` names top-level object keys whose string
     values are measured (total byte length) into :attr:`text_bytes`, for estimating
-    prompt tokens from a request without keeping it.
+    prompt tokens without keeping them, or handed raw to a ``text_counter`` (an answer's).
     """
 
     __slots__ = (
         "_trie", "_on_object", "_text_roots", "_state", "_frames", "_object", "_pending",
         "_skip_depth", "_string_kind", "_string_escape", "_key", "_capture", "_capture_path",
         "_cap_from", "_counting", "_string_len", "_string_spaced", "text_bytes", "failed",
-        "overflowed", "objects", "_members",
+        "overflowed", "objects", "_members", "text_counter", "_forward_from",
     )
 
     def __init__(
@@ -95,8 +94,11 @@ class JSONScanner:
         paths: Iterable[Path],
         on_object: Callable[[JSONObject], None],
         text_roots: Iterable[str] = (),
+        text_counter: TextFieldCounter | None = None,
     ) -> None:
         self._text_roots = frozenset(text_roots)
+        self.text_counter = text_counter
+        self._forward_from = -1  # where the value text_counter takes starts in this chunk
         self._trie, self._members = plan_paths(paths, self._text_roots)
         self._on_object = on_object
         self._state = _VALUE
@@ -242,6 +244,9 @@ class JSONScanner:
                         return
         if self._capture is not None:
             self._append_capture(buf, self._cap_from, n)
+        if self._forward_from >= 0:
+            self.text_counter.feed(buf[self._forward_from :])  # type: ignore[union-attr]
+            self._forward_from = 0
 
     def _count_run(self, run: bytes) -> None:
         """Count the strings of a run of whole strings as :meth:`_end_string` would."""
@@ -325,7 +330,10 @@ class JSONScanner:
             and isinstance(pending[0], str)
             and pending[0] in self._text_roots
         ):
-            self._counting = True
+            if self.text_counter is None:
+                self._counting = True
+            else:  # from where the counter takes the value's bytes (-1: not at all)
+                self._forward_from = self.text_counter.begin(pending[-1], c == _QUOTE, at)
         return self._skip_value(c)
 
     def _skip_value(self, c: int) -> int:
@@ -413,6 +421,9 @@ class JSONScanner:
         """A value ended at ``end`` in ``buf``: finish a capture, move to _AFTER."""
         self._state = _AFTER
         self._counting = False
+        if self._forward_from >= 0:
+            self.text_counter.end_value(buf[self._forward_from : end])  # type: ignore[union-attr]
+            self._forward_from = -1
         cap = self._capture
         if cap is None:
             return

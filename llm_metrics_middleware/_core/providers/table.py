@@ -94,6 +94,10 @@ class Operation:
     #: False for calls that bill no tokens (token counting, moderation): they are
     #: recorded as calls, and whatever their bodies say counts nothing.
     billed: bool = True
+    #: The streamed-text fields of this operation's chunks, when they are not the
+    #: provider's (the Responses API streams its text in ``delta`` and repeats it whole in
+    #: ``text`` / ``arguments`` of its ``.done`` events, which must not count twice).
+    stream_text: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,11 +149,14 @@ _OPENAI_OPERATIONS = (
     Operation("chat.completions", "chat", ("/chat/completions",), ("chat/completions",)),
     Operation("completions", "text_completion", ("/completions",), ("completions",)),
     Operation("embeddings", "embeddings", ("/embeddings",), ("embeddings",), estimate_text=False),
-    Operation("responses", "chat", ("/responses",), estimate_text=False),
+    Operation("responses", "chat", ("/responses",), estimate_text=False, stream_text=("delta",)),
     Operation("moderations", "moderations", ("/moderations",), estimate_text=False, billed=False),
 )
 
-_OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments", "text")
+# Chat deltas (``content``, ``refusal``, ``reasoning_content`` / ``reasoning`` of the
+# compatible servers, tool calls' ``arguments``), the completions API's ``text``, and the
+# Responses API's ``delta`` strings.
+_OPENAI_TEXT = ("content", "refusal", "delta", "reasoning_content", "reasoning", "arguments", "text")
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),

@@ -1,0 +1,146 @@
+"""The generated text of a whole JSON response, measured as its bytes pass (sans-IO).
+
+An estimate counts only what the model wrote: the string values of the provider table's
+text fields (``content``, ``text``, ``arguments``, ``thinking``...), never ids, object
+names, roles, model names or finish reasons, which can outweigh a short answer many times.
+Each string is measured as it sits in the body (escapes as written), the same rule as for
+streamed chunks, so a body gives the same estimate whole, split anywhere, or cut short.
+
+The scanner (:mod:`.jsonscan`) hands this counter the raw bytes of each value under the
+response's text roots, in pieces; the counter finds the text fields' keys with one regex
+and crosses their strings with ``bytes.find``. A key can only match where JSON puts a
+key: inside a string every quote is escaped, so ``"text":`` cannot be read out of one, and
+the look-behind keeps a key that merely ends in an escaped ``\\"text`` out.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Bytes kept from the end of a piece, so that a key split across pieces is still found.
+#: Longer than any text field's key with its quotes, colon and some whitespace; a key
+#: followed by more whitespace than that, split just there, is missed (never miscounted).
+KEY_CARRY = 64
+
+_BACKSLASH = 0x5C
+_QUOTE = 0x22
+_SIGNIFICANT = re.compile(rb"[^\s,]").search
+
+
+def key_pattern(fields: tuple[str, ...]) -> re.Pattern[bytes]:
+    """The start of a text field's value: its key, the colon, and a quote or a bracket."""
+    names = b"|".join(re.escape(f.encode()) for f in sorted(fields, key=len, reverse=True))
+    # The look-behind comes after the first quote: a pattern that starts with a literal lets
+    # the regex engine skip ahead to it (four times faster than a leading look-behind).
+    return re.compile(rb'"(?<=[{,\s]")(?:' + names + rb')"\s*:\s*["\[]')
+
+
+class TextFieldCounter:
+    """Counts the bytes of text-field strings in raw JSON fed piece by piece.
+
+    :meth:`feed` takes consecutive bytes of one or more JSON values; :meth:`begin` may
+    say that the next byte fed is inside a text string already (a text root whose value
+    is itself the string, such as Ollama's ``response``). A text field whose value is an
+    array counts the strings of the array (and of arrays nested in it) until an element
+    that is neither. Constant memory: a piece is never kept, only its last
+    :data:`KEY_CARRY` bytes between keys.
+    """
+
+    __slots__ = ("bytes", "fields", "_find_key", "_in_text", "_escape", "_carry", "_depth")
+
+    def __init__(self, keys: re.Pattern[bytes], fields: frozenset[str]) -> None:
+        self.bytes = 0
+        #: The field names ``keys`` finds: a string value under one of them is text.
+        self.fields = fields
+        self._find_key = keys.search
+        self._in_text = False
+        self._escape = False  # the last piece ended inside an escape (odd backslashes)
+        self._carry = b""
+        self._depth = 0  # inside a text field's array (and arrays nested in it)
+
+    def begin(self, key: object, is_string: bool, at: int) -> int:
+        """A value under ``key`` starts at ``at`` (a text root's value, for the scanner):
+        where its bytes are to be fed from, or -1 when it holds no text (a string under a
+        key that is no text field). A string that is text itself (Ollama's ``response``)
+        is fed from after its opening quote."""
+        if not is_string:
+            return at  # a container: its text keys are looked for
+        if key not in self.fields:
+            return -1
+        self._in_text = True
+        self._escape = False
+        self._carry = b""
+        return at + 1
+
+    def end_value(self, data: bytes) -> None:
+        """The last bytes of the value begun: what follows is another value, never its text."""
+        self.feed(data)
+        self._in_text = False
+        self._escape = False
+        self._carry = b""
+        self._depth = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = 0
+        find_key = self._find_key
+        while pos < n:
+            if self._in_text:
+                pos = self._string(data, pos, n)
+            elif self._depth:
+                m = _SIGNIFICANT(data, pos)
+                if m is None:
+                    return
+                pos = m.start()
+                c = data[pos]
+                if c == _QUOTE:
+                    self._in_text = True
+                    self._escape = False
+                elif c == 0x5B:  # [
+                    self._depth += 1
+                elif c == 0x5D:  # ]
+                    self._depth -= 1
+                else:  # an object or a scalar: not an array of text; its keys are looked at
+                    self._depth = 0
+                    continue
+                pos += 1
+            else:
+                m = find_key(data, pos)
+                if m is None:
+                    self._carry = data[max(pos, n - KEY_CARRY) :]
+                    return
+                pos = m.end()
+                if data[pos - 1] == _QUOTE:
+                    self._in_text = True
+                    self._escape = False
+                else:
+                    self._depth = 1
+
+    def _string(self, data: bytes, pos: int, n: int) -> int:
+        """Count the text string's bytes from ``pos``; the position after it, or ``n``."""
+        start = pos
+        if self._escape:
+            self._escape = False
+            pos += 1  # the escaped byte (maybe a quote) is text
+        lo = pos
+        while True:
+            q = data.find(b'"', pos)
+            if q < 0:
+                k = n - 1
+                while k >= lo and data[k] == _BACKSLASH:
+                    k -= 1
+                self._escape = (n - 1 - k) % 2 == 1
+                self.bytes += n - start
+                return n
+            k = q - 1
+            while k >= lo and data[k] == _BACKSLASH:
+                k -= 1
+            if (q - 1 - k) % 2 == 0:
+                break
+            pos = q + 1
+        self.bytes += q - start
+        self._in_text = False
+        return q + 1
