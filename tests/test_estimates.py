@@ -286,6 +286,7 @@ def _check_cut(exporter: InMemoryExporter, expected: int | None, outcomes: tuple
         time.sleep(0.01)
     [call] = exporter.calls
     assert call.outcome in outcomes, call
+    assert exporter.errors == ["truncated"]
     if expected is None:
         assert call.usage_source == "none" and call.usage is None, call
     else:
