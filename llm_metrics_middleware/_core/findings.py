@@ -14,7 +14,7 @@ from typing import Any
 
 from .estimate import TokenCounter
 from .jsonscan import JSONObject, JSONScanner, Path
-from .providers.facts import STREAM_TEXT, TEXT_FIELD_NAMES, TEXT_KEYS, USAGE_MARKERS, StreamText
+from .providers.facts import STREAM_TEXT, TEXT_FIELD_NAMES, USAGE_MARKERS, StreamText
 from .providers.objects import OBJECT_PATHS, counts_from_object, model_from_object
 from .providers.pointers import UsagePointers
 from .textfields import TextFieldCounter
@@ -154,11 +154,11 @@ class Findings:
     @staticmethod
     def text_counter() -> TextFieldCounter:
         """A counter of a whole JSON response's text (every provider's text fields)."""
-        return TextFieldCounter(TEXT_KEYS, TEXT_FIELD_NAMES)
+        return TextFieldCounter(TEXT_FIELD_NAMES)
 
     def event_counter(self) -> TextFieldCounter:
         """A counter of an SSE event's text, for one too large to keep and match whole."""
-        return TextFieldCounter(self.stream_text.keys, self.stream_text.names)
+        return TextFieldCounter(self.stream_text.names)
 
     def on_object(self, obj: JSONObject | dict[str, Any]) -> None:
         try:

@@ -15,7 +15,9 @@ the look-behind keeps a key that merely ends in an escaped ``\\"text`` out.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable, Iterator
 
 #: Bytes kept from the end of a piece, so that a key split across pieces is still found.
 #: Longer than any text field's key with its quotes, colon and some whitespace; a key
@@ -27,12 +29,18 @@ _QUOTE = 0x22
 _SIGNIFICANT = re.compile(rb"[^\s,]").search
 
 
-def key_pattern(fields: tuple[str, ...]) -> re.Pattern[bytes]:
-    """The start of a text field's value: its key, the colon, and a quote or a bracket."""
+@functools.lru_cache(maxsize=16)
+def _patterns(fields: frozenset[str]) -> tuple[Callable[..., Iterator[re.Match[bytes]]], Callable[..., re.Match[bytes] | None]]:
+    """``finditer`` of a text field's key with its whole string (group 1) or an array's
+    opening bracket (group 1 None), and ``search`` of the key with the value's first byte."""
     names = b"|".join(re.escape(f.encode()) for f in sorted(fields, key=len, reverse=True))
     # The look-behind comes after the first quote: a pattern that starts with a literal lets
     # the regex engine skip ahead to it (four times faster than a leading look-behind).
-    return re.compile(rb'"(?<=[{,\s]")(?:' + names + rb')"\s*:\s*["\[]')
+    key = rb'"(?<=[{,\s]")(?:' + names + rb')"\s*:\s*'
+    return (
+        re.compile(key + rb'(?:"([^"\\]*(?:\\.[^"\\]*)*)"|\[)').finditer,
+        re.compile(key + rb'["\[]').search,
+    )
 
 
 class TextFieldCounter:
@@ -42,17 +50,19 @@ class TextFieldCounter:
     say that the next byte fed is inside a text string already (a text root whose value
     is itself the string, such as Ollama's ``response``). A text field whose value is an
     array counts the strings of the array (and of arrays nested in it) until an element
-    that is neither. Constant memory: a piece is never kept, only its last
+    that is neither. Whole strings are found by one regex in C (however many short fields
+    a hostile body holds); only a string cut by the end of a piece, and arrays, take
+    Python steps. Constant memory: a piece is never kept, only its last
     :data:`KEY_CARRY` bytes between keys.
     """
 
-    __slots__ = ("bytes", "fields", "_find_key", "_in_text", "_escape", "_carry", "_depth")
+    __slots__ = ("bytes", "fields", "_values", "_find_key", "_in_text", "_escape", "_carry", "_depth")
 
-    def __init__(self, keys: re.Pattern[bytes], fields: frozenset[str]) -> None:
+    def __init__(self, fields: frozenset[str]) -> None:
         self.bytes = 0
-        #: The field names ``keys`` finds: a string value under one of them is text.
+        #: The field names whose values are text.
         self.fields = fields
-        self._find_key = keys.search
+        self._values, self._find_key = _patterns(fields)
         self._in_text = False
         self._escape = False  # the last piece ended inside an escape (odd backslashes)
         self._carry = b""
@@ -86,7 +96,6 @@ class TextFieldCounter:
             self._carry = b""
         n = len(data)
         pos = 0
-        find_key = self._find_key
         while pos < n:
             if self._in_text:
                 pos = self._string(data, pos, n)
@@ -108,7 +117,10 @@ class TextFieldCounter:
                     continue
                 pos += 1
             else:
-                m = find_key(data, pos)
+                pos = self._whole(data, pos)
+                if self._depth:
+                    continue
+                m = self._find_key(data, pos)  # a key whose string the piece cuts
                 if m is None:
                     self._carry = data[max(pos, n - KEY_CARRY) :]
                     return
@@ -118,6 +130,20 @@ class TextFieldCounter:
                     self._escape = False
                 else:
                     self._depth = 1
+
+    def _whole(self, data: bytes, pos: int) -> int:
+        """Count the whole text strings from ``pos`` on; where the last ended, or where an
+        array of text begins (then :attr:`_depth` is set and the rest waits for it)."""
+        total = 0
+        for m in self._values(data, pos):
+            if m.start(1) < 0:  # an array: its strings are counted one by one
+                self.bytes += total
+                self._depth = 1
+                return m.end()
+            total += m.end(1) - m.start(1)
+            pos = m.end()
+        self.bytes += total
+        return pos
 
     def _string(self, data: bytes, pos: int, n: int) -> int:
         """Count the text string's bytes from ``pos``; the position after it, or ``n``."""

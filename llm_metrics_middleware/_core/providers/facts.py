@@ -6,7 +6,6 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 
-from ..textfields import key_pattern
 from ..usage import Counts, as_count
 from .table import PROVIDERS, Path
 
@@ -152,20 +151,18 @@ def _text_field(fields: Iterable[str]) -> re.Pattern[bytes]:
 #: text fields of every provider (group 1: the string as written, escapes included).
 TEXT_FIELD = _text_field(STREAM_TEXT_FIELDS)
 #: Keys whose values are generated text, for :class:`~..textfields.TextFieldCounter`
-#: (a whole JSON response under :data:`RESPONSE_TEXT_ROOTS`, an SSE event too large to
-#: keep): the key pattern and the names.
-TEXT_KEYS = key_pattern(STREAM_TEXT_FIELDS)
+#: (a whole JSON response under :data:`RESPONSE_TEXT_ROOTS`).
 TEXT_FIELD_NAMES = frozenset(STREAM_TEXT_FIELDS)
 
 
 class StreamText:
-    """One operation's streamed-text fields, compiled: the event regex and the keys."""
+    """One operation's streamed-text fields: the event regex, and the names (for an event
+    too large to keep, measured by a :class:`~..textfields.TextFieldCounter`)."""
 
-    __slots__ = ("field", "keys", "names")
+    __slots__ = ("field", "names")
 
     def __init__(self, fields: tuple[str, ...]) -> None:
         self.field = _text_field(fields) if fields != STREAM_TEXT_FIELDS else TEXT_FIELD
-        self.keys = key_pattern(fields) if fields != STREAM_TEXT_FIELDS else TEXT_KEYS
         self.names = frozenset(fields)
 
 
