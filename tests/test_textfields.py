@@ -96,3 +96,23 @@ def test_any_json_at_any_split(data: st.DataObject) -> None:
     body = json.dumps(value, ensure_ascii=False, indent=data.draw(st.sampled_from([None, 1]))).encode()
     chunks = data.draw(splits(body, max_cuts=20))
     assert count(chunks) == expected(value), chunks
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.data())
+def test_the_scanner_hands_the_counter_only_its_text_roots(data: st.DataObject) -> None:
+    # "choices" and "text" are text roots ("text" is a text field too: a string there is
+    # text itself); "other" is not, whatever it holds.
+    from llm_metrics_middleware._core.jsonscan import JSONScanner
+
+    choices, text, other = data.draw(json_values), data.draw(json_values), data.draw(json_values)
+    body = json.dumps({"id": "x" * 40, "other": other, "choices": choices, "text": text, "model": "m"},
+                      ensure_ascii=False).encode()
+    want = expected(choices) + (raw_len(text) if isinstance(text, str) else expected({"text": text}))
+    chunks = data.draw(splits(body, max_cuts=20))
+    counter = TextFieldCounter(FIELDS)
+    scanner = JSONScanner([("usage",)], lambda obj: None, text_roots=("choices", "text"), text_counter=counter)
+    for chunk in chunks:
+        scanner.feed(chunk)
+    assert not scanner.failed and scanner.idle
+    assert counter.bytes == want, [len(c) for c in chunks]

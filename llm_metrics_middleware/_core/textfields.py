@@ -68,19 +68,19 @@ class TextFieldCounter:
         self._carry = b""
         self._depth = 0  # inside a text field's array (and arrays nested in it)
 
-    def begin(self, key: object, is_string: bool, at: int) -> int:
-        """A value under ``key`` starts at ``at`` (a text root's value, for the scanner):
-        where its bytes are to be fed from, or -1 when it holds no text (a string under a
-        key that is no text field). A string that is text itself (Ollama's ``response``)
-        is fed from after its opening quote."""
-        if not is_string:
-            return at  # a container: its text keys are looked for
-        if key not in self.fields:
-            return -1
-        self._in_text = True
-        self._escape = False
-        self._carry = b""
-        return at + 1
+    def begin(self, key: object, first: int, at: int) -> int:
+        """A value under ``key`` starts at ``at`` with the byte ``first`` (a text root's
+        value, for the scanner): where its bytes are to be fed from, or -1 when it holds no
+        text. A string or an array under a text field (Ollama's ``response``) is text
+        itself, fed from after its first byte; any other container, from its first byte,
+        for the text keys inside."""
+        if key in self.fields and (first == _QUOTE or first == 0x5B):
+            self._in_text = first == _QUOTE
+            self._depth = 0 if self._in_text else 1
+            self._escape = False
+            self._carry = b""
+            return at + 1
+        return -1 if first == _QUOTE else at
 
     def end_value(self, data: bytes) -> None:
         """The last bytes of the value begun: what follows is another value, never its text."""
@@ -89,6 +89,17 @@ class TextFieldCounter:
         self._escape = False
         self._carry = b""
         self._depth = 0
+
+    @property
+    def in_text(self) -> bool:
+        """Inside a text string (fed so far): the scanner may let :meth:`cross` read it."""
+        return self._in_text
+
+    def cross(self, data: bytes) -> int:
+        """Count the text string the counter is in from the start of ``data``: the position
+        after its closing quote, or -1 if ``data`` ends inside it."""
+        pos = self._string(data, 0, len(data))
+        return -1 if self._in_text else pos
 
     def feed(self, data: bytes) -> None:
         if self._carry:
