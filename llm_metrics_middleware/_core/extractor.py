@@ -153,13 +153,15 @@ class UsageExtractor:
                 # (escapes as written, as the regex counts them). A few C calls instead of
                 # three regex scans, and no call of ours: the bytes are summed here.
                 if chunk.startswith(head) and chunk.endswith(self._tpl_tail):
-                    start = self._tpl_start
+                    # The tail starts with the string's closing quote: it must be the first
+                    # quote after the head (an empty string's "previous byte" is the head's
+                    # opening quote, never a backslash).
                     end = len(chunk) - self._tpl_tail_len
-                    if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
+                    if chunk.find(b'"', self._tpl_start) == end and chunk[end - 1] != 0x5C:
                         if self._tpl_text is None:
-                            self._tpl_bytes += end - start
+                            self._tpl_bytes += end - self._tpl_start
                         else:
-                            self._tpl_text.add_span(chunk, start, end)
+                            self._tpl_text.add_span(chunk, self._tpl_start, end)
                         return
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
                 pass
