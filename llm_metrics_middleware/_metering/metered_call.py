@@ -41,6 +41,7 @@ from .call import (
 )
 from .dimensions import CallContext, safe_text
 from .request import RequestView
+from .trace import TraceIds, current_trace
 
 if TYPE_CHECKING:
     from .metering import Metering
@@ -114,6 +115,7 @@ class MeteredCall:
         "overrides",
         "header_counts",
         "feed",
+        "trace",
     )
 
     def __init__(
@@ -157,6 +159,13 @@ class MeteredCall:
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
         self.feed: Callable[[bytes], None] = self._first_body
+        #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
+        #: an outgoing call made when no span is current (a WSGI body, iterated after the
+        #: tracing middleware detached its span), the span of the request it belongs to.
+        trace = current_trace()
+        if trace is None and incoming is not None:
+            trace = incoming.trace
+        self.trace: TraceIds | None = trace
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -177,6 +186,8 @@ class MeteredCall:
         (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
+            if self.trace is None:  # a span the app started itself is current now
+                self.trace = current_trace()
             if self.route.operation in UNBILLED_OPERATIONS:
                 return  # token counting, moderation: a call, but no tokens
             if usage_headers:
@@ -300,6 +311,7 @@ class MeteredCall:
             metering.count_error("series_overflow")
         streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
         now = time.perf_counter()
+        trace = self.trace
         call = CallRecord(
             dimensions=dims,
             usage=usage,
@@ -316,5 +328,7 @@ class MeteredCall:
             parse_error=extraction.error if extraction is not None else None,
             origin=self.origin,
             request=self.view if self.origin == "incoming" or self.incoming is not None else None,
+            trace_id=trace[0] if trace is not None else None,
+            span_id=trace[1] if trace is not None else None,
         )
         metering.deliver(call)
