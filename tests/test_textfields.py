@@ -116,3 +116,9 @@ def test_the_scanner_hands_the_counter_only_its_text_roots(data: st.DataObject) 
         scanner.feed(chunk)
     assert not scanner.failed and scanner.idle
     assert counter.bytes == want, [len(c) for c in chunks]
+
+
+def test_a_long_array_of_text_is_crossed_whole() -> None:
+    value = {"content": ["a", "b c", 'd "e"', "f\\"] * 300 + [["g"]], "text": ["h", {"text": "i"}, "not counted"]}
+    body = json.dumps(value, ensure_ascii=False).encode()
+    check_every_split(count, body, expected(value), every_point=False, examples=20)

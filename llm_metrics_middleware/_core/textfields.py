@@ -27,6 +27,10 @@ KEY_CARRY = 64
 _BACKSLASH = 0x5C
 _QUOTE = 0x22
 _SIGNIFICANT = re.compile(rb"[^\s,]").search
+# Inside an array of text: a run of whole strings and their separators, crossed in C
+# (an array of a million one-letter strings must not take a Python step each).
+_STRINGS_RUN = re.compile(rb'(?:[\s,]*"[^"\\]*(?:\\.[^"\\]*)*")*').match
+_STRING_SUB = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"').subn
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,6 +115,11 @@ class TextFieldCounter:
             if self._in_text:
                 pos = self._string(data, pos, n)
             elif self._depth:
+                end = _STRINGS_RUN(data, pos).end()  # type: ignore[union-attr]  # it always matches
+                if end > pos:
+                    rest, count = _STRING_SUB(b"", memoryview(data)[pos:end])  # no copy of the run
+                    self.bytes += end - pos - len(rest) - 2 * count
+                    pos = end
                 m = _SIGNIFICANT(data, pos)
                 if m is None:
                     return
