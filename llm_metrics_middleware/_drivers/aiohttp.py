@@ -135,7 +135,7 @@ def _begin(outgoing: Outgoing, session: aiohttp.ClientSession, method: str, url_
         headers = dict(session.headers)
         headers.update(kwargs.get("headers") or {})
         raw = [(str(k).encode("latin-1", "replace"), str(v).encode("latin-1", "replace")) for k, v in headers.items()]
-        call = outgoing.begin(marker, method.upper(), url.path or "/", url.query_string, raw)
+        call = outgoing.begin(marker, method.upper(), url.path or "/", url.query_string, raw, url.host)
         if call is not None and call.peek is not None:
             body = _request_body(session, kwargs)
             if body is not None:

@@ -105,7 +105,7 @@ def _tee_for(response: Any, is_async: bool) -> type:
 def _begin(outgoing: Outgoing, request: Any) -> MeteredCall | None:
     try:
         url = request.url
-        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
+        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw, url.host)
         if call is not None and call.peek is not None:
             try:
                 content = request.content  # bytes bodies (SDKs, json=) are read already

@@ -153,9 +153,19 @@ class Outgoing:
             self.default = Metering(exporters=exporters, **cast("dict[str, Any]", options))
 
     def begin(
-        self, request: object, method: str, path: str, query: str, raw_headers: Iterable[tuple[bytes, bytes]]
+        self,
+        request: object,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        host: str | None = None,
     ) -> MeteredCall | None:
-        """The per-call state for an outgoing ``request``, or None when it is not counted."""
+        """The per-call state for an outgoing ``request``, or None when it is not counted.
+
+        ``host``: the URL's host, for clients whose headers do not carry it yet (requests,
+        aiohttp add ``Host`` on the wire): the host tells Azure's ``/openai/v1/...`` from
+        another server's (:func:`~.._metering.metered_call.route_of_call`)."""
         try:
             if sending(request):
                 return None
@@ -169,7 +179,10 @@ class Outgoing:
                 metering = self.default
             else:
                 return None
-            call_view = RequestView(method, path, query, "", raw_headers=[(k.lower(), v) for k, v in raw_headers])
+            headers = [(k.lower(), v) for k, v in raw_headers]
+            if host and not any(k == b"host" for k, _ in headers):
+                headers.append((b"host", host.encode("latin-1", "replace")))
+            call_view = RequestView(method, path, query, "", raw_headers=headers)
             view = incoming.view if incoming is not None else call_view
             call = metering.begin_outgoing(view, call_view, incoming=incoming)
             # The outgoing options decided; the middleware's paths are incoming ones.

@@ -106,7 +106,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
     try:
         url = urlsplit(request.url)
         headers = [(_latin1(k), _latin1(v)) for k, v in request.headers.items()]
-        call = outgoing.begin(request, request.method or "GET", url.path or "/", url.query, headers)
+        call = outgoing.begin(request, request.method or "GET", url.path or "/", url.query, headers, url.hostname)
         body = request.body
         if call is not None and call.peek is not None and isinstance(body, (bytes, str)):
             call.request_body(body.encode("utf-8") if isinstance(body, str) else body)
