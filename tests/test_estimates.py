@@ -354,3 +354,11 @@ def test_an_upstream_that_drops_the_connection_mid_body_is_estimated_from_the_te
             client.post("/v1/chat/completions", content=CHAT_REQUEST, headers={"content-type": "application/json"})
         thread.join(20)
         _check_cut(exporter, expected, ("error",))  # the read failed: the call ended in error
+
+
+def test_an_audio_answer_is_estimated_from_its_transcript_not_its_audio() -> None:
+    # A recorded audio answer (tests/wire/bodies): base64 audio, ids and expiry are no text.
+    body = (Path(__file__).parent / "wire" / "bodies" / "openai-chat-json-audio-output.json").read_bytes()
+    without_usage = json.dumps({k: v for k, v in json.loads(body).items() if k != "usage"}).encode()
+    expected = tokens(len("Hello! How can I assist you today?"))
+    check_every_split(lambda chunks: text_tokens(chunks, JSON), without_usage, expected, every_point=False, examples=10)

@@ -186,7 +186,7 @@ _OPENAI_OPERATIONS = (
     Operation("moderations", "moderations", ("/moderations",), estimate_text=False, billed=False),
 )
 
-_OPENAI_TEXT = ("content", "refusal", "delta", "reasoning_content", "reasoning", "arguments", "text")
+_OPENAI_TEXT = ("content", "refusal", "delta", "reasoning_content", "reasoning", "arguments", "text", "transcript")
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),
