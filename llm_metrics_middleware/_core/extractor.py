@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
 from .findings import Findings, TextMeter
-from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT, USAGE_MARKER
+from .providers.facts import OPERATION_STREAM_TEXT, RESPONSE_TEXT_ROOTS, STREAM_TEXT, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
 from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .usage import Usage
@@ -30,7 +30,6 @@ from .usage import Usage
 _BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
-_text_fields = TEXT_FIELD.finditer
 
 #: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
 _KEY_AFTER = re.compile(rb'"\s*:').match
@@ -97,9 +96,14 @@ class UsageExtractor:
     ``fmt`` is a value of :func:`body_format`. ``want_text`` turns on counting of the
     generated text, for an estimate when the body carries no usage; leave it off when
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
+    ``operation`` (the route's) picks the streamed-text fields when its chunks name their
+    text apart from the provider's (see :data:`~.providers.facts.OPERATION_STREAM_TEXT`).
     """
 
-    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_tail", "_tpl_tail_len", "_tries")
+    __slots__ = (
+        "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_start", "_tpl_tail",
+        "_tpl_tail_len", "_tpl_text", "_tpl_bytes", "_tries",
+    )
 
     def __init__(
         self,
@@ -109,9 +113,12 @@ class UsageExtractor:
         want_text: bool = False,
         token_counter: TokenCounter | None = None,
         decompressor: ContentDecoder | None = None,
+        operation: str | None = None,
     ) -> None:
         self._decoder = decompressor
-        self._found = Findings(custom, TextMeter(token_counter) if want_text else None, RESPONSE_TEXT_ROOTS)
+        text = TextMeter(token_counter) if want_text else None
+        fields = OPERATION_STREAM_TEXT.get(operation, STREAM_TEXT) if operation is not None else STREAM_TEXT
+        self._found = Findings(custom, text, RESPONSE_TEXT_ROOTS, fields)
         start = READERS.get(fmt)
         # The SSE fast path skips whole events unread: only for uncompressed bodies.
         self._reader: Reader = start(self._found, decompressor is None) if start is not None else Stopped()
@@ -119,43 +126,61 @@ class UsageExtractor:
         # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
         self._head: bytes | None = b""
         # The template of a skimmed stream's chunks: the bytes before and after the one
-        # text string of a chunk (see feed). None until learnt.
+        # text string of a chunk (see feed). ``_tpl_learnt`` is None until learnt;
+        # ``_tpl_head`` is the same bytes while the stream is between events (the only
+        # time a chunk may be skimmed), else None, so that feed tests one attribute.
         self._tpl_head: bytes | None = None
+        self._tpl_learnt: bytes | None = None
+        self._tpl_start = 0
         self._tpl_tail = b""
         self._tpl_tail_len = 0
+        # Where a template chunk's text goes: counted here as bytes (the default), or
+        # handed to a tokenizer's meter.
+        self._tpl_text = text if token_counter is not None else None
+        self._tpl_bytes = 0
         self._tries = TEMPLATE_TRIES
 
     def feed(self, chunk: bytes) -> None:
+        head = self._tpl_head
+        if head is not None:
+            try:
+                # A chunk of a stream is the same bytes before and after its text (id,
+                # model, created, indices): learnt from one chunk whose single text string
+                # the regex found (and that held no usage hint or marker), every chunk with
+                # the same head and tail, no quote in between and no backslash just before
+                # the tail's quote is that shape with another string there, so it holds
+                # neither usage nor other text, and its text is the bytes in between
+                # (escapes as written, as the regex counts them). A few C calls instead of
+                # three regex scans, and no call of ours: the bytes are summed here.
+                if chunk.startswith(head) and chunk.endswith(self._tpl_tail):
+                    # The tail starts with the string's closing quote: it must be the first
+                    # quote after the head (an empty string's "previous byte" is the head's
+                    # opening quote, never a backslash).
+                    end = len(chunk) - self._tpl_tail_len
+                    if chunk.find(b'"', self._tpl_start) == end and chunk[end - 1] != 0x5C:
+                        if self._tpl_text is None:
+                            self._tpl_bytes += end - self._tpl_start
+                        else:
+                            self._tpl_text.add_span(chunk, self._tpl_start, end)
+                        return
+            except Exception:  # not bytes, a bug: the general path decides (and never raises)
+                pass
         reader = self._reader
         skim = reader.skim
         if skim is not None and skim.at_boundary:
             try:
-                # The SSE fast paths (see SSEReader): whole events that cannot hold usage.
-                head = self._tpl_head
-                if head is not None and chunk.startswith(head) and chunk.endswith(self._tpl_tail):
-                    # A chunk of a stream is the same bytes before and after its text (id,
-                    # model, created, indices): learnt from one chunk whose single text string
-                    # the regex found (and that held no usage hint or marker), every chunk with
-                    # the same head and tail and no quote in between is that shape with another
-                    # string there, so it holds neither usage nor other text, and its text is
-                    # the bytes in between. Three C calls instead of three regex scans.
-                    start = len(head)
-                    end = len(chunk) - self._tpl_tail_len
-                    if end >= start and chunk.find(b'"', start, end) < 0 and (end == start or chunk[end - 1] != 0x5C):
-                        text = self._found.text
-                        if text is not None:
-                            text.add_span(chunk, start, end)
-                        return
+                # The SSE fast path (see SSEReader): whole events that cannot hold usage.
                 if (
                     chunk[-2:] == b"\n\n"
                     and _usage_hint(chunk) is None
                     and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
                 ):
-                    text = self._found.text
+                    found = self._found
+                    text = found.text
                     if text is not None:
                         count = 0
                         last = None
-                        for m in _text_fields(chunk):
+                        for m in found.text_fields(chunk):
                             text.add_json_string(m.group(1))
                             count += 1
                             last = m
@@ -163,9 +188,9 @@ class UsageExtractor:
                             self._learn(chunk, last)
                     elif self._tries > 0:
                         self._tries -= 1
-                        found = list(_text_fields(chunk))
-                        if len(found) == 1:
-                            self._learn(chunk, found[0])
+                        matches = list(found.text_fields(chunk))
+                        if len(matches) == 1:
+                            self._learn(chunk, matches[0])
                     return
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
                 pass
@@ -177,6 +202,10 @@ class UsageExtractor:
                 self._reader = reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
                 self._stop()
+            if self._tpl_learnt is not None:
+                # The template applies again once the decoder is between events.
+                skim = self._reader.skim
+                self._tpl_head = self._tpl_learnt if skim is not None and skim.at_boundary else None
             return
         if not chunk:
             return
@@ -201,7 +230,8 @@ class UsageExtractor:
         tail = chunk[match.end(1) :]
         if _KEY_AFTER(tail) is not None:
             return  # the string was a key's value followed by another key: no template
-        self._tpl_head = chunk[: match.start(1)]
+        self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
+        self._tpl_start = match.start(1)
         self._tpl_tail = tail
         self._tpl_tail_len = len(tail)
 
@@ -236,6 +266,9 @@ class UsageExtractor:
             found.fail("malformed")
         text_tokens = 0
         if found.text is not None:
+            if self._tpl_bytes:
+                found.text.add_bytes(self._tpl_bytes)
+                self._tpl_bytes = 0
             try:
                 text_tokens = found.text.result()
             except Exception:

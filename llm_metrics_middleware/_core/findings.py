@@ -14,16 +14,17 @@ from typing import Any
 
 from .estimate import TokenCounter
 from .jsonscan import JSONObject, JSONScanner, Path
-from .providers.facts import USAGE_MARKERS
+from .providers.facts import STREAM_TEXT, TEXT_FIELD_NAMES, USAGE_MARKERS, StreamText
 from .providers.objects import OBJECT_PATHS, counts_from_object, model_from_object
 from .providers.pointers import UsagePointers
+from .textfields import TextFieldCounter
 from .usage import Invalid, UsageAccumulator
 
 
 class TextMeter:
     """Counts generated text without keeping it: bytes/4, or a tokenizer on small batches."""
 
-    __slots__ = ("_counter", "_decoder", "_pending", "bytes", "tokens")
+    __slots__ = ("_counter", "_decoder", "_pending", "_measured", "bytes", "tokens")
 
     BATCH = 4096
 
@@ -31,6 +32,9 @@ class TextMeter:
         self._counter = counter
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if counter else None
         self._pending: list[str] = []
+        # Bytes measured without the text at hand (a whole JSON body's answer): with a
+        # tokenizer they are estimated at the default rate, not lost.
+        self._measured = 0
         self.bytes = 0
         self.tokens = 0
 
@@ -54,7 +58,7 @@ class TextMeter:
             self.add_json_string(data[start:end])
 
     def add_bytes(self, n: int) -> None:
-        self.bytes += n
+        self._measured += n
 
     def _add_text(self, text: str) -> None:
         self._pending.append(text)
@@ -73,9 +77,9 @@ class TextMeter:
 
     def result(self) -> int:
         if self._counter is None:
-            return -(-self.bytes // 4)
+            return -(-(self.bytes + self._measured) // 4)
         self._flush()
-        return self.tokens
+        return self.tokens + -(-self._measured // 4)
 
 
 class Findings:
@@ -85,9 +89,18 @@ class Findings:
     are the bytes an event must contain to be worth parsing for the custom format.
     """
 
-    __slots__ = ("acc", "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots")
+    __slots__ = (
+        "acc", "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_fields",
+        "stream_text",
+    )
 
-    def __init__(self, custom: UsagePointers | None, text: TextMeter | None, text_roots: Sequence[str]) -> None:
+    def __init__(
+        self,
+        custom: UsagePointers | None,
+        text: TextMeter | None,
+        text_roots: Sequence[str],
+        stream_text: StreamText = STREAM_TEXT,
+    ) -> None:
         # Built for every response: kept to plain assignments (the scanner's paths are
         # only worked out when a scanner is needed).
         self.acc = UsageAccumulator()
@@ -105,8 +118,11 @@ class Findings:
         else:
             self.triggers = custom.triggers
             self.markers = USAGE_MARKERS + custom.triggers
-        #: Top-level fields whose strings a scanned JSON body's text is measured from.
+        #: Top-level fields under which a JSON body's text fields are measured.
         self.text_roots = text_roots if text is not None else ()
+        #: The text strings of SSE event data (group 1), for this operation's chunks.
+        self.text_fields = stream_text.field.finditer
+        self.stream_text = stream_text
 
     @property
     def paths(self) -> Sequence[Path]:
@@ -129,8 +145,20 @@ class Findings:
             self.fail("too_large")
 
     def scanner(self, *, text: bool = True) -> JSONScanner:
-        """An incremental scanner that sends the objects it finds here."""
-        return JSONScanner(self.paths, self.on_object, text_roots=self.text_roots if text else ())
+        """An incremental scanner that sends the objects it finds here (and, with ``text``,
+        the answer's text to :attr:`text_counter`)."""
+        if not text or not self.text_roots:
+            return JSONScanner(self.paths, self.on_object)
+        return JSONScanner(self.paths, self.on_object, text_roots=self.text_roots, text_counter=self.text_counter())
+
+    @staticmethod
+    def text_counter() -> TextFieldCounter:
+        """A counter of a whole JSON response's text (every provider's text fields)."""
+        return TextFieldCounter(TEXT_FIELD_NAMES)
+
+    def event_counter(self) -> TextFieldCounter:
+        """A counter of an SSE event's text, for one too large to keep and match whole."""
+        return TextFieldCounter(self.stream_text.names)
 
     def on_object(self, obj: JSONObject | dict[str, Any]) -> None:
         try:

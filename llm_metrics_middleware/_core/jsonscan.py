@@ -25,7 +25,19 @@ import json
 import re
 from collections.abc import Callable, Iterable
 
-from .jsonpaths import _CAPTURE, _DESCEND, JSONObject, Path, PathItem, _Frame, _put, plan_paths, string_bytes
+from .jsonpaths import (
+    _CAPTURE,
+    _DESCEND,
+    JSONObject,
+    Path,
+    PathItem,
+    _Frame,
+    _put,
+    plan_paths,
+    run_text_bytes,
+    string_bytes,
+)
+from .textfields import TextFieldCounter
 
 __all__ = ["CAPTURE_LIMIT", "KEY_LIMIT", "JSONObject", "JSONScanner", "Path", "PathItem", "string_bytes"]
 
@@ -46,10 +58,6 @@ _FLAT = rb'[^"\[\]{}]*(?:' + _STR + rb'[^"\[\]{}]*)*'
 _NESTED1 = rb"[\[{]" + _FLAT + rb"[\]}]"
 _NESTED2 = rb"[\[{]" + _FLAT + rb"(?:" + _NESTED1 + _FLAT + rb")*[\]}]"
 _SKIP_RUN = re.compile(_FLAT + rb"(?:" + _NESTED2 + _FLAT + rb")*").match
-_STRING_SUB = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"').subn
-# Aligned on the strings of a run: group 1 holds those longer than 256 bytes.
-_LONG_STRINGS = re.compile(rb'"(?:[^"\\]|\\.){0,256}"|"([^"\\]*(?:\\.[^"\\]*)*)"').findall
-_LONG_CANDIDATE = re.compile(rb'[^"]{257}').search
 # One object member whose key holds no escape and whose value is a string or a scalar,
 # with the comma after it: members we do not care about are crossed by this regex, in C.
 _MEMBER = re.compile(
@@ -72,22 +80,20 @@ _QUOTE = 0x22
 _BACKSLASH = 0x5C
 
 
-
-
 class JSONScanner:
     """Feed bytes with :meth:`feed`; objects arrive through ``on_object``.
 
     ``paths`` are the object-relative paths to capture, as tuples of keys (``str``) and
     array indices (``int``). ``text_roots`` names top-level object keys whose string
     values are measured (total byte length) into :attr:`text_bytes`, for estimating
-    prompt tokens from a request without keeping it.
+    prompt tokens without keeping them, or handed raw to a ``text_counter`` (an answer's).
     """
 
     __slots__ = (
         "_trie", "_on_object", "_text_roots", "_state", "_frames", "_object", "_pending",
         "_skip_depth", "_string_kind", "_string_escape", "_key", "_capture", "_capture_path",
         "_cap_from", "_counting", "_string_len", "_string_spaced", "text_bytes", "failed",
-        "overflowed", "objects", "_members",
+        "overflowed", "objects", "_members", "text_counter", "_forward_from",
     )
 
     def __init__(
@@ -95,8 +101,11 @@ class JSONScanner:
         paths: Iterable[Path],
         on_object: Callable[[JSONObject], None],
         text_roots: Iterable[str] = (),
+        text_counter: TextFieldCounter | None = None,
     ) -> None:
         self._text_roots = frozenset(text_roots)
+        self.text_counter = text_counter
+        self._forward_from = -1  # where the value text_counter takes starts in this chunk
         self._trie, self._members = plan_paths(paths, self._text_roots)
         self._on_object = on_object
         self._state = _VALUE
@@ -151,6 +160,14 @@ class JSONScanner:
         n = len(buf)
         pos = 0
         self._cap_from = 0
+        if self._state == _STRING and self._forward_from == 0 and self.text_counter.in_text:  # type: ignore[union-attr]
+            # Inside the text string the counter is in (a long answer across chunks): one
+            # pass crosses it for both. The string's own escape state is the counter's.
+            pos = self.text_counter.cross(buf)  # type: ignore[union-attr]
+            if pos < 0:
+                return  # still inside it: the next chunk starts the same way
+            self._forward_from = pos
+            self._end_string(buf, pos)
         while pos < n:
             state = self._state
             if state == _STRING:
@@ -160,7 +177,7 @@ class JSONScanner:
             elif state == _SKIP:
                 end = _SKIP_RUN(buf, pos).end()  # type: ignore[union-attr]  # it always matches
                 if end > pos and self._counting:
-                    self._count_run(buf[pos:end])
+                    self.text_bytes += run_text_bytes(buf[pos:end])
                 if end >= n:
                     break
                 c = buf[end]
@@ -242,28 +259,9 @@ class JSONScanner:
                         return
         if self._capture is not None:
             self._append_capture(buf, self._cap_from, n)
-
-    def _count_run(self, run: bytes) -> None:
-        """Count the strings of a run of whole strings as :meth:`_end_string` would."""
-        if b"\\" not in run:
-            inside = run.split(b'"')[1::2]  # no escaped quote: every other piece is a string
-            if not inside:
-                return
-            total = sum(map(len, inside))
-            if max(map(len, inside)) > 256:
-                for text in inside:
-                    if len(text) > 256 and b" " not in text:
-                        total -= len(text)  # a blob (base64, a data URI), not text
-        else:
-            rest, count = _STRING_SUB(b"", run)
-            if not count:
-                return
-            total = len(run) - len(rest) - 2 * count
-            if _LONG_CANDIDATE(run) is not None:
-                for text in filter(None, _LONG_STRINGS(run)):
-                    if b" " not in text:
-                        total -= len(text)
-        self.text_bytes += total
+        if self._forward_from >= 0:
+            self.text_counter.feed(buf[self._forward_from :])  # type: ignore[union-attr]
+            self._forward_from = 0
 
     def _append_capture(self, buf: bytes, start: int, end: int) -> None:
         cap = self._capture
@@ -325,7 +323,10 @@ class JSONScanner:
             and isinstance(pending[0], str)
             and pending[0] in self._text_roots
         ):
-            self._counting = True
+            if self.text_counter is None:
+                self._counting = True
+            else:  # from where the counter takes the value's bytes (-1: not at all)
+                self._forward_from = self.text_counter.begin(pending[-1], c, at)
         return self._skip_value(c)
 
     def _skip_value(self, c: int) -> int:
@@ -413,6 +414,9 @@ class JSONScanner:
         """A value ended at ``end`` in ``buf``: finish a capture, move to _AFTER."""
         self._state = _AFTER
         self._counting = False
+        if self._forward_from >= 0:
+            self.text_counter.end_value(buf[self._forward_from : end])  # type: ignore[union-attr]
+            self._forward_from = -1
         cap = self._capture
         if cap is None:
             return

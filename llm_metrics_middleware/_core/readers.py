@@ -20,14 +20,14 @@ from typing import Final, Literal, Protocol, get_args
 from .eventstream import EventStreamDecoder
 from .fastjson import loads
 from .findings import Findings
-from .jsonscan import JSONScanner, string_bytes
-from .providers.facts import RESPONSE_TEXT_ROOTS, TEXT_FIELD, USAGE_HINT
+from .jsonscan import JSONScanner
+from .providers.facts import USAGE_HINT
 from .sse import SSEDecoder
+from .textfields import TextFieldCounter
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _usage_hint = USAGE_HINT.search
-_text_fields = TEXT_FIELD.finditer
 
 #: How a response body is read: not at all, as SSE, as JSON (one value, NDJSON or a JSON
 #: array of objects), "sniff" (the Content-Type says nothing: the first byte decides), or
@@ -49,6 +49,10 @@ SMALL_BODY = 16 * 1024
 MODEL_EVENTS = 16
 
 _WHITESPACE = b" \t\r\n"
+
+
+def _ignore(obj: object) -> None:
+    pass
 
 
 class Reader(Protocol):
@@ -171,10 +175,13 @@ class SmallJSONReader:
             if isinstance(obj, dict):
                 found.on_object(obj)
         text = found.text
-        if text is not None and not found.acc.seen:
-            text.add_bytes(
-                sum(string_bytes(o.get(root)) for o in objects if isinstance(o, dict) for root in RESPONSE_TEXT_ROOTS)
-            )
+        if text is not None and not found.acc.seen and found.text_roots:
+            # No usage: the answer's text is measured on the bytes as they were sent (as
+            # the scanner measures a large or cut body), so that the estimate is the same
+            # however the body came; only the text fields under the answer's roots count.
+            counter = found.text_counter()
+            JSONScanner((), _ignore, text_roots=found.text_roots, text_counter=counter).feed(bytes(data))
+            text.add_bytes(counter.bytes)
 
 
 class ScannedJSONReader:
@@ -200,8 +207,10 @@ class ScannedJSONReader:
         scanner = self._scanner
         found = self._found
         found.ended(failed=scanner.failed, idle=scanner.idle, dropped=scanner.overflowed)
-        if found.text is not None:
-            found.text.add_bytes(scanner.text_bytes)
+        if found.text is not None and scanner.text_counter is not None:
+            # A body cut short (the upstream or the client gone) counts the text it got
+            # that far, a string cut in the middle included: never its other bytes.
+            found.text.add_bytes(scanner.text_counter.bytes)
 
 
 class SSEReader:
@@ -216,13 +225,14 @@ class SSEReader:
     for them. Events over the decoder's limit stream into a scanner.
     """
 
-    __slots__ = ("_found", "_decoder", "_large", "_fast", "_may_skip", "skim")
+    __slots__ = ("_found", "_decoder", "_large", "_large_text", "_fast", "_may_skip", "skim")
     format: BodyFormat = SSE
 
     def __init__(self, found: Findings, may_skip: bool) -> None:
         self._found = found
         self._decoder = SSEDecoder(self._on_event, self._on_large_data, self._on_large_end)
         self._large: JSONScanner | None = None
+        self._large_text: TextFieldCounter | None = None
         self._fast = False
         #: The decoder, once whole events may be skipped unread (see the class docstring).
         self.skim: SSEDecoder | None = None
@@ -244,7 +254,7 @@ class SSEReader:
             self.skim = self._decoder
         text = found.text
         if text is not None:
-            for m in _text_fields(data):
+            for m in found.text_fields(data):
                 text.add_json_string(m.group(1))
         if (
             (found.model is None and not self._fast)
@@ -279,11 +289,20 @@ class SSEReader:
     def _on_large_data(self, piece: bytes) -> None:
         if self._large is None:
             self._large = self._found.scanner(text=False)
+            if self._found.text is not None:
+                # Its text is counted as it passes, by the same fields as a small event's.
+                self._large_text = self._found.event_counter()
         self._large.feed(piece)
+        if self._large_text is not None:
+            self._large_text.feed(piece)
 
     def _on_large_end(self, event: bytes) -> None:
         large = self._large
         self._large = None
+        counter = self._large_text
+        self._large_text = None
+        if counter is not None and self._found.text is not None:
+            self._found.text.add_bytes(counter.bytes)
         if large is not None and large.failed:
             self._found.fail("malformed")
 

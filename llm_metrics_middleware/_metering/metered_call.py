@@ -277,6 +277,7 @@ class MeteredCall:
                 # is only measured in bytes: usage almost always comes, so no tokenizer runs.
                 token_counter=token_counter,
                 decompressor=decompressor,
+                operation=route.operation,
             )
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)

@@ -141,9 +141,37 @@ USAGE_MARKERS = _markers()
 #: Any of :data:`USAGE_MARKERS`, for one search per raw chunk.
 USAGE_MARKER = re.compile(b"|".join(re.escape(m) for m in USAGE_MARKERS))
 
+def _text_field(fields: Iterable[str]) -> re.Pattern[bytes]:
+    # A key can only match where JSON puts a key (see textfields): inside a string every
+    # quote is escaped, and the look-behind refuses a key that ends in an escaped quote
+    # (written after the quote, so that the regex engine still skips ahead to a quote).
+    names = b"|".join(re.escape(f).encode() for f in fields)
+    return re.compile(rb'"(?<=[{,\s]")(?:' + names + rb')"\s*:\s*"((?:[^"\\]|\\.)*)"', re.S)
+
+
 #: Strings worth counting in SSE event data when a stream carries no usage: the streamed
-#: text fields of every provider. Matched on the raw JSON, escapes included: an estimate.
-TEXT_FIELD = re.compile(
-    b'"(?:' + b"|".join(re.escape(f).encode() for f in STREAM_TEXT_FIELDS) + rb')"\s*:\s*"((?:[^"\\]|\\.)*)"',
-    re.S,
-)
+#: text fields of every provider (group 1: the string as written, escapes included).
+TEXT_FIELD = _text_field(STREAM_TEXT_FIELDS)
+#: Keys whose values are generated text, for :class:`~..textfields.TextFieldCounter`
+#: (a whole JSON response under :data:`RESPONSE_TEXT_ROOTS`).
+TEXT_FIELD_NAMES = frozenset(STREAM_TEXT_FIELDS)
+
+
+class StreamText:
+    """One operation's streamed-text fields: the event regex, and the names (for an event
+    too large to keep, measured by a :class:`~..textfields.TextFieldCounter`)."""
+
+    __slots__ = ("field", "names")
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self.field = _text_field(fields) if fields != STREAM_TEXT_FIELDS else TEXT_FIELD
+        self.names = frozenset(fields)
+
+
+#: Every provider's streamed-text fields together: what an operation's chunks are read with
+#: unless it names its own.
+STREAM_TEXT = StreamText(STREAM_TEXT_FIELDS)
+#: The operations whose chunks name their text apart from their provider's (Responses).
+OPERATION_STREAM_TEXT: Mapping[str, StreamText] = {
+    op.name: StreamText(op.stream_text) for p in PROVIDERS for op in p.operations if op.stream_text is not None
+}

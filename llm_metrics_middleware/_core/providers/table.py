@@ -94,6 +94,8 @@ class Operation:
     #: False for calls that bill no tokens (token counting, moderation): they are
     #: recorded as calls, and whatever their bodies say counts nothing.
     billed: bool = True
+    #: Its chunks' text fields when not the provider's (Responses: ``delta``; .done events repeat it).
+    stream_text: tuple[str, ...] | None = None
     #: True when the operation always streams its answer, whatever the body format
     #: (Gemini's ``streamGenerateContent`` without ``alt=sse``: a JSON array written one
     #: element at a time), so the call is a streamed one with a time to first chunk.
@@ -180,11 +182,11 @@ _OPENAI_OPERATIONS = (
     Operation("chat.completions", "chat", ("/chat/completions",), ("chat/completions",)),
     Operation("completions", "text_completion", ("/completions",), ("completions",)),
     Operation("embeddings", "embeddings", ("/embeddings",), ("embeddings",), estimate_text=False),
-    Operation("responses", "chat", ("/responses",), estimate_text=False),
+    Operation("responses", "chat", ("/responses",), estimate_text=False, stream_text=("delta",)),
     Operation("moderations", "moderations", ("/moderations",), estimate_text=False, billed=False),
 )
 
-_OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments", "text")
+_OPENAI_TEXT = ("content", "refusal", "delta", "reasoning_content", "reasoning", "arguments", "text", "transcript")
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),
