@@ -42,7 +42,7 @@ AWKWARD = [
 
 
 def _general(data: bytes, want_text: bool, counter: object) -> object:
-    extractor = UsageExtractor(JSON, want_text=want_text, token_counter=counter)  # type: ignore[arg-type]
+    extractor = UsageExtractor(JSON, want_text=want_text, token_counter=counter, operation="chat.completions")  # type: ignore[arg-type]
     extractor.feed(data)
     return extractor.close()
 
@@ -56,6 +56,7 @@ def _general(data: bytes, want_text: bool, counter: object) -> object:
     + AWKWARD,
 )
 def test_same_extraction_as_the_extractor(data: bytes, want_text: bool, counter: object) -> None:
-    assert extract_whole_json(data, want_text=want_text, token_counter=counter) == _general(  # type: ignore[arg-type]
+    whole = extract_whole_json(data, want_text=want_text, token_counter=counter, operation="chat.completions")  # type: ignore[arg-type]
+    assert whole == _general(
         data, want_text, counter
     )

@@ -13,23 +13,23 @@ from __future__ import annotations
 from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
 from .fastjson import loads
-from .findings import TextMeter
-from .jsonscan import string_bytes
-from .providers.facts import RESPONSE_TEXT_ROOTS
 from .providers.objects import counts_from_object, model_from_object
 from .usage import Invalid, usage_of
 
 _BOM = b"\xef\xbb\xbf"
 
 
-def extract_whole_json(data: bytes, *, want_text: bool = False, token_counter: TokenCounter | None = None) -> Extraction:
-    """What ``UsageExtractor(JSON, want_text=..., token_counter=...)`` says of ``data`` fed
-    as one chunk and closed: the same answer, for a body of at most ``SMALL_BODY`` bytes.
+def extract_whole_json(
+    data: bytes, *, want_text: bool = False, token_counter: TokenCounter | None = None, operation: str | None = None
+) -> Extraction:
+    """What ``UsageExtractor(JSON, want_text=..., token_counter=..., operation=...)`` says
+    of ``data`` fed as one chunk and closed: the same answer, for a body of at most
+    ``SMALL_BODY`` bytes.
 
-    A JSON object is parsed once and its usage read from the provider table's shapes.
-    Anything else (a byte order mark, NDJSON or an array, a body that does not parse, a
-    usage object with absurd counts) goes the general way, which decides and names the
-    error.
+    A JSON object with usage is parsed once and its usage read from the provider table's
+    shapes. Anything else (a byte order mark, NDJSON or an array, a body that does not
+    parse, a usage object with absurd counts, no usage when the text is to be measured for
+    an estimate) goes the general way, which decides and names the error.
     """
     value = None
     if data[:3] != _BOM:
@@ -42,23 +42,17 @@ def extract_whole_json(data: bytes, *, want_text: bool = False, token_counter: T
             found = counts_from_object(value)
             model = model_from_object(value)
         except Invalid:
-            value = None  # the general path names the error
-        if value is not None:
-            provider = None
-            usage = None
-            seen = False
-            if found is not None:
-                counts, provider = found
-                # One object's counts are what an accumulator fed them would hold.
-                seen = counts[0] is not None or counts[1] is not None or counts[2] is not None
-                if seen:
-                    usage = usage_of(counts)
-            text_tokens = 0
-            if want_text and not seen:  # no usage: measure the answer text for an estimate
-                meter = TextMeter(token_counter)
-                meter.add_bytes(sum(string_bytes(value.get(root)) for root in RESPONSE_TEXT_ROOTS))
-                text_tokens = meter.result()
-            return Extraction(usage, model, provider, JSON, text_tokens, None)
-    extractor = UsageExtractor(JSON, want_text=want_text, token_counter=token_counter)
+            found = model = value = None  # the general path names the error
+        if found is not None:
+            counts, provider = found
+            # One object's counts are what an accumulator fed them would hold.
+            if counts[0] is not None or counts[1] is not None or counts[2] is not None:
+                # With usage the text is not measured: the general path's text meter says 0.
+                return Extraction(usage_of(counts), model, provider, JSON, 0, None)
+            if not want_text:
+                return Extraction(None, model, provider, JSON, 0, None)
+        elif not want_text and value is not None:
+            return Extraction(None, model, None, JSON, 0, None)
+    extractor = UsageExtractor(JSON, want_text=want_text, token_counter=token_counter, operation=operation)
     extractor.feed(data)
     return extractor.close()

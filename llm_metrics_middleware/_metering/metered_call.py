@@ -277,7 +277,7 @@ class MeteredCall:
                 # is only measured in bytes: usage almost always comes, so no tokenizer runs.
                 token_counter=token_counter,
                 decompressor=decompressor,
-                operation=route.operation,
+                operation=self.route.operation,
             )
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)
@@ -306,7 +306,9 @@ class MeteredCall:
 
     def _json_extractor(self) -> UsageExtractor:
         """The extractor of a deferred JSON body that did not come whole."""
-        extractor = self.extractor = UsageExtractor(JSON, want_text=self.want_text, token_counter=self.token_counter)
+        extractor = self.extractor = UsageExtractor(
+            JSON, want_text=self.want_text, token_counter=self.token_counter, operation=self.route.operation
+        )
         self.deferred = False
         self.feed = extractor.feed
         return extractor
@@ -344,7 +346,9 @@ class MeteredCall:
                 extraction = Extraction(None, None, None, JSON, 0, None)
             else:
                 self.whole = None
-                extraction = extract_whole_json(whole, want_text=self.want_text, token_counter=self.token_counter)
+                extraction = extract_whole_json(
+                    whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
+                )
         usage = extraction.usage if extraction is not None else None
         if not self.metered or self.counted_elsewhere:
             return
