@@ -117,6 +117,17 @@ def test_every_counter_in_the_dashboard_is_read_through_rate_or_increase() -> No
             assert re.search(r"(rate|increase)\($", before), (panel["title"], target["expr"])
 
 
+def test_the_duration_panels_show_exemplars() -> None:
+    # The Prometheus exporter gives llm_request_duration_seconds an exemplar per series (the
+    # latest traced call): the panels that read it turn exemplars on, so a slow point links
+    # to its trace; no other query asks for exemplars its metric does not carry.
+    reading = {panel["title"] for panel, target in targets() if "llm_request_duration_seconds" in target["expr"]}
+    assert {"Duration (request to last byte)", "p90 duration by model"} <= reading, reading
+    for panel, target in targets():
+        reads_duration = "llm_request_duration_seconds" in target["expr"]
+        assert target.get("exemplar", False) is reads_duration, (panel["title"], target["expr"])
+
+
 # -- a real Prometheus over a real app -----------------------------------------------------------
 
 
