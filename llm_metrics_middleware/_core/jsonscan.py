@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from .jsonpaths import _CAPTURE, _DESCEND, JSONObject, Path, PathItem, _Frame, _put, plan_paths, string_bytes
+from .jsonskip import ESCAPE_PENDING, Marks, close_run, open_run, run_text_bytes, skip_run, string_end
 
 __all__ = ["CAPTURE_LIMIT", "KEY_LIMIT", "JSONObject", "JSONScanner", "Path", "PathItem", "string_bytes"]
 
@@ -36,20 +37,6 @@ CAPTURE_LIMIT = 16 * 1024
 KEY_LIMIT = 256
 
 _SIGNIFICANT = re.compile(rb"[^ \t\r\n]")
-# Inside a skipped container: a run of whole strings, of bytes that are neither brackets
-# nor quotes, and of containers nested at most two deep, crossed by the regex engine in C
-# however many short strings or small arrays it holds. Python only sees the brackets of
-# deeper nesting and a string cut by the chunk's end. Written as "unrolled loops" (no
-# alternation inside a repeat): linear, and about twice as fast in CPython's engine.
-_STR = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
-_FLAT = rb'[^"\[\]{}]*(?:' + _STR + rb'[^"\[\]{}]*)*'
-_NESTED1 = rb"[\[{]" + _FLAT + rb"[\]}]"
-_NESTED2 = rb"[\[{]" + _FLAT + rb"(?:" + _NESTED1 + _FLAT + rb")*[\]}]"
-_SKIP_RUN = re.compile(_FLAT + rb"(?:" + _NESTED2 + _FLAT + rb")*").match
-_STRING_SUB = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"').subn
-# Aligned on the strings of a run: group 1 holds those longer than 256 bytes.
-_LONG_STRINGS = re.compile(rb'"(?:[^"\\]|\\.){0,256}"|"([^"\\]*(?:\\.[^"\\]*)*)"').findall
-_LONG_CANDIDATE = re.compile(rb'[^"]{257}').search
 # One object member whose key holds no escape and whose value is a string or a scalar,
 # with the comma after it: members we do not care about are crossed by this regex, in C.
 _MEMBER = re.compile(
@@ -69,9 +56,6 @@ _SCALAR = 6  # inside a number / true / false / null
 
 
 _QUOTE = 0x22
-_BACKSLASH = 0x5C
-
-
 
 
 class JSONScanner:
@@ -151,6 +135,7 @@ class JSONScanner:
         n = len(buf)
         pos = 0
         self._cap_from = 0
+        marks: Marks | None = None
         while pos < n:
             state = self._state
             if state == _STRING:
@@ -158,21 +143,27 @@ class JSONScanner:
                 if pos < 0:
                     break
             elif state == _SKIP:
-                end = _SKIP_RUN(buf, pos).end()  # type: ignore[union-attr]  # it always matches
+                end = skip_run(buf, pos)
                 if end > pos and self._counting:
-                    self._count_run(buf[pos:end])
+                    self.text_bytes += run_text_bytes(buf[pos:end])
                 if end >= n:
                     break
                 c = buf[end]
-                pos = end + 1
-                if c == _QUOTE:  # a string the chunk cuts: read it the slow way
+                if c == _QUOTE:  # a string the run does not take: string_end crosses it
+                    pos = end + 1
                     self._begin_string(0)
-                elif c == 0x7B or c == 0x5B:
-                    self._skip_depth += 1
-                else:
-                    self._skip_depth -= 1
+                elif c == 0x7B or c == 0x5B:  # nested deeper than the run goes
+                    pos, k = open_run(buf, end)
+                    self._skip_depth += k
+                elif c == 0x7D or c == 0x5D:
+                    pos, k = close_run(buf, end, self._skip_depth)
+                    self._skip_depth -= k
                     if self._skip_depth == 0:
                         self._end_value(buf, pos)
+                else:  # a long flat run (the numbers of an embedding): memchr to its end
+                    if marks is None:
+                        marks = Marks()
+                    pos = marks.next(buf, end)
             elif state == _SCALAR:
                 m = _SCALAR_END.search(buf, pos)
                 if m is None:
@@ -242,28 +233,6 @@ class JSONScanner:
                         return
         if self._capture is not None:
             self._append_capture(buf, self._cap_from, n)
-
-    def _count_run(self, run: bytes) -> None:
-        """Count the strings of a run of whole strings as :meth:`_end_string` would."""
-        if b"\\" not in run:
-            inside = run.split(b'"')[1::2]  # no escaped quote: every other piece is a string
-            if not inside:
-                return
-            total = sum(map(len, inside))
-            if max(map(len, inside)) > 256:
-                for text in inside:
-                    if len(text) > 256 and b" " not in text:
-                        total -= len(text)  # a blob (base64, a data URI), not text
-        else:
-            rest, count = _STRING_SUB(b"", run)
-            if not count:
-                return
-            total = len(run) - len(rest) - 2 * count
-            if _LONG_CANDIDATE(run) is not None:
-                for text in filter(None, _LONG_STRINGS(run)):
-                    if b" " not in text:
-                        total -= len(text)
-        self.text_bytes += total
 
     def _append_capture(self, buf: bytes, start: int, end: int) -> None:
         cap = self._capture
@@ -357,23 +326,11 @@ class JSONScanner:
             pos += 1
             if pos > n:
                 return -1
-        lo = pos
-        while True:
-            q = buf.find(b'"', pos)
-            if q < 0:
-                # Carry an unfinished escape (odd run of trailing backslashes).
-                k = n - 1
-                while k >= lo and buf[k] == _BACKSLASH:
-                    k -= 1
-                self._string_escape = (n - 1 - k) % 2 == 1
-                self._string_piece(buf, start, n)
-                return -1
-            k = q - 1
-            while k >= lo and buf[k] == _BACKSLASH:
-                k -= 1
-            if (q - 1 - k) % 2 == 0:
-                break
-            pos = q + 1
+        q = string_end(buf, pos)
+        if q < 0:
+            self._string_escape = q == ESCAPE_PENDING
+            self._string_piece(buf, start, n)
+            return -1
         self._string_piece(buf, start, q)
         self._end_string(buf, q + 1)
         return q + 1
@@ -387,7 +344,7 @@ class JSONScanner:
                 self._key = bytearray(b"\x00" * (KEY_LIMIT + 1))  # never matches a path
         elif self._counting:
             self._string_len += end - start
-            if not self._string_spaced and b" " in buf[start:end]:
+            if not self._string_spaced and buf.find(b" ", start, end) >= 0:
                 self._string_spaced = True
 
     def _end_string(self, buf: bytes, end: int) -> None:
