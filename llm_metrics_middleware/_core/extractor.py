@@ -99,7 +99,10 @@ class UsageExtractor:
     usage is known to come (``stream_options.include_usage``), it costs a regex per event.
     """
 
-    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_tail", "_tpl_tail_len", "_tries")
+    __slots__ = (
+        "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_tail", "_tpl_tail_len", "_tries", "_fast",
+        "_fast_start", "_fast_bytes", "_lazy",
+    )
 
     def __init__(
         self,
@@ -124,8 +127,40 @@ class UsageExtractor:
         self._tpl_tail = b""
         self._tpl_tail_len = 0
         self._tries = TEMPLATE_TRIES
+        # The template's head while a chunk that matches it may be skimmed by the first
+        # lines of feed (see there), else None; the length of the head, and the text bytes
+        # of the chunks skimmed so, handed to the text meter at close.
+        self._fast: bytes | None = None
+        self._fast_start = 0
+        self._fast_bytes = 0
+        # Text is counted in bytes (no tokenizer), so a skimmed chunk's text is one sum.
+        self._lazy = token_counter is None
 
     def feed(self, chunk: bytes) -> None:
+        """The next chunk of the body, as it goes to the client."""
+        head = self._fast
+        if head is not None:
+            # Most chunks of a stream: its template (see _feed) with another text in it.
+            # The whole work is three C calls and a sum: the head, the first quote after it
+            # (which must be the tail's, so the text holds no quote and the chunk no other
+            # string), the tail, and no backslash before that quote (else it is escaped).
+            try:
+                if chunk.startswith(head):
+                    end = len(chunk) - self._tpl_tail_len
+                    start = self._fast_start
+                    if chunk.find(b'"', start) == end and chunk.endswith(self._tpl_tail) and chunk[end - 1] != 0x5C:
+                        self._fast_bytes += end - start
+                        return
+            except Exception:  # not bytes: the general path decides (and never raises)
+                pass
+        self._feed(chunk)
+        reader = self._reader
+        skim = reader.skim
+        self._fast = (
+            self._tpl_head if self._lazy and skim is not None and skim.at_boundary and self._decoder is None else None
+        )
+
+    def _feed(self, chunk: bytes) -> None:
         reader = self._reader
         skim = reader.skim
         if skim is not None and skim.at_boundary:
@@ -197,6 +232,7 @@ class UsageExtractor:
         self._tpl_head = chunk[: match.start(1)]
         self._tpl_tail = tail
         self._tpl_tail_len = len(tail)
+        self._fast_start = match.start(1)
 
     def _without_bom(self, chunk: bytes) -> bytes:
         head = (self._head or b"") + chunk
@@ -229,6 +265,8 @@ class UsageExtractor:
             found.fail("malformed")
         text_tokens = 0
         if found.text is not None:
+            found.text.add_bytes(self._fast_bytes)
+            self._fast_bytes = 0
             try:
                 text_tokens = found.text.result()
             except Exception:
