@@ -3,10 +3,11 @@
 Why not ``json.loads``: a non-streamed LLM response can be hundreds of megabytes (a long
 completion, a large embeddings batch), and the only parts we want are a usage object and a
 model name of a few hundred bytes. The scanner walks the structure as the bytes pass and
-copies out only the values whose path we asked for; everything else is crossed by the
-regex engine in C (runs of strings, numbers and shallow containers; members whose keys we
-do not want), so the work stays a small multiple of reading the bytes once, however many
-short strings or keys a hostile body holds.
+copies out only the values whose path we asked for; everything else is crossed in C
+(:mod:`.jsonskip`: strings and skipped containers, with ``bytes.find`` for long stretches
+and regular expressions for dense ones; members whose keys we do not want by a member
+regex), so the work stays a small multiple of reading the bytes once, however many short
+strings, escapes, brackets or keys a hostile body holds.
 
 Input may be one JSON value, several (NDJSON or any whitespace-separated sequence), or a
 top-level array. Each object at the top level, and each object directly inside a top-level
