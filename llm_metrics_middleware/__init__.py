@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._core.providers import UsagePointers
 from ._core.usage import Usage
 from ._drivers.asgi import LLMMetricsMiddleware
+from ._drivers.outgoing import OutgoingOptions
 from ._drivers.wsgi import LLMMetricsWSGIMiddleware
 from ._exporters.rules import MetricRule
 from ._metering.call import CallRecord, ErrorKind, ErrorSink, Exporter, Outcome, Schema, Sink, UsageSource
@@ -44,6 +45,7 @@ __all__ = [
     "MetricRule",
     "OpenTelemetryExporter",
     "Outcome",
+    "OutgoingOptions",
     "Price",
     "PrometheusExporter",
     "RequestView",

@@ -363,6 +363,41 @@ class InMemoryExporter:
 
 
 @contextmanager
+def serve_asgi(app: Any, *, timeout: float = 10.0, name: str = "app") -> Iterator[str]:
+    """Serve any ASGI ``app`` with a real uvicorn on a free port of 127.0.0.1, in a thread;
+    yields its base URL, stops it on exit.
+
+    For tests of your own app under the server it runs on in production (streaming and
+    client disconnects behave there as they do in production, not as in an in-process test
+    client). The OS picks the port, so parallel tests never race for one; a server that has
+    not started, or not stopped, within ``timeout`` seconds raises instead of hanging.
+    Needs ``uvicorn``.
+    """
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_config=None,
+                            log_level="warning", access_log=False, ws="none")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn {name}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"uvicorn stopped before serving the {name}; see its log")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the {name} did not start within {timeout} s")
+            time.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the {name} did not stop within {timeout} s")
+
+
+@contextmanager
 def serve(llm: SimulatedLLM | None = None, *, timeout: float = 10.0) -> Iterator[str]:
     """Serve ``llm`` (a new :class:`SimulatedLLM` by default) on a free port of 127.0.0.1,
     in a thread; yields its base URL (``http://127.0.0.1:PORT``), stops it on exit.
@@ -377,26 +412,8 @@ def serve(llm: SimulatedLLM | None = None, *, timeout: float = 10.0) -> Iterator
     except ImportError:
         uvicorn = None  # type: ignore[assignment]
     if uvicorn is not None:
-        config = uvicorn.Config(llm, host="127.0.0.1", port=0, lifespan="on", log_config=None,
-                                log_level="warning", access_log=False, ws="none")
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, name="simulated-llm", daemon=True)
-        thread.start()
-        try:
-            deadline = time.monotonic() + timeout
-            while not server.started:
-                if not thread.is_alive():
-                    raise RuntimeError("uvicorn stopped before serving the simulated LLM; see its log")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the simulated LLM did not start within {timeout} s")
-                time.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.should_exit = True
-            thread.join(timeout)
-            if thread.is_alive():
-                raise TimeoutError(f"the simulated LLM did not stop within {timeout} s")
+        with serve_asgi(llm, timeout=timeout, name="simulated LLM") as url:
+            yield url
         return
 
     from werkzeug.serving import make_server

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from llm_metrics_middleware.testing import serve_asgi
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -45,34 +45,8 @@ def port_open(port: int, host: str = HOST) -> bool:
 @contextmanager
 def uvicorn_server(app: Any, timeout: float = 15.0) -> Iterator[str]:
     """Serve ``app`` with a real uvicorn on a free port, in a thread; yields the base URL."""
-    config = uvicorn.Config(
-        app,
-        host=HOST,
-        port=0,  # the OS picks the port: no race with other tests
-        lifespan="on",
-        ws="none",
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("uvicorn stopped before it started; see the log above")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"uvicorn did not start within {timeout} s")
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://{HOST}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
-        if thread.is_alive():
-            raise RuntimeError(f"uvicorn did not shut down within {timeout} s")
+    with serve_asgi(app, timeout=timeout) as url:
+        yield url
 
 
 class Process:

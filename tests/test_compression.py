@@ -10,10 +10,13 @@ from typing import Any
 import pytest
 
 from llm_metrics_middleware import LLMMetricsWSGIMiddleware
+from llm_metrics_middleware._core.decoders import decompressor_for
+from llm_metrics_middleware._core.extractor import SSE, UsageExtractor
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import body_of, request_json, run_asgi, run_wsgi, split, wsgi_chunk_app
 from .samples import JSON_BODY, OPENAI_STREAM, wrapped_asgi
+from .wire.cases import CASES, WireCase
 
 
 def _deflate_raw(data: bytes) -> bytes:
@@ -85,3 +88,38 @@ def test_brotli_and_zstd_bombs_are_refused(encoding: str, module: str) -> None:
     sent = run_asgi(app, body=request_json(model="m"))
     assert body_of(sent)[:-1] == chunks
     assert exporter.calls[0].usage is None and exporter.calls[0].parse_error == "decompression_bomb"
+
+
+# A gzip or deflate event stream flushed after every event (Z_SYNC_FLUSH), as a server must
+# compress a stream for the client to see each event when it is sent: every recorded SSE
+# body, its events compressed one by one, and the compressed pieces fed whole or byte by byte.
+SSE_CASES = [case for case in CASES if case.body_file.endswith(".sse")]
+
+
+@pytest.mark.parametrize("wbits,encoding", [(31, "gzip"), (15, "deflate")])
+@pytest.mark.parametrize("case", SSE_CASES, ids=[c.id for c in SSE_CASES])
+def test_a_stream_flushed_per_event_is_read_per_event(case: WireCase, wbits: int, encoding: str) -> None:
+    body = case.body
+    sep = b"\r\n\r\n" if b"\r\n\r\n" in body else b"\n\n"
+    events = [event + sep for event in body.split(sep)[:-1]]
+    assert b"".join(events) == body
+    plain = UsageExtractor(SSE)
+    expected = []
+    for event in events:
+        plain.feed(event)
+        expected.append(plain.usage_so_far)
+    compressor = zlib.compressobj(wbits=wbits)
+    pieces = [compressor.compress(event) + compressor.flush(zlib.Z_SYNC_FLUSH) for event in events]
+    tail = compressor.flush()
+    for byte_by_byte in (False, True):
+        extractor = UsageExtractor(SSE, decompressor=decompressor_for(encoding))
+        seen = []
+        for piece in pieces:
+            for chunk in ([piece[i : i + 1] for i in range(len(piece))] if byte_by_byte else [piece]):
+                extractor.feed(chunk)
+            seen.append(extractor.usage_so_far)
+        assert seen == expected, case.id  # each event counted once its piece is in
+        extractor.feed(tail)
+        extraction = extractor.close()
+        assert extraction.error is None
+        assert extraction.usage == expected[-1]

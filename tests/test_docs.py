@@ -4,12 +4,14 @@ and the API reference generated from the docstrings have no broken link or refer
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import llm_metrics_middleware
 from tests.servers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,3 +30,6 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     reference = (site / "reference" / "index.html").read_text()
     for name in ("LLMMetricsMiddleware", "PrometheusExporter", "asgi_app", "SimulatedLLM", "llm_metrics_exporter"):
         assert name in reference, name
+    # The reference says it holds everything importable from the package: each name has an entry.
+    documented = set(re.findall(r'id="llm_metrics_middleware\.[\w.]*?\.(\w+)"', reference))
+    assert sorted(set(llm_metrics_middleware.__all__) - documented) == []

@@ -15,9 +15,12 @@ from .drive import split
     [
         ("text/event-stream", SSE),
         ("text/event-stream; charset=utf-8", SSE),
+        ("text/event-stream;charset=UTF-8", SSE),  # no space: Z.ai, Hugging Face's router
+        ("text/event-stream;charset=utf-8", SSE),
         ("TEXT/EVENT-STREAM", SSE),
         ("application/json", JSON),
         ("application/json; charset=utf-8", JSON),
+        ("application/json;charset=UTF-8", JSON),
         ("application/vnd.api+json", JSON),
         ("application/x-ndjson", JSON),
         ("application/jsonl", JSON),

@@ -86,3 +86,18 @@ def test_the_checker_sees_a_violation(tmp_path: pathlib.Path) -> None:
         fake.unlink()
     assert "llm_metrics_middleware._drivers.asgi" in modules
     assert "starlette" in modules
+
+
+#: Module sizes past which a file holds more than one thing (issue "code health").
+MAX_PACKAGE_LINES = 450
+MAX_BENCH_LINES = 600
+
+
+@pytest.mark.parametrize(
+    ("folder", "limit"), [(PACKAGE, MAX_PACKAGE_LINES), (PACKAGE.parent / "bench", MAX_BENCH_LINES)], ids=["package", "bench"]
+)
+def test_no_module_outgrows_its_limit(folder: pathlib.Path, limit: int) -> None:
+    sizes = {str(path.relative_to(folder)): len(path.read_text().splitlines()) for path in folder.rglob("*.py")}
+    assert sizes, f"no modules under {folder}"
+    too_long = {name: lines for name, lines in sizes.items() if lines > limit}
+    assert too_long == {}, f"split these modules (over {limit} lines): {too_long}"

@@ -10,6 +10,7 @@ from llm_metrics_middleware._core.extractor import JSON, SSE, UsageExtractor
 from llm_metrics_middleware._core.jsonscan import JSONScanner
 from llm_metrics_middleware._core.providers import facts, route_of
 from llm_metrics_middleware._core.providers.objects import OBJECT_PATHS, counts_from_object, model_from_object
+from llm_metrics_middleware._core.providers.routes import claimed
 from llm_metrics_middleware._core.providers.table import PROVIDERS, Provider
 
 # (path, provider, operation, path model): at least one path per provider and operation kind.
@@ -45,8 +46,60 @@ ROUTES = [
      "gcp.vertex_ai", "streamRawPredict", "claude-sonnet-4@20250514"),
     ("/v1/projects/p/locations/us-east5/publishers/anthropic/models/claude-sonnet-4@20250514:rawPredict",
      "gcp.vertex_ai", "rawPredict", "claude-sonnet-4@20250514"),
+    ("/v1beta/openai/chat/completions", "gcp.gemini", "chat.completions", None),
+    ("/v1beta/openai/embeddings", "gcp.gemini", "embeddings", None),
+    ("/v1beta1/projects/p/locations/global/publishers/google/models/gemini-embedding-2:embedContent",
+     "gcp.vertex_ai", "embedContent", "gemini-embedding-2"),
+    ("/models/chat/completions", "azure.ai.inference", "chat.completions", None),
+    ("/models/embeddings", "azure.ai.inference", "embeddings", None),
+    ("/openai/v1/chat/completions", "openai", "chat.completions", None),  # Groq's too: the host decides
+    ("/api/v1/services/aigc/text-generation/generation", "alibaba.dashscope", "generation", None),
+    ("/api/v1/services/aigc/multimodal-generation/generation", "alibaba.dashscope", "generation", None),
+    ("/compatible-mode/v1/chat/completions", "openai", "chat.completions", None),
     ("/health", None, None, None),
 ]
+
+
+# (host, headers, path, provider, operation): OpenAI's paths served by others, told apart by
+# the host an outgoing call goes to, or by a header only that provider's clients send.
+CLAIMS = [
+    ("myres.openai.azure.com", {}, "/openai/v1/chat/completions", "azure.ai.openai", "chat.completions"),
+    ("myres.openai.azure.com:443", {}, "/openai/v1/responses", "azure.ai.openai", "responses"),
+    ("MyRes.OpenAI.Azure.com.", {}, "/openai/v1/embeddings", "azure.ai.openai", "embeddings"),
+    ("myres.cognitiveservices.azure.com", {}, "/openai/v1/responses", "azure.ai.openai", "responses"),
+    ("res.services.ai.azure.com", {}, "/api/projects/p/openai/v1/responses", "azure.ai.openai", "responses"),
+    ("127.0.0.1:8000", {"api-key": "k"}, "/openai/v1/chat/completions", "azure.ai.openai", "chat.completions"),
+    ("127.0.0.1:8000", {"api-key": "k"}, "/openai/responses", "azure.ai.openai", "responses"),
+    ("127.0.0.1:8000", {"ocp-apim-subscription-key": "k"}, "/openai/v1/responses", "azure.ai.openai", "responses"),
+    # api-key alone, off Azure's /openai/ prefix, says nothing
+    ("127.0.0.1:8000", {"api-key": "k"}, "/v1/chat/completions", "openai", "chat.completions"),
+    ("api.groq.com", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    ("127.0.0.1:8000", {"authorization": "Bearer k"}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    ("evil.openai.azure.com.example.org", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    ("[::1]:8000", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    # Bedrock serves OpenAI's API too: Bedrock's, never Azure's
+    ("bedrock-runtime.us-west-2.amazonaws.com", {}, "/openai/v1/chat/completions", "aws.bedrock", "chat.completions"),
+    ("bedrock-mantle.us-east-1.api.aws", {}, "/v1/responses", "aws.bedrock", "responses"),
+    # ... but a gateway of one's own on AWS is not Bedrock
+    ("abc123.execute-api.us-east-1.amazonaws.com", {}, "/v1/chat/completions", "openai", "chat.completions"),
+    ("my-vllm-123.elb.us-east-1.amazonaws.com", {}, "/v1/chat/completions", "openai", "chat.completions"),
+    ("bedrock-runtime.us-west-2.amazonaws.com.example.org", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    # Azure AI Foundry Models: its own path, and serverless endpoints on OpenAI's
+    ("res.services.ai.azure.com", {}, "/models/chat/completions", "azure.ai.inference", "chat.completions"),
+    ("llama-xyz.eastus2.models.ai.azure.com", {}, "/chat/completions", "azure.ai.inference", "chat.completions"),
+    ("models.inference.ai.azure.com", {}, "/chat/completions", "azure.ai.inference", "chat.completions"),
+    ("a.b.openai.azure.com", {}, "/openai/v1/chat/completions", "openai", "chat.completions"),
+    # a path another provider owns is never claimed
+    ("myres.openai.azure.com", {}, "/v1/messages", "anthropic", "messages"),
+]
+
+
+@pytest.mark.parametrize("host,headers,path,provider,operation", CLAIMS, ids=[f"{c[0]}{c[2]}" for c in CLAIMS])
+def test_claims_by_host_and_headers(host: str, headers: dict[str, str], path: str, provider: str, operation: str) -> None:
+    sent = {"host": host, **headers}
+    route = claimed(route_of(path), path, sent.get)
+    assert (route.provider, route.operation) == (provider, operation)
+    assert route.wire == (None if provider == route_of(path).provider else route_of(path).provider)
 
 
 @pytest.mark.parametrize("path,provider,operation,model", ROUTES, ids=[r[0] for r in ROUTES])
@@ -121,7 +174,7 @@ def test_derived_hints_match_every_streamed_text_field_and_usage_key() -> None:
 def test_derived_lists() -> None:
     assert facts.KEY_HEADERS == ("Authorization", "api-key", "Ocp-Apim-Subscription-Key", "x-api-key", "x-goog-api-key")
     assert facts.KEY_QUERY == ("key",)
-    assert {"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama", "cohere", "aws.bedrock"} == facts.ALWAYS_REPORTS
+    assert {"anthropic", "gcp.gemini", "gcp.vertex_ai", "ollama", "cohere", "aws.bedrock", "alibaba.dashscope"} == facts.ALWAYS_REPORTS
     assert {
         "embeddings", "responses", "embedContent", "batchEmbedContents", "countTokens", "count_tokens", "moderations",
     } == facts.NO_TEXT_OPERATIONS
@@ -153,3 +206,23 @@ def test_responses_terminal_events(parse_path: str, terminal: str, counted: bool
             x.feed(body[i : i + 1])
         usage = x.close().usage
         assert (usage is not None and usage.total_tokens == 15) is counted, (fmt, terminal)
+
+
+def test_hidden_output_in_a_total_is_counted_as_reasoning_only_where_the_table_says() -> None:
+    # Gemini's OpenAI compatibility endpoint reports thoughts only in total_tokens; OpenAI's
+    # own total is prompt + completion, and a gap there is not reinterpreted.
+    from llm_metrics_middleware._core.usage import make_usage, with_hidden_output
+
+    assert route_of("/v1beta/openai/chat/completions").hidden_output_in_total
+    assert not route_of("/v1/chat/completions").hidden_output_in_total
+    assert not route_of("/v1beta/models/gemini-2.5-pro:generateContent").hidden_output_in_total
+    # Whether streams always carry usage is a fact of the row, not of the provider's name.
+    assert route_of("/v1beta/models/gemini-2.5-pro:streamGenerateContent").streams_report_usage
+    assert not route_of("/v1beta/openai/chat/completions").streams_report_usage
+    assert route_of("/v1/messages").streams_report_usage and not route_of("/v1/chat/completions").streams_report_usage
+    hidden = with_hidden_output(make_usage(35, 12, 109))
+    assert (hidden.prompt_tokens, hidden.completion_tokens, hidden.total_tokens, hidden.reasoning_tokens) == (35, 74, 109, 62)
+    reported = make_usage(10, 30, 40, reasoning=20)  # reasoning already inside completion
+    assert with_hidden_output(reported) == reported
+    estimated = make_usage(10, 5, 20, estimated=True)
+    assert with_hidden_output(estimated) == estimated

@@ -18,6 +18,7 @@ def test_exported_members_are_pinned() -> None:
         "MetricRule",
         "OpenTelemetryExporter",
         "Outcome",
+        "OutgoingOptions",
         "Price",
         "PrometheusExporter",
         "RequestView",

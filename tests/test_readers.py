@@ -159,3 +159,36 @@ def test_bodies_shorter_than_a_mark_are_still_read() -> None:
     for body, fmt in ((b"\xef", SNIFF), (b"\xef\xbb", JSON), (b"{}", JSON)):
         result = _extract(fmt, [body])
         assert result[0] is None
+
+
+def test_a_long_gemini_json_array_stream_is_read_as_it_passes_in_constant_memory() -> None:
+    # streamGenerateContent without alt=sse: one JSON array written an element at a time,
+    # each element's usageMetadata cumulative. The recorded Vertex AI stream's elements are
+    # repeated to 1 MB, joined by both separators Google's clients split on ("\n,\n" as
+    # captured, "\n,\r\n"); only the last element's counts may be reported, and memory
+    # must not grow with the array.
+    import tracemalloc
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).parent / "wire" / "bodies" / "vertex-stream-json-array.json").read_bytes())
+    first, last = (json.dumps(e, indent=2).encode() for e in recorded)
+    middle = first + b"\n,\r\n" + first + b"\n,\n"
+    count = 1024 * 1024 // len(middle)
+    chunk = b"[" + middle * 16
+    x = UsageExtractor(JSON)
+    tracemalloc.start()
+    try:
+        x.feed(chunk)
+        for _ in range(count // 16):
+            x.feed(middle * 16)
+        x.feed(last + b"\n]")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    result = x.close()
+    assert result.usage is not None and result.error is None
+    want = recorded[-1]["usageMetadata"]
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.total_tokens) == (
+        want["promptTokenCount"], want["candidatesTokenCount"], want["totalTokenCount"])
+    assert result.model == "gemini-2.5-flash-lite"
+    assert peak < 256 * 1024, f"peak {peak} bytes for a 1 MB array"

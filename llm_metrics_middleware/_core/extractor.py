@@ -225,6 +225,13 @@ class UsageExtractor:
         if decoder.error is not None:
             self._found.fail(decoder.error)
 
+    @property
+    def usage_so_far(self) -> Usage | None:
+        """The usage the body has reported up to the last chunk fed, merged as :meth:`close`
+        merges it; None before any. Each event is read as it arrives (a gzip stream
+        flushed per event is decompressed per chunk), so this moves with the stream."""
+        return self._found.acc.result()
+
     def _learn(self, chunk: bytes, match: re.Match[bytes]) -> None:
         tail = chunk[match.end(1) :]
         if _KEY_AFTER(tail) is not None:

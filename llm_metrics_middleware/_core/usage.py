@@ -8,6 +8,10 @@ Every provider is normalised to one meaning, so that sums across providers add u
   (Gemini reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``, xAI its
   ``reasoning_tokens`` apart from ``completion_tokens``);
 - ``total_tokens``: the provider's total when it reports one, else prompt + completion;
+- audio tokens (OpenAI's ``prompt_tokens_details.audio_tokens`` and
+  ``completion_tokens_details.audio_tokens``, gpt-4o-audio and gpt-audio models) are parts
+  of the prompt and completion tokens, as OpenAI counts them: they are counted there once,
+  never added again, and not kept apart;
 - ``cached_tokens`` (prompt tokens read from the provider's cache), ``cache_write_tokens``
   (prompt tokens written to it: Anthropic's and Bedrock's cache creation, which they bill
   above the input price; ``cache_write_1h_tokens`` the part of them written for an hour,
@@ -283,6 +287,29 @@ def read_ollama(obj: Mapping[str, Any]) -> Counts | None:
     prompt = _count(obj, "prompt_eval_count")
     completion = _count(obj, "eval_count")
     return prompt, completion if completion is not None else 0, None, None, None, None, None
+
+
+def with_hidden_output(usage: Usage) -> Usage:
+    """``usage`` with what its total holds beyond prompt + completion counted as output.
+
+    For providers whose total counts billed output that their completion count leaves
+    out, and that report no reasoning field for it (Gemini's OpenAI compatibility
+    endpoint: a thinking model's thoughts). The difference is reasoning, billed as output:
+    completion and reasoning both grow by it, so that prompt + completion = total again.
+    """
+    hidden = usage.total_tokens - usage.prompt_tokens - usage.completion_tokens
+    if hidden <= 0 or usage.estimated:
+        return usage
+    return make_usage(
+        usage.prompt_tokens,
+        usage.completion_tokens + hidden,
+        usage.total_tokens,
+        usage.cached_tokens,
+        usage.reasoning_tokens + hidden,
+        False,
+        usage.cache_write_tokens,
+        usage.cache_write_1h_tokens,
+    )
 
 
 class UsageAccumulator:

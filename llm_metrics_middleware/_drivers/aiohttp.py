@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter
-from .._metering.dimensions import Dimension
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.metering import MeteredCall, usage_headers_of
-from .._metering.paths import PathPatterns
-from .outgoing import BodyTee, Outgoing, metered_send
+from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -134,7 +135,7 @@ def _begin(outgoing: Outgoing, session: aiohttp.ClientSession, method: str, url_
         headers = dict(session.headers)
         headers.update(kwargs.get("headers") or {})
         raw = [(str(k).encode("latin-1", "replace"), str(v).encode("latin-1", "replace")) for k, v in headers.items()]
-        call = outgoing.begin(marker, method.upper(), url.path or "/", url.query_string, raw)
+        call = outgoing.begin(marker, method.upper(), url.path or "/", url.query_string, raw, url.host)
         if call is not None and call.peek is not None:
             body = _request_body(session, kwargs)
             if body is not None:
@@ -189,19 +190,10 @@ async def _patched_request(self: aiohttp.ClientSession, method: str, str_or_url:
     return response
 
 
-def instrument_aiohttp(
-    *,
-    exporters: Sequence[Exporter] | None = None,
-    dimensions: Sequence[Dimension | str] | None = None,
-    include_paths: PathPatterns | None = None,
-    exclude_paths: PathPatterns | None = None,
-    **options: Any,
-) -> None:
+def instrument_aiohttp(**options: Unpack[OutgoingOptions]) -> None:
     """:func:`instrument_httpx` for ``aiohttp``: every ``ClientSession`` meters LLM calls."""
     global _instrumented
-    _instrumented = Outgoing(
-        exporters=exporters, dimensions=dimensions, include_paths=include_paths, exclude_paths=exclude_paths, **options
-    )
+    _instrumented = Outgoing(**options)
     aiohttp.ClientSession._request = _patched_request  # type: ignore[method-assign]
 
 

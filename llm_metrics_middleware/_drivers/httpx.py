@@ -21,15 +21,16 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._metering.call import COMPLETED, DISCONNECTED, Exporter
-from .._metering.dimensions import Dimension
+from .._metering.call import COMPLETED, DISCONNECTED
 from .._metering.metering import MeteredCall, usage_headers_of
-from .._metering.paths import PathPatterns
-from .outgoing import BodyTee, Outgoing, metered_send, sending
+from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -104,7 +105,7 @@ def _tee_for(response: Any, is_async: bool) -> type:
 def _begin(outgoing: Outgoing, request: Any) -> MeteredCall | None:
     try:
         url = request.url
-        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw)
+        call = outgoing.begin(request, request.method, url.path, url.query.decode("latin-1"), request.headers.raw, url.host)
         if call is not None and call.peek is not None:
             try:
                 content = request.content  # bytes bodies (SDKs, json=) are read already
@@ -194,14 +195,7 @@ def _installed() -> list[ModuleType]:
     return modules
 
 
-def instrument_httpx(
-    *,
-    exporters: Sequence[Exporter] | None = None,
-    dimensions: Sequence[Dimension | str] | None = None,
-    include_paths: PathPatterns | None = None,
-    exclude_paths: PathPatterns | None = None,
-    **options: Any,
-) -> None:
+def instrument_httpx(**options: Unpack[OutgoingOptions]) -> None:
     """Meter the LLM calls of every ``httpx`` and ``httpx2`` client of the process.
 
     Clients built before the call are covered, those inside the official OpenAI and
@@ -213,9 +207,7 @@ def instrument_httpx(
     ``include_paths=``) are read. Calling it again replaces the options.
     """
     global _instrumented
-    outgoing = Outgoing(
-        exporters=exporters, dimensions=dimensions, include_paths=include_paths, exclude_paths=exclude_paths, **options
-    )
+    outgoing = Outgoing(**options)
     modules = _installed()
     if not modules:
         raise ImportError("instrument_httpx() needs httpx or httpx2 installed (pip install httpx2)")
@@ -277,19 +269,9 @@ class LLMMetricsTransport(_Httpx2Base, _Httpx2AsyncBase, _HttpxBase, _HttpxAsync
     """
 
     def __init__(
-        self,
-        transport: Any = None,
-        *,
-        exporters: Sequence[Exporter] | None = None,
-        dimensions: Sequence[Dimension | str] | None = None,
-        include_paths: PathPatterns | None = None,
-        exclude_paths: PathPatterns | None = None,
-        **options: Any,
+        self, transport: Any = None, **options: Unpack[OutgoingOptions]
     ) -> None:
-        self._outgoing = Outgoing(
-            exporters=exporters, dimensions=dimensions, include_paths=include_paths, exclude_paths=exclude_paths,
-            **options,
-        )
+        self._outgoing = Outgoing(**options)
         self._transport = transport
         self._defaults: dict[tuple[str, bool], Any] = {}
 

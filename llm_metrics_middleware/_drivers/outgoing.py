@@ -15,15 +15,20 @@ import contextvars
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from .._core.providers import route_of
+from .._core.estimate import TokenCounter
+from .._core.providers import UsagePointers, route_of
 from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
 from .._metering.metering import MeteredCall, Metering
 from .._metering.paths import PathFilter, PathPatterns
+from .._metering.pricing import PricingOption
 from .._metering.request import RequestView
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -99,42 +104,68 @@ class BodyTee:
             self._end(DISCONNECTED if issubclass(exc_type, GeneratorExit) else ERROR)
 
 
+class OutgoingOptions(TypedDict, total=False):
+    """The options of ``instrument_httpx``, ``instrument_requests``, ``instrument_aiohttp``,
+    ``LLMMetricsTransport`` and ``LLMMetricsAdapter``, written once: ``exporters`` and the
+    middlewares' metering options (same meaning and defaults as in the README's "Options"),
+    for the calls made outside any request; ``include_paths`` / ``exclude_paths`` for the
+    outgoing URL's path."""
+
+    exporters: Sequence[Exporter] | None
+    dimensions: Sequence[Dimension | str] | None
+    include_paths: PathPatterns | None
+    exclude_paths: PathPatterns | None
+    namespace: str
+    provider: str | None
+    custom_usage: UsagePointers | None
+    estimate: bool
+    token_counter: TokenCounter | None
+    max_series: int
+    location: str | None
+    gateway_id: str | None
+    subscription_secret: bytes | str | None
+    pricing: PricingOption
+
+
 class Outgoing:
     """The options of ``instrument_httpx`` or of one ``LLMMetricsTransport``.
 
-    ``exporters`` / ``dimensions`` / ``**options`` (the middlewares' options) build the
+    ``exporters`` / ``dimensions`` / the other metering options build the
     :class:`Metering` that counts calls made outside any request; without exporters, those
     calls are not counted. Inside a request the middleware's own Metering counts the call.
     ``include_paths`` / ``exclude_paths`` apply to the outgoing URL's path: LLM calls to
     a path of your own (an internal gateway) are counted when ``include_paths`` names it.
     """
 
-    def __init__(
-        self,
-        *,
-        exporters: Sequence[Exporter] | None = None,
-        dimensions: Sequence[Dimension | str] | None = None,
-        include_paths: PathPatterns | None = None,
-        exclude_paths: PathPatterns | None = None,
-        **options: Any,
-    ) -> None:
-        self.paths = PathFilter(include_paths, exclude_paths)
+    def __init__(self, **options: Unpack[OutgoingOptions]) -> None:
+        exporters = options.pop("exporters", None)
+        self.paths = PathFilter(options.pop("include_paths", None), options.pop("exclude_paths", None))
         if exporters is None:
-            if dimensions is not None or options:
-                given = ", ".join(["dimensions"] * (dimensions is not None) + sorted(options))
+            if options:
                 raise TypeError(
-                    f"{given}= apply to the calls made outside any request, which only exporters= "
-                    "count; pass exporters=[...] as well (inside a request the middleware's own "
+                    f"{', '.join(sorted(options))}= apply to the calls made outside any request, which only "
+                    "exporters= count; pass exporters=[...] as well (inside a request the middleware's own "
                     "options apply)"
                 )
             self.default: Metering | None = None
         else:
-            self.default = Metering(exporters=exporters, dimensions=dimensions, **options)
+            # What is left are Metering's own keyword options (exporters and paths popped).
+            self.default = Metering(exporters=exporters, **cast("dict[str, Any]", options))
 
     def begin(
-        self, request: object, method: str, path: str, query: str, raw_headers: Iterable[tuple[bytes, bytes]]
+        self,
+        request: object,
+        method: str,
+        path: str,
+        query: str,
+        raw_headers: Iterable[tuple[bytes, bytes]],
+        host: str | None = None,
     ) -> MeteredCall | None:
-        """The per-call state for an outgoing ``request``, or None when it is not counted."""
+        """The per-call state for an outgoing ``request``, or None when it is not counted.
+
+        ``host``: the URL's host, for clients whose headers do not carry it yet (requests,
+        aiohttp add ``Host`` on the wire): the host tells Azure's ``/openai/v1/...`` from
+        another server's (:func:`~.._metering.metered_call.route_of_call`)."""
         try:
             if sending(request):
                 return None
@@ -148,7 +179,10 @@ class Outgoing:
                 metering = self.default
             else:
                 return None
-            call_view = RequestView(method, path, query, "", raw_headers=[(k.lower(), v) for k, v in raw_headers])
+            headers = [(k.lower(), v) for k, v in raw_headers]
+            if host and not any(k == b"host" for k, _ in headers):
+                headers.append((b"host", host.encode("latin-1", "replace")))
+            call_view = RequestView(method, path, query, "", raw_headers=headers)
             view = incoming.view if incoming is not None else call_view
             call = metering.begin_outgoing(view, call_view, incoming=incoming)
             # The outgoing options decided; the middleware's paths are incoming ones.

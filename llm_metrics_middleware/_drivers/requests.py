@@ -16,18 +16,19 @@ response starts then.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
-from .._metering.dimensions import Dimension
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
 from .._metering.metering import MeteredCall, usage_headers_of
-from .._metering.paths import PathPatterns
-from .outgoing import BodyTee, Outgoing, metered_send, sending
+from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -105,7 +106,7 @@ def _send(outgoing: Outgoing, adapter: Any, request: Any, args: tuple[Any, ...],
     try:
         url = urlsplit(request.url)
         headers = [(_latin1(k), _latin1(v)) for k, v in request.headers.items()]
-        call = outgoing.begin(request, request.method or "GET", url.path or "/", url.query, headers)
+        call = outgoing.begin(request, request.method or "GET", url.path or "/", url.query, headers, url.hostname)
         body = request.body
         if call is not None and call.peek is not None and isinstance(body, (bytes, str)):
             call.request_body(body.encode("utf-8") if isinstance(body, str) else body)
@@ -133,19 +134,10 @@ def _patched_send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
     return _send(outgoing, self, request, args, kwargs)
 
 
-def instrument_requests(
-    *,
-    exporters: Sequence[Exporter] | None = None,
-    dimensions: Sequence[Dimension | str] | None = None,
-    include_paths: PathPatterns | None = None,
-    exclude_paths: PathPatterns | None = None,
-    **options: Any,
-) -> None:
+def instrument_requests(**options: Unpack[OutgoingOptions]) -> None:
     """:func:`instrument_httpx` for ``requests``: every session's ``HTTPAdapter`` meters LLM calls."""
     global _instrumented
-    _instrumented = Outgoing(
-        exporters=exporters, dimensions=dimensions, include_paths=include_paths, exclude_paths=exclude_paths, **options
-    )
+    _instrumented = Outgoing(**options)
     requests.adapters.HTTPAdapter.send = _patched_send  # type: ignore[method-assign]
 
 
@@ -165,20 +157,10 @@ class LLMMetricsAdapter(requests.adapters.HTTPAdapter):
     """
 
     def __init__(
-        self,
-        *,
-        exporters: Sequence[Exporter] | None = None,
-        dimensions: Sequence[Dimension | str] | None = None,
-        include_paths: PathPatterns | None = None,
-        exclude_paths: PathPatterns | None = None,
-        adapter_options: dict[str, Any] | None = None,
-        **options: Any,
+        self, *, adapter_options: dict[str, Any] | None = None, **options: Unpack[OutgoingOptions]
     ) -> None:
         super().__init__(**(adapter_options or {}))
-        self._outgoing = Outgoing(
-            exporters=exporters, dimensions=dimensions, include_paths=include_paths, exclude_paths=exclude_paths,
-            **options,
-        )
+        self._outgoing = Outgoing(**options)
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         response: requests.Response = _send(self._outgoing, self, request, args, kwargs)

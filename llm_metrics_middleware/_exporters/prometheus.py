@@ -26,6 +26,11 @@ A series exists once it has something to count: the cached, reasoning, estimated
 counters and the time to first chunk appear for a dimension tuple only after a call of
 that tuple had some. ``_created`` series are off unless ``created_series=True``.
 
+Exemplars: the OpenMetrics exposition gives the token counters and the duration histogram
+of each series the trace of its latest call made inside a sampled OpenTelemetry span
+(``_metering/trace.py`` reads the span when the call starts); one exemplar per series, so
+their cost is one tuple per series whatever the traffic.
+
 The request path only adds to an in-process aggregate (:class:`~.totals.CallTotals`, one
 lock, about a microsecond per call); a custom collector renders it when the registry is
 collected (a scrape). Under gunicorn and other pre-fork servers, set
@@ -165,8 +170,17 @@ class PrometheusExporter:
 
     ``created_series=True`` adds the ``_created`` series (the time each series was first
     counted) that prometheus_client adds to every counter and histogram by default; they
-    are off because they add a series to every counter series and every histogram. The
-    families belong to the registry, so the first exporter bound to a namespace decides.
+    are off because they add a series to every counter series and every histogram.
+
+    ``exemplars=True`` (default): when a call was made inside a sampled OpenTelemetry span,
+    the token counters and the duration histogram carry an exemplar ``{trace_id, span_id}``
+    of the latest such call of each series, in the OpenMetrics exposition only (a scrape
+    that asks for ``application/openmetrics-text``, as Prometheus does; the plain text format
+    has none). Not in multiprocess mode (prometheus_client keeps no exemplars there).
+    ``exemplars=False`` leaves them out.
+
+    The families belong to the registry, so the first exporter bound to a namespace decides
+    ``created_series`` and ``exemplars``.
     """
 
     def __init__(
@@ -175,9 +189,11 @@ class PrometheusExporter:
         *,
         rules: Sequence[MetricRule] = (),
         created_series: bool = False,
+        exemplars: bool = True,
     ) -> None:
         self.registry = registry if registry is not None else REGISTRY
         self.created_series = bool(created_series)
+        self.exemplars = bool(exemplars)
         self._rules = check_rules(rules)
         for rule in self._rules:
             if metric_prefix(rule.metric) in _OWN_NAMES:
@@ -226,7 +242,7 @@ class PrometheusExporter:
         if multiprocess_mode():
             family = _MultiprocessFamily(self.registry, prefix, labels)
         else:
-            family = _Collector(prefix, labels, self.created_series)
+            family = _Collector(prefix, labels, self.created_series, self.exemplars)
             self.registry.register(family)
         family.rules = _Rules(self.registry, prefix, labels)
         return family

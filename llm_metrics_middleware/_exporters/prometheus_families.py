@@ -18,6 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
 from .._metering.call import CallRecord
@@ -77,13 +78,20 @@ _DURATION_LE = _le_values(DURATION_BUCKETS)
 _FIRST_CHUNK_LE = _le_values(FIRST_CHUNK_BUCKETS)
 
 
-def _cumulative(les: Sequence[str], counts: Sequence[int]) -> list[tuple[str, float]]:
-    out: list[tuple[str, float]] = []
+def _cumulative(les: Sequence[str], counts: Sequence[int]) -> list[Any]:
+    """``(le, cumulative count)`` per bucket, as ``HistogramMetricFamily.add_metric`` takes them."""
+    out: list[Any] = []
     acc = 0
     for le, count in zip(les, counts, strict=True):
         acc += count
         out.append((le, acc))
     return out
+
+
+def _exemplar(trace_id: str, span_id: str, value: float, timestamp: float) -> Exemplar:
+    """An OpenMetrics exemplar that points to a trace, labelled as Prometheus and Grafana
+    expect (``trace_id``, ``span_id``); only the OpenMetrics exposition writes it."""
+    return Exemplar({"trace_id": trace_id, "span_id": span_id}, value, timestamp)
 
 
 class _Rules:
@@ -128,11 +136,13 @@ def _with_rules(
 class _Collector:
     """The metrics of one namespace in one registry, rendered from the aggregate at scrape time."""
 
-    def __init__(self, prefix: str, labels: tuple[str, ...], created: bool) -> None:
+    def __init__(self, prefix: str, labels: tuple[str, ...], created: bool, exemplars: bool = True) -> None:
         self.prefix = prefix
         self.labels = labels
         self.created = created
-        self.totals = CallTotals(labels, duration_bounds=DURATION_BUCKETS, first_chunk_bounds=FIRST_CHUNK_BUCKETS)
+        self.totals = CallTotals(
+            labels, duration_bounds=DURATION_BUCKETS, first_chunk_bounds=FIRST_CHUNK_BUCKETS, exemplars=exemplars
+        )
         self.record = self.totals.add
         self.on_error = self.totals.add_error
         self.rules: _Rules  # set by the exporter that builds the family
@@ -166,9 +176,15 @@ class _Collector:
         values = list(s.dims)
         created = s.created if self.created else None
         if s.usage_calls:
-            f["prompt_tokens"].add_metric(values, s.prompt, created=created)
-            f["completion_tokens"].add_metric(values, s.completion, created=created)
-            f["tokens"].add_metric(values, s.total, created=created)
+            prompt = completion = total = None
+            if s.exemplar is not None:
+                trace_id, span_id, p, c, t, at = s.exemplar
+                prompt = _exemplar(trace_id, span_id, p, at)
+                completion = _exemplar(trace_id, span_id, c, at)
+                total = _exemplar(trace_id, span_id, t, at)
+            f["prompt_tokens"].add_metric(values, s.prompt, created=created, exemplar=prompt)
+            f["completion_tokens"].add_metric(values, s.completion, created=created, exemplar=completion)
+            f["tokens"].add_metric(values, s.total, created=created, exemplar=total)
         if s.cached:
             f["cached_tokens"].add_metric(values, s.cached, created=created)
         if s.reasoning:
@@ -184,10 +200,15 @@ class _Collector:
             ("request_duration_seconds", _DURATION_LE, s.duration, s.duration_sum),
             ("time_to_first_chunk_seconds", _FIRST_CHUNK_LE, s.first_chunk, s.first_chunk_sum),
         )
-        for suffix, les, counts, total in histograms:
+        for suffix, les, counts, seconds in histograms:
             if counts and any(counts):
                 family = f[suffix]
-                family.add_metric(values, _cumulative(les, counts), total)
+                buckets = _cumulative(les, counts)
+                if suffix == "request_duration_seconds" and s.duration_exemplar is not None:
+                    index, trace_id, span_id, value, at = s.duration_exemplar
+                    le, count = buckets[index]
+                    buckets[index] = (le, count, _exemplar(trace_id, span_id, value, at))
+                family.add_metric(values, buckets, seconds)
                 if created is not None:
                     family.add_sample(family.name + "_created", dict(zip(self.labels, values, strict=True)), created)
 

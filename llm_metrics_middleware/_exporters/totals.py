@@ -33,6 +33,10 @@ CACHE_LIMIT = 10_000
 Dims = tuple[str, ...]
 #: (HTTP status, outcome, usage source) of the ``requests`` counter of one series.
 RequestKey = tuple[int, str, str]
+#: (trace id, span id, prompt, completion, total tokens, Unix time) of one traced call.
+TokenExemplar = tuple[str, str, int, int, int, float]
+#: (duration bucket index, trace id, span id, seconds, Unix time) of one traced call.
+DurationExemplar = tuple[int, str, str, float, float]
 
 
 class Series:
@@ -56,6 +60,8 @@ class Series:
         "duration_sum",
         "first_chunk",
         "first_chunk_sum",
+        "exemplar",
+        "duration_exemplar",
     )
 
     def __init__(self, dims: Dims, duration_buckets: int) -> None:
@@ -82,6 +88,12 @@ class Series:
         #: None until a streamed call of this series had a first chunk.
         self.first_chunk: list[int] | None = None
         self.first_chunk_sum = 0.0
+        #: The latest traced call with usage, when the aggregate keeps exemplars: (trace id,
+        #: span id, prompt, completion, total tokens, Unix time). One per series, replaced
+        #: by the next one: the cost of exemplars stays one tuple per series.
+        self.exemplar: TokenExemplar | None = None
+        #: The latest traced call's duration: (bucket index, trace id, span id, seconds, Unix time).
+        self.duration_exemplar: DurationExemplar | None = None
 
     def copy(self) -> Series:
         other = Series.__new__(Series)
@@ -96,6 +108,7 @@ class CallTotals:
 
     ``duration_bounds`` / ``first_chunk_bounds``: histogram upper bounds (seconds, sorted)
     to keep per series; empty keeps no histogram (the exporter records timings its own way).
+    ``exemplars``: keep the latest traced call of each series (:attr:`Series.exemplar`).
     """
 
     def __init__(
@@ -104,6 +117,7 @@ class CallTotals:
         *,
         duration_bounds: Sequence[float] = (),
         first_chunk_bounds: Sequence[float] = (),
+        exemplars: bool = False,
     ) -> None:
         #: Attribute keys, in the order of the dimension values.
         self.keys = keys
@@ -113,6 +127,7 @@ class CallTotals:
             self.first_chunk_bounds
         ):
             raise ValueError("histogram bounds must be sorted")
+        self.exemplars = exemplars
         self.lock = threading.Lock()
         self.series: dict[Dims, Series] = {}
         self.errors: dict[str, int] = {}
@@ -130,6 +145,8 @@ class CallTotals:
         dims = call.dimensions
         usage = call.usage
         key = (call.status, call.outcome, call.usage_source)
+        trace_id = call.trace_id if self.exemplars else None
+        now = time.time() if trace_id is not None else 0.0
         with self.lock:
             series = self.series.get(dims)
             if series is None:
@@ -147,6 +164,11 @@ class CallTotals:
                     series.estimated_calls += 1
                     series.est_prompt += usage.prompt_tokens
                     series.est_completion += usage.completion_tokens
+                if trace_id is not None:
+                    series.exemplar = (
+                        trace_id, call.span_id or "", usage.prompt_tokens, usage.completion_tokens,
+                        usage.total_tokens, now,
+                    )
             cost = call.cost_usd
             if cost is not None:
                 series.cost = cost if series.cost is None else series.cost + cost
@@ -155,8 +177,11 @@ class CallTotals:
             bounds = self.duration_bounds
             if bounds:
                 duration = call.duration_s
-                series.duration[bisect_left(bounds, duration)] += 1
+                bucket = bisect_left(bounds, duration)
+                series.duration[bucket] += 1
                 series.duration_sum += duration
+                if trace_id is not None:
+                    series.duration_exemplar = (bucket, trace_id, call.span_id or "", duration, now)
                 first = call.time_to_first_chunk_s
                 if first is not None and self.first_chunk_bounds:
                     buckets = series.first_chunk

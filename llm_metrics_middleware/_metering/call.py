@@ -96,6 +96,11 @@ class CallRecord:
     request: RequestView | None = None
     #: Price of the call in USD when ``pricing=`` knows the model, else None.
     cost_usd: float | None = None
+    #: The OpenTelemetry trace the call was made in, when tracing was active and the span
+    #: sampled (read when the call started): trace id and span id in lower-case hex (32 and
+    #: 16 digits), else None. The Prometheus exporter's exemplars point to it.
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,14 @@ from .._core.providers import Route, route_of
 from .._core.providers.facts import (
     ALWAYS_REPORTS,
     NO_TEXT_OPERATIONS,
+    STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage
+from .._core.providers.routes import CLAIMED, claimed
+from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .call import (
     COMPLETED,
     ESTIMATED,
@@ -41,6 +43,7 @@ from .call import (
 )
 from .dimensions import CallContext, safe_text
 from .request import RequestView
+from .trace import TraceIds, current_trace
 
 if TYPE_CHECKING:
     from .metering import Metering
@@ -51,6 +54,25 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
+
+
+def route_of_call(view: RequestView) -> Route:
+    """The call's route: its path's, or the provider's that claims it by host or headers
+    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
+    another provider may claim, one by one, without building the header mapping."""
+    route = route_of(view.path)
+    if route.provider not in CLAIMED:
+        return route
+    environ = view.environ
+
+    def header(name: str) -> str | None:
+        if environ is not None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        raw = view.header_bytes(name.encode("latin-1"))
+        return None if raw is None else raw.decode("latin-1")
+
+    return claimed(route, view.path, header)
 
 
 def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
@@ -114,6 +136,7 @@ class MeteredCall:
         "overrides",
         "header_counts",
         "feed",
+        "trace",
     )
 
     def __init__(
@@ -140,7 +163,7 @@ class MeteredCall:
         #: Dimension values set by ``metering_context()`` for this call, by name or label.
         self.overrides: dict[str, str] | None = None
         self.started = time.perf_counter()
-        self.route: Route = route_of(call_view.path)
+        self.route: Route = route_of_call(call_view)
         #: Known LLM path, or one ``include_paths=`` allows; and not excluded.
         self.metered = metering.paths.meters(call_view.path, self.route.operation is not None)
         # Peeked on every path: the dimensions of outgoing calls made while serving a
@@ -157,6 +180,13 @@ class MeteredCall:
         #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
         #: no-op), so a streamed chunk costs one Python call here, not two.
         self.feed: Callable[[bytes], None] = self._first_body
+        #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
+        #: an outgoing call made when no span is current (a WSGI body, iterated after the
+        #: tracing middleware detached its span), the span of the request it belongs to.
+        trace = current_trace()
+        if trace is None and incoming is not None:
+            trace = incoming.trace
+        self.trace: TraceIds | None = trace
 
     def request_body(self, chunk: bytes) -> None:
         peek = self.peek
@@ -177,6 +207,8 @@ class MeteredCall:
         (lower-case names), which some providers report usage in (Bedrock)."""
         try:
             self.status = status
+            if self.trace is None:  # a span the app started itself is current now
+                self.trace = current_trace()
             if self.route.operation in UNBILLED_OPERATIONS:
                 return  # token counting, moderation: a call, but no tokens
             if usage_headers:
@@ -196,10 +228,12 @@ class MeteredCall:
             body = self.call_view.body
             stream_options = body.get("stream_options")
             include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-            provider = metering.provider or route.provider
+            # A provider= override names the provider; else the route's table row says
+            # (Gemini's own API always reports usage, its OpenAI-compatible one may not).
+            always_reports = metering.provider in ALWAYS_REPORTS if metering.provider else route.streams_report_usage
             self.want_text = (
                 metering.estimate
-                and provider not in ALWAYS_REPORTS
+                and not always_reports
                 and route.operation not in NO_TEXT_OPERATIONS
             )
             self.fmt = fmt
@@ -251,6 +285,8 @@ class MeteredCall:
             return
         if self.header_counts is not None and self.status < 400:
             usage = _with_header_counts(usage, self.header_counts)
+        if usage is not None and route.hidden_output_in_total:
+            usage = with_hidden_output(usage)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:
@@ -297,8 +333,12 @@ class MeteredCall:
         dims, overflowed = metering.limiter.admit(values)
         if overflowed:
             metering.count_error("series_overflow")
-        streamed = self.fmt == SSE or self.fmt == EVENTSTREAM or (self.fmt == JSON and body.get("stream") is True)
+        fmt = self.fmt
+        streamed = fmt in (SSE, EVENTSTREAM) or (
+            fmt == JSON and (body.get("stream") is True or route.operation in STREAMING_OPERATIONS)
+        )
         now = time.perf_counter()
+        trace = self.trace
         call = CallRecord(
             dimensions=dims,
             usage=usage,
@@ -315,5 +355,7 @@ class MeteredCall:
             parse_error=extraction.error if extraction is not None else None,
             origin=self.origin,
             request=self.view if self.origin == "incoming" or self.incoming is not None else None,
+            trace_id=trace[0] if trace is not None else None,
+            span_id=trace[1] if trace is not None else None,
         )
         metering.deliver(call)

@@ -598,6 +598,220 @@ CASES += [
     ),
 ]
 
+_PYDANTIC_AI = "pydantic/pydantic-ai tests/"
+_GEMINI_SSE_NOTE = "raw body verbatim (each event ends \\r\\n\\r\\n as the Gemini API sends it)"
+_GOOGLE_EMBED_NOTE = (
+    "cassette stores the parsed body; written back on one line with ', ' and ': ' separators (the full body written so "
+    "gives exactly the recorded Content-Length, {length}); each {dims}-number vector cut to its first 256 numbers, "
+    "usage after it"
+)
+
+CASES += [
+    # ------------------------------------------------------------------ Gemini: tool-use prompt, thoughts
+    WireCase(
+        id="gemini-stream-sse-google-search",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-2.5-pro:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "What is the weather in San Francisco today?"}], "role": "user"}], "generationConfig": {}, "systemInstruction": {"parts": [{"text": "You are a helpful chatbot."}], "role": "user"}, "tools": [{"googleSearch": {}}]}),
+        content_type=_SSE, body_file="gemini-stream-sse-google-search.sse",
+        # promptTokenCount 17 + toolUsePromptTokenCount 102; candidatesTokenCount 241 + thoughtsTokenCount 412.
+        prompt_tokens=17 + 102, completion_tokens=241 + 412, total_tokens=772, reasoning_tokens=412,
+        model="gemini-2.5-pro",
+        source=_PYDANTIC_AI + "models/cassettes/test_google/test_google_model_web_search_tool_stream.yaml",
+        note=_GEMINI_SSE_NOTE + "; every event repeats toolUsePromptTokenCount and thoughtsTokenCount; the last one "
+        "carries groundingMetadata before its usage. Shortened to 8 KB: the 5th and 6th of 10 events dropped, the last "
+        "event's searchEntryPoint.renderedContent (5 KB of HTML) cut to its first 240 bytes; all else verbatim",
+    ),
+    WireCase(
+        id="gemini-stream-sse-code-execution",
+        provider="gcp.gemini", operation="streamGenerateContent", method="POST",
+        path="/v1beta/models/gemini-3-flash-preview:streamGenerateContent", query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "what is 65465-6544 * 65464-6+1.02255"}], "role": "user"}], "generationConfig": {"responseModalities": ["TEXT"]}, "systemInstruction": {"parts": [{"text": "Be concise and always use Python to do calculations no matter how small."}], "role": "user"}, "tools": [{"codeExecution": {}}]}),
+        content_type=_SSE, body_file="gemini-stream-sse-code-execution.sse",
+        # The last event: promptTokenCount 147 + toolUsePromptTokenCount 360; candidates 108 + thoughts 168.
+        prompt_tokens=147 + 360, completion_tokens=108 + 168, total_tokens=783, reasoning_tokens=168,
+        model="gemini-3-flash-preview",
+        source=_PYDANTIC_AI + "models/google/cassettes/test_code_execution/test_code_execution_stream.yaml",
+        note=_GEMINI_SSE_NOTE + "; usage is not monotonic: the codeExecutionResult event reports prompt 46 / total 46 "
+        "with no candidates or thoughts, and only the last event has toolUsePromptTokenCount",
+    ),
+    WireCase(
+        id="vertex-stream-sse-thinking",
+        provider="gcp.vertex_ai", operation="streamGenerateContent", method="POST",
+        path="/v1beta1/projects/pydantic-ai/locations/global/publishers/google/models/gemini-3-flash-preview:streamGenerateContent",
+        query="alt=sse",
+        request_body=_req({"contents": [{"parts": [{"text": "Reply with exactly: OK"}], "role": "user"}], "generationConfig": {"responseModalities": ["TEXT"]}}),
+        content_type=_SSE, body_file="vertex-stream-sse-thinking.sse",
+        prompt_tokens=5, completion_tokens=1 + 100, total_tokens=106, reasoning_tokens=100,
+        model="gemini-3-flash-preview",
+        source=_PYDANTIC_AI + "models/cassettes/test_google/test_google_vertex_service_tier_flex_stream.yaml",
+        note="raw body verbatim: one event, thoughtsTokenCount 100 beside candidatesTokenCount 1 (and Vertex's trafficType)",
+    ),
+    # ------------------------------------------------------------------ Gemini: OpenAI compatibility, hidden thoughts
+    WireCase(
+        id="gemini-openai-chat-json-hidden-thoughts",
+        provider="gcp.gemini", operation="chat.completions", method="POST", path="/v1beta/openai/chat/completions",
+        request_body=_req({"messages": [{"content": "What is the current time?", "role": "user"}], "model": "gemini-2.5-pro-preview-05-06", "stream": False, "tool_choice": "auto", "tools": [{"function": {"description": "Get the current time.", "name": "get_current_time", "parameters": {"additionalProperties": False, "properties": {}, "type": "object"}}, "type": "function"}]}),
+        content_type=_JSON, body_file="gemini-openai-chat-json-hidden-thoughts-1.json",
+        # usage: prompt 35, completion 12, total 109: 62 thought tokens billed as output, reported nowhere else.
+        prompt_tokens=35, completion_tokens=12 + 62, total_tokens=109, reasoning_tokens=62,
+        model="gemini-2.5-pro-preview-05-06",
+        source=_PYDANTIC_AI + "models/cassettes/test_openai/test_compatible_api_with_tool_calls_without_id.yaml (1st interaction)",
+        note="cassette stores the parsed body; written compact in its field order, which gives exactly the recorded "
+        "Content-Length (1166); no completion_tokens_details: the thoughts show only in total_tokens",
+    ),
+    WireCase(
+        id="gemini-openai-chat-json-hidden-thoughts-after-tool",
+        provider="gcp.gemini", operation="chat.completions", method="POST", path="/v1beta/openai/chat/completions",
+        request_body=_req({"messages": [{"content": "What is the current time?", "role": "user"}, {"role": "assistant", "tool_calls": [{"function": {"arguments": "{}", "name": "get_current_time"}, "id": "pyd_ai_cee885c699414386a7e14b7ec43cadbc", "type": "function"}]}, {"content": "Noon", "role": "tool", "tool_call_id": "pyd_ai_cee885c699414386a7e14b7ec43cadbc"}], "model": "gemini-2.5-pro-preview-05-06", "stream": False, "tool_choice": "auto", "tools": [{"function": {"description": "Get the current time.", "name": "get_current_time", "parameters": {"additionalProperties": False, "properties": {}, "type": "object"}}, "type": "function"}]}),
+        content_type=_JSON, body_file="gemini-openai-chat-json-hidden-thoughts-2.json",
+        prompt_tokens=66, completion_tokens=6 + 28, total_tokens=100, reasoning_tokens=28,
+        model="gemini-2.5-pro-preview-05-06",
+        source=_PYDANTIC_AI + "models/cassettes/test_openai/test_compatible_api_with_tool_calls_without_id.yaml (2nd interaction)",
+        note="cassette stores the parsed body; written compact in its field order (exactly the recorded Content-Length, 755)",
+    ),
+    # ------------------------------------------------------------------ Gemini and Vertex AI embeddings
+    WireCase(
+        id="gemini-batch-embed-usage",
+        provider="gcp.gemini", operation="batchEmbedContents", method="POST",
+        path="/v1beta/models/gemini-embedding-2:batchEmbedContents",
+        request_body=_req({"requests": [{"content": {"parts": [{"text": "task: search result | query: Hello, world!"}]}, "model": "models/gemini-embedding-2"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-usage.json",
+        prompt_tokens=11, completion_tokens=0, total_tokens=11,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/test_google_task_prefix[default-query].yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=42647, dims=3072) + "; usageMetadata has promptTokenCount only (no total; "
+        "its details key is promptTokenDetails, not promptTokensDetails)",
+    ),
+    WireCase(
+        id="vertex-embed-content-usage",
+        provider="gcp.vertex_ai", operation="embedContent", method="POST",
+        path="/v1beta1/projects/pydantic-ai/locations/global/publishers/google/models/gemini-embedding-2:embedContent",
+        request_body=_req({"content": {"parts": [{"text": "task: question answering | query: Hello, world!"}]}}),
+        content_type=_GOOGLE_JSON, body_file="vertex-embed-content.json",
+        prompt_tokens=11, completion_tokens=0, total_tokens=11,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/test_google_task_prefix_vertex.yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=42605, dims=3072),
+    ),
+]
+
+#: Calls whose responses report no usage and whose text is not estimated (embeddings of
+#: models that return none): recorded as calls with no tokens, never as invented ones.
+UNREPORTED_CASES: list[WireCase] = [
+    WireCase(
+        id="gemini-batch-embed-no-usage", provider="gcp.gemini", operation="batchEmbedContents", method="POST",
+        path="/v1beta/models/gemini-embedding-2-preview:batchEmbedContents",
+        request_body=_req({"requests": [{"content": {"parts": [{"text": "hello"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}, {"content": {"parts": [{"text": "world"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}]}),
+        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-no-usage.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        source=_PYDANTIC_AI + "cassettes/test_embeddings/TestGoogle.test_documents.yaml",
+        note=_GOOGLE_EMBED_NOTE.format(length=84732, dims=3072).replace(", usage after it", "") + "; no usageMetadata at all",
+    ),
+]
+
+# ---------------------------------------------------------------- audio tokens, Azure v1, Foundry, SSE fields
+_AZURE_V1_VERCEL = "vercel/ai packages/azure/src/__fixtures__/"
+_AZURE_V1_URL = ("the provider builds https://{resource}.openai.azure.com/openai/v1{path}?api-version=v1 and sends an api-key "
+                 "header (packages/azure/src/azure-openai-provider.ts)")
+_AZURE_INFERENCE_DOCS = "MicrosoftDocs/azure-docs articles/ai-studio/reference/"
+
+CASES += [
+    WireCase(
+        id="openai-chat-json-audio-input",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"messages": [{"role": "user", "content": [{"text": "Whose name is mentioned in the audio?", "type": "text"}, {"input_audio": {"data": "SUQz", "format": "mp3"}, "type": "input_audio"}]}], "model": "gpt-4o-audio-preview", "n": 1, "stream": False}),
+        content_type=_JSON, body_file="openai-chat-json-audio-input.json",
+        prompt_tokens=64, completion_tokens=9, total_tokens=73, model="gpt-4o-audio-preview-2024-12-17",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai/test_audio_as_binary_content_input.yaml",
+        note="cassette stores the parsed body; re-serialised in OpenAI's field order, indented as OpenAI sends it; the request's "
+        "base64 audio cut to 4 characters. prompt_tokens_details.audio_tokens (44) is a part of prompt_tokens (44 audio + 20 "
+        "text = 64), as OpenAI counts it: nothing is added",
+    ),
+    WireCase(
+        id="openai-chat-json-audio-output",
+        provider="openai", operation="chat.completions", method="POST", path="/v1/chat/completions",
+        request_body=_req({"model": "gpt-4o-audio-preview", "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"}, "messages": [{"role": "user", "content": "hello"}]}),
+        content_type=_JSON, body_file="openai-chat-json-audio-output.json",
+        prompt_tokens=8, completion_tokens=54, total_tokens=62, model="gpt-4o-audio-preview",
+        source="https://302ai-jp.apifox.cn/225241593e0 (example response of an OpenAI relay, chatcmpl-Cx5qf8QgUbf1yIHPdZ08WFEFxrVza)",
+        note="the page prints the body with message.audio.data emptied; indented as OpenAI sends it. "
+        "completion_tokens_details.audio_tokens (37) is a part of completion_tokens (37 audio + 17 text = 54)",
+    ),
+    WireCase(
+        id="azure-v1-responses-json-api-key",
+        provider="azure.ai.openai", operation="responses", method="POST", path="/openai/v1/responses", query="api-version=v1",
+        request_body=b"", content_type=_JSON, body_file="azure-v1-responses-json.json",
+        prompt_tokens=11, completion_tokens=11, total_tokens=22, model="gpt-5.1",
+        request_headers=(("api-key", "test-api-key"),),
+        source=_AZURE_V1_VERCEL + "azure-text.1.json",
+        note="verbatim (with Azure's content_filters); " + _AZURE_V1_URL + "; the fixture keeps no request body",
+    ),
+    WireCase(
+        id="azure-v1-responses-stream-api-key",
+        provider="azure.ai.openai", operation="responses", method="POST", path="/openai/v1/responses", query="api-version=v1",
+        request_body=b"", content_type=_SSE_UTF8, body_file="azure-v1-responses-stream.sse",
+        prompt_tokens=11, completion_tokens=11, total_tokens=22, model="gpt-5.1",
+        request_headers=(("api-key", "test-api-key"),),
+        source=_AZURE_V1_VERCEL + "azure-text.1.chunks.txt",
+        note="payloads verbatim, framed as the Responses API sends them (event: <type> + data:, no [DONE]); " + _AZURE_V1_URL
+        + "; the fixture keeps no request body, nor the response headers (Content-Type as OpenAI's Responses streams)",
+    ),
+    WireCase(
+        id="azure-v1-responses-json-host",
+        provider="azure.ai.openai", operation="responses", method="POST", path="/openai/v1/responses",
+        request_body=_req({"include": ["reasoning.encrypted_content"], "input": [{"content": "What is the capital of France? Answer in one word.", "role": "user"}], "model": "gpt-5.4", "reasoning": {"context": "all_turns"}, "stream": False}),
+        content_type=_JSON, body_file="azure-v1-responses-json-host.json",
+        prompt_tokens=18, completion_tokens=5, total_tokens=23, model="gpt-5.4",
+        request_headers=(("host", "pydantic-ai-realtime-dev.openai.azure.com"),),
+        source="pydantic/pydantic-ai tests/models/cassettes/test_openai_responses/test_azure_responses_reasoning_context_default_wire_contract[gpt-5.4].yaml",
+        note="POST https://pydantic-ai-realtime-dev.openai.azure.com/openai/v1/responses with no api-version and no api-key "
+        "(the cassette keeps the Host header only): Azure's by its host. The parsed body written compact in the cassette's "
+        "(sorted) key order",
+    ),
+    WireCase(
+        id="azure-inference-chat-json",
+        provider="azure.ai.inference", operation="chat.completions", method="POST", path="/models/chat/completions",
+        query="api-version=2024-05-01-preview",
+        request_body=_req({"messages": [{"role": "system", "content": "You are a helpful assistant"}, {"role": "user", "content": "Explain Riemann's conjecture"}, {"role": "assistant", "content": "The Riemann Conjecture is a deep mathematical conjecture around prime numbers and how they can be predicted."}, {"role": "user", "content": "Ist it proved?"}], "frequency_penalty": 0, "presence_penalty": 0, "max_tokens": 256, "seed": 42, "stop": "<|endoftext|>", "stream": False, "temperature": 0, "top_p": 1, "response_format": "text"}),
+        content_type=_JSON, body_file="azure-inference-chat-json.json",
+        prompt_tokens=205, completion_tokens=5, total_tokens=210, model="llama2-70b-chat",
+        source=_AZURE_INFERENCE_DOCS + "reference-model-inference-chat-completions.md (Azure AI Model Inference API reference, sample response)",
+        note="indented as printed; the path is the reference's /chat/completions under a Foundry resource's /models endpoint "
+        "({resource}.services.ai.azure.com/models); the sample request's assistant turn shortened",
+    ),
+    WireCase(
+        id="azure-inference-embeddings-json",
+        provider="azure.ai.inference", operation="embeddings", method="POST", path="/models/embeddings",
+        query="api-version=2024-05-01-preview",
+        request_body=_req({"input": ["This is a very good text"], "input_type": "text", "encoding_format": "float", "dimensions": 1024}),
+        content_type=_JSON, body_file="azure-inference-embeddings-json.json",
+        prompt_tokens=15, completion_tokens=0, total_tokens=15, model="BERT",
+        source=_AZURE_INFERENCE_DOCS + "reference-model-inference-embeddings.md (Azure AI Model Inference API reference, sample response)",
+        note="indented as printed (the sample's vector has 12 zeros); under the /models endpoint as for chat",
+    ),
+    WireCase(
+        id="zai-chat-stream-charset-without-space",
+        provider="openai", operation="chat.completions", method="POST", path="/api/paas/v4/chat/completions",
+        request_body=_req({"messages": [{"content": "What is 2 + 2?", "role": "user"}], "model": "glm-4.7", "stream": True, "stream_options": {"include_usage": True}, "thinking": {"clear_thinking": False, "type": "enabled"}}),
+        content_type="text/event-stream;charset=UTF-8", body_file="zai-chat-stream-charset-nospace.sse",
+        prompt_tokens=13, completion_tokens=564, total_tokens=577, reasoning_tokens=561, model="glm-4.7",
+        source="pydantic/pydantic-ai tests/models/cassettes/test_zai/test_zai_thinking_stream.yaml",
+        note="Content-Type exactly as recorded (no space before charset); raw body with 86 of its 94 events dropped (the first "
+        "three reasoning_content chunks and the last five kept: answer, finish chunk with usage, [DONE]); an OpenAI-compatible "
+        "server, so reported as openai",
+    ),
+    WireCase(
+        id="dashscope-multimodal-stream-id-fields",
+        provider="alibaba.dashscope", operation="generation", method="POST",
+        path="/api/v1/services/aigc/multimodal-generation/generation",
+        request_body=b"", content_type=_SSE, body_file="dashscope-multimodal-stream-id-fields.sse",
+        prompt_tokens=92, completion_tokens=10, total_tokens=102,
+        request_headers=(("X-DashScope-SSE", "enable"),),
+        source="erda-project/erda internal/apps/ai-proxy/filters/dashscope-director/resp_example.md (qwen-vl stream)",
+        note="events verbatim as captured: id:, event:result and a :HTTP_STATUS/200 comment before each data: line, no space after "
+        "any colon; the capture kept events 1 and 5 of the stream (usage cumulative: the last wins) and no headers or request "
+        "(Content-Type as an SSE stream declares it; each event ends with a blank line); the path is DashScope's for qwen-vl",
+    ),
+]
+
 #: Calls that bill no tokens (token counting, moderation, a failed response): recorded as calls with no usage,
 #: whatever their bodies hold.
 UNBILLED_CASES: list[WireCase] = [

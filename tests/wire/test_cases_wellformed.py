@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, WireCase
+from .cases import BODIES, CASES, NON_LLM_CASES, NON_LLM_STATUS, UNBILLED_CASES, UNREPORTED_CASES, WireCase
 
-ALL: list[WireCase] = [*CASES, *UNBILLED_CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
+ALL: list[WireCase] = [*CASES, *UNBILLED_CASES, *UNREPORTED_CASES, *NON_LLM_CASES, *(case for case, _ in NON_LLM_STATUS)]
 IDS = [case.id for case in ALL]
 
 
@@ -35,6 +35,10 @@ def _sse_events(body: bytes) -> list[tuple[str | None, str]]:
             data.append(value)
         elif key == "event":
             name = value
+        elif key == "retry":
+            assert value.isdigit(), f"retry: {value!r} is not a number of milliseconds"
+        elif key == "id":
+            assert "\0" not in value
         else:
             raise AssertionError(f"unexpected SSE field {key!r}")
     assert not data, "the last SSE event is not terminated by a blank line"

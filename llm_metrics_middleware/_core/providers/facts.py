@@ -67,6 +67,8 @@ def counts_from_headers(headers: Mapping[str, str]) -> Counts | None:
 ALWAYS_REPORTS = frozenset(p.name for p in PROVIDERS if p.streams_report_usage)
 #: Operations that bill no tokens: their bodies are not read for usage.
 UNBILLED_OPERATIONS = frozenset(op.name for p in PROVIDERS for op in p.operations if not op.billed)
+#: Operations that always stream, whatever their body format.
+STREAMING_OPERATIONS = frozenset(op.name for p in PROVIDERS for op in p.operations if op.streams)
 #: Operations whose responses are not worth counting for an estimate.
 NO_TEXT_OPERATIONS = frozenset(op.name for p in PROVIDERS for op in p.operations if not op.estimate_text)
 

@@ -94,6 +94,34 @@ class Operation:
     #: False for calls that bill no tokens (token counting, moderation): they are
     #: recorded as calls, and whatever their bodies say counts nothing.
     billed: bool = True
+    #: True when the operation always streams its answer, whatever the body format
+    #: (Gemini's ``streamGenerateContent`` without ``alt=sse``: a JSON array written one
+    #: element at a time), so the call is a streamed one with a time to first chunk.
+    streams: bool = False
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Calls that route to another provider's API but are this provider's, when the
+    request says so.
+
+    OpenAI's API is served behind many hosts: Azure OpenAI's v1 API
+    (``{resource}.openai.azure.com/openai/v1/chat/completions``) and Amazon Bedrock's
+    OpenAI-compatible endpoints share their paths with Groq's (``api.groq.com/openai/v1``),
+    so the path alone cannot tell them apart. The host an outgoing call goes to can; so can
+    a header that only this provider's clients send (the ``api-key`` of Azure's SDKs), on
+    paths under ``under`` (an app that serves Azure's API behind its own host).
+    """
+
+    #: The provider whose routes are claimed (``openai``: the OpenAI-compatible default).
+    of: str
+    #: Host names of this provider's endpoints, lower case, ``*`` standing for one DNS
+    #: label (a resource or region name): ``*.openai.azure.com``.
+    hosts: tuple[str, ...] = ()
+    #: Request headers only this provider's clients send (any one of them), honoured on
+    #: paths with ``under``.
+    headers: tuple[str, ...] = ()
+    under: str = ""
 
 
 @dataclass(frozen=True)
@@ -139,6 +167,13 @@ class Provider:
     #: Response headers that report usage (authoritative when present): input, output,
     #: cache read, cache write.
     usage_headers: tuple[str, str, str, str] | None = None
+    #: Whether its total counts output that its completion count leaves out (Gemini's
+    #: OpenAI compatibility endpoint bills hidden thoughts as output but reports them only
+    #: in ``total_tokens``): what the total holds beyond prompt + completion is counted as
+    #: completion, and as reasoning, so that prompt + completion = total.
+    hidden_output_in_total: bool = False
+    #: Another provider's routes that are this one's when host or headers say so.
+    claims: tuple[Claim, ...] = ()
 
 
 _OPENAI_OPERATIONS = (
@@ -153,7 +188,7 @@ _OPENAI_TEXT = ("content", "delta", "reasoning_content", "reasoning", "arguments
 
 _GEMINI_OPERATIONS = (
     Operation("generateContent", "generate_content", tails=("generateContent",)),
-    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",)),
+    Operation("streamGenerateContent", "generate_content", tails=("streamGenerateContent",), streams=True),
     Operation("embedContent", "embeddings", tails=("embedContent",), estimate_text=False),
     Operation("batchEmbedContents", "embeddings", tails=("batchEmbedContents",), estimate_text=False),
     Operation("countTokens", "countTokens", tails=("countTokens",), estimate_text=False, billed=False),
@@ -191,6 +226,19 @@ AZURE_OPENAI = Provider(
     key_headers=("api-key", "Ocp-Apim-Subscription-Key"),
     sent_headers=("api-key",),
     sent_query=("api-version",),
+    # The v1 API (/openai/v1/chat/completions, /responses, /embeddings: the model in the
+    # body, no api-version needed) is OpenAI's paths under /openai/, which Groq serves too
+    # (api.groq.com/openai/v1): Azure's when the host is an Azure OpenAI or Foundry
+    # resource's, or an Azure client sends its api-key (or Azure API Management's
+    # subscription key, in front of Azure OpenAI).
+    claims=(
+        Claim(
+            "openai",
+            hosts=("*.openai.azure.com", "*.cognitiveservices.azure.com", "*.services.ai.azure.com"),
+            headers=("api-key", "Ocp-Apim-Subscription-Key"),
+            under="/openai/",
+        ),
+    ),
 )
 
 ANTHROPIC_MESSAGES = Provider(
@@ -226,6 +274,24 @@ GEMINI_API = Provider(
 )
 
 
+#: Gemini's OpenAI compatibility endpoint: OpenAI's bodies behind Gemini's path. Its usage
+#: has no reasoning field: a thinking model's thoughts show only in ``total_tokens``
+#: (recorded: prompt 35, completion 12, total 109).
+GEMINI_OPENAI = Provider(
+    name="gcp.gemini",
+    operations=(_OPENAI_OPERATIONS[0], _OPENAI_OPERATIONS[2]),
+    path=r"/v1beta/openai/(?P<op>{ops})/?$",
+    usage=OPENAI.usage,
+    model_at=OPENAI.model_at,
+    stream_text=_OPENAI_TEXT,
+    response_text=OPENAI.response_text,
+    prompt_roots=OPENAI.prompt_roots,
+    request_fields=OPENAI.request_fields,
+    key_headers=OPENAI.key_headers,
+    hidden_output_in_total=True,
+)
+
+
 def _bodies_of(provider: Provider) -> dict[str, Any]:
     """The fields that describe ``provider``'s request and response bodies, for a provider
     that serves the same bodies behind its own paths (Vertex AI: Gemini's and Anthropic's)."""
@@ -249,12 +315,28 @@ VERTEX_ANTHROPIC = Provider(
     name="gcp.vertex_ai",
     operations=(
         Operation("rawPredict", "chat", tails=("rawPredict",)),
-        Operation("streamRawPredict", "chat", tails=("streamRawPredict",)),
+        Operation("streamRawPredict", "chat", tails=("streamRawPredict",), streams=True),
     ),
     path=r"/publishers/anthropic/models/(?P<model>[^/:]+):(?P<op>{ops})$",
     path_requires=("/publishers/anthropic/",),
     **_bodies_of(ANTHROPIC_MESSAGES),
     streams_report_usage=True,
+)
+
+#: Azure AI Foundry Models (the Azure AI model inference API): one endpoint for every model
+#: deployed on a Foundry resource (``{resource}.services.ai.azure.com/models/chat/completions
+#: ?api-version=2024-05-01-preview``, the deployment named by ``model``), and serverless
+#: endpoints of one model (``{endpoint}.{region}.models.ai.azure.com/chat/completions``).
+#: OpenAI's chat and embeddings bodies.
+AZURE_AI_INFERENCE = Provider(
+    name="azure.ai.inference",
+    operations=(
+        Operation("chat.completions", "chat", ("/models/chat/completions",)),
+        Operation("embeddings", "embeddings", ("/models/embeddings", "/models/images/embeddings"), estimate_text=False),
+    ),
+    **_bodies_of(OPENAI),
+    key_headers=("api-key", "Authorization"),
+    claims=(Claim("openai", hosts=("*.*.models.ai.azure.com", "*.*.inference.ai.azure.com", "models.inference.ai.azure.com")),),
 )
 
 BEDROCK = Provider(
@@ -277,6 +359,16 @@ BEDROCK = Provider(
     prompt_roots=("messages", "system", "inputText", "prompt"),
     streams_report_usage=True,
     stream_format="eventstream",
+    # Bedrock's OpenAI-compatible Chat Completions and Responses APIs
+    # (bedrock-runtime.{region}.amazonaws.com/openai/v1/..., bedrock-mantle.{region}.api.aws/v1/...):
+    # OpenAI's paths and bodies, Bedrock's calls. Only Bedrock's own hosts: a gateway of
+    # one's own on AWS (API Gateway, a load balancer) is no Bedrock call.
+    claims=(
+        Claim(
+            "openai",
+            hosts=("bedrock-runtime.*.amazonaws.com", "bedrock-runtime-fips.*.amazonaws.com", "bedrock-mantle.*.api.aws"),
+        ),
+    ),
     usage_headers=(
         "X-Amzn-Bedrock-Input-Token-Count",
         "X-Amzn-Bedrock-Output-Token-Count",
@@ -315,16 +407,42 @@ COHERE_V2 = Provider(
     streams_report_usage=True,
 )
 
+#: Alibaba Cloud Model Studio's own API (DashScope: Qwen and the models it hosts); its
+#: OpenAI-compatible mode (``/compatible-mode/v1/chat/completions``) routes as OpenAI's.
+#: Streams (``X-DashScope-SSE: enable``) send ``id:``, ``event:result`` and a
+#: ``:HTTP_STATUS/200`` comment with every event, and cumulative usage in each.
+DASHSCOPE = Provider(
+    name="alibaba.dashscope",
+    operations=(
+        Operation(
+            "generation",
+            "chat",
+            ("/services/aigc/text-generation/generation", "/services/aigc/multimodal-generation/generation"),
+        ),
+    ),
+    # input/output (and total) tokens: read by the Responses or the Anthropic shape.
+    usage=(at(("usage",), RESPONSES, ANTHROPIC),),
+    stream_text=("text",),
+    response_text=("output",),
+    prompt_roots=("input",),
+    request_fields=(("model",),),
+    key_headers=("Authorization",),
+    streams_report_usage=True,
+)
+
 #: In the order usage shapes are tried (OpenAI's before Anthropic's: both have
 #: ``input_tokens``, only the Responses API's has details or a total).
 PROVIDERS: tuple[Provider, ...] = (
     OPENAI,
     AZURE_OPENAI,
+    AZURE_AI_INFERENCE,
     ANTHROPIC_MESSAGES,
     GEMINI_API,
+    GEMINI_OPENAI,
     VERTEX_AI,
     VERTEX_ANTHROPIC,
     BEDROCK,
     OLLAMA_API,
     COHERE_V2,
+    DASHSCOPE,
 )
