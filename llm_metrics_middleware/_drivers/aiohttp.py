@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
-from .._metering.metered_call import MeteredCall, response_headers
+from .._metering.headers import response_headers
+from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send
 
 if TYPE_CHECKING:

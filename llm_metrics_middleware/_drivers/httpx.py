@@ -26,7 +26,8 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED
-from .._metering.metered_call import MeteredCall, response_headers
+from .._metering.headers import response_headers
+from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .._core import readers
@@ -23,7 +23,6 @@ from .._core.providers import Route
 from .._core.providers.facts import (
     STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
-    USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
 )
@@ -54,38 +53,6 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
-
-
-_USAGE_HEADERS_RAW = frozenset(name.encode("latin-1") for name in USAGE_HEADER_NAMES)
-
-
-def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, dict[str, str] | None]:
-    """Content-Type, Content-Encoding and the usage-reporting headers (see
-    :func:`usage_headers_of`) of raw byte header pairs, for :meth:`MeteredCall.response_start`.
-
-    One pass over the pairs: a client library's case-insensitive ``get`` scans every header
-    per name asked for (httpx's lower-cases each), and a response start asks for six.
-    """
-    content_type = content_encoding = None
-    usage: dict[str, str] | None = None
-    for key, value in raw:
-        key = key.lower()
-        if key == b"content-type":
-            content_type = value.decode("latin-1")
-        elif key == b"content-encoding":
-            content_encoding = value.decode("latin-1")
-        elif key in _USAGE_HEADERS_RAW:
-            if usage is None:
-                usage = {}
-            usage[key.decode("latin-1")] = value.decode("latin-1")
-    return content_type, content_encoding, usage
-
-
-def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
-    """The usage-reporting headers among a client library's case-insensitive response
-    headers (httpx, requests), lower-case, for :meth:`MeteredCall.response_start`."""
-    found = {name: value for name in USAGE_HEADER_NAMES if (value := headers.get(name)) is not None}
-    return found or None
 
 
 def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
