@@ -29,6 +29,14 @@ PieceHandler = Callable[[bytes], None]
 EndHandler = Callable[[bytes], None]
 
 
+def _drop_event(event: bytes, data: bytes) -> None:
+    """The handler of a released decoder."""
+
+
+def _drop_piece(piece: bytes) -> None:
+    """The handler of a released decoder."""
+
+
 class SSEDecoder:
     """``feed(chunk)`` bytes as they arrive; complete events go to ``on_event(event, data)``.
 
@@ -116,6 +124,13 @@ class SSEDecoder:
             self._line_end(b"", 0, 0)
         self._mode = _NORMAL
         self._dispatch()
+
+    def release(self) -> None:
+        """Forget the handlers (after :meth:`close`). They are usually bound methods of
+        the decoder's owner, which holds the decoder: a reference cycle per stream that only
+        the garbage collector could free, and that its collections would pay for under load."""
+        self._on_event = _drop_event
+        self._on_large_data = self._on_large_end = _drop_piece
 
     # -- lines --------------------------------------------------------------------------
 
