@@ -30,6 +30,7 @@ def profile(cfg: Config) -> None:
 
     from llm_metrics_middleware._core.extractor import JSON, SSE, UsageExtractor
     from llm_metrics_middleware._metering.call import COMPLETED
+    from llm_metrics_middleware._metering.metered_call import MeteredCall
     from llm_metrics_middleware._metering.request import RequestView
 
     n, streams, chunks_n = cfg.json_requests, cfg.streams, cfg.stream_chunks
@@ -57,7 +58,7 @@ def profile(cfg: Config) -> None:
         return t
 
     tick = best(empty) / n
-    steps = ("RequestView.from_scope + Meter.begin (route_of, start_peek)",
+    steps = ("RequestView.from_scope + MeteredCall(...) (route_of, start_peek)",
              "MeteredCall.request_body (the peek keeps the bytes)",
              "MeteredCall.response_start (request json.loads, UsageExtractor)",
              "MeteredCall.body (1 KB, kept for json.loads)",
@@ -69,7 +70,7 @@ def profile(cfg: Config) -> None:
         for _ in range(n):
             s = dict(scope)
             t0 = pc()
-            call = meter.begin(RequestView.from_scope(s))  # type: ignore[arg-type]
+            call = MeteredCall(meter, RequestView.from_scope(s))  # type: ignore[arg-type]
             t1 = pc()
             call.request_body(body)
             t2 = pc()
@@ -138,7 +139,7 @@ def profile(cfg: Config) -> None:
             gc.collect()
             total = 0.0
             for _ in range(streams):
-                call = wrapped.metering.begin(RequestView.from_scope(dict(sscope)))  # type: ignore[arg-type]
+                call = MeteredCall(wrapped.metering, RequestView.from_scope(dict(sscope)))  # type: ignore[arg-type]
                 call.request_body(req)
                 call.response_start(200, "text/event-stream; charset=utf-8", None)
                 start = pc()

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from llm_metrics_middleware._core.sse import EVENT_LIMIT, SSEDecoder
 
-from .splits import check_every_split
+from .splits import check_every_split, pieces
 
 
 def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, bytes]]:
@@ -17,14 +17,8 @@ def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, byt
         large.clear()
 
     decoder = SSEDecoder(lambda e, d: events.append((e, d)), large.append, on_large_end)
-    if sizes is None:
-        decoder.feed(data)
-    else:
-        pos = 0
-        for size in sizes:
-            decoder.feed(data[pos : pos + size])
-            pos += size
-        decoder.feed(data[pos:])
+    for piece in pieces(data, sizes):
+        decoder.feed(piece)
     decoder.close()
     return events
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
-from .._metering.metering import MeteredCall, usage_headers_of
+from .._metering.metered_call import MeteredCall, usage_headers_of
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send
 
 if TYPE_CHECKING:

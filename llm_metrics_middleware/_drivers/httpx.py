@@ -26,7 +26,7 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED
-from .._metering.metering import MeteredCall, usage_headers_of
+from .._metering.metered_call import MeteredCall, usage_headers_of
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
 
 if TYPE_CHECKING:

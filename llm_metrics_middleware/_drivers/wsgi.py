@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
-from .._metering.metering import USAGE_HEADER_NAMES, MeteredCall
+from .._metering.metered_call import MeteredCall
+from .._metering.metering import USAGE_HEADER_NAMES
 from .._metering.request import RequestView
 from .base import MiddlewareBase
 from .limited import with_headers, wsgi_check
@@ -222,7 +223,7 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
             return self.app(environ, start_response)
         environ[self._marker] = True
 
-        call = self.metering.begin(RequestView.from_environ(environ))
+        call = MeteredCall(self.metering, RequestView.from_environ(environ))
         if call.peek is not None and environ.get("wsgi.input") is not None:
             environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.request_body)
         extra_headers: list[tuple[str, str]] = []
