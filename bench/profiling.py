@@ -208,6 +208,7 @@ def short_stream(loop: asyncio.AbstractEventLoop, best: Callable[[Callable[[], f
     """
     from llm_metrics_middleware._core.extractor import SSE, UsageExtractor
     from llm_metrics_middleware._metering.call import COMPLETED
+    from llm_metrics_middleware._metering.metered_call import MeteredCall
     from llm_metrics_middleware._metering.request import RequestView
     from llm_metrics_middleware.testing import SimulatedLLM
 
@@ -236,7 +237,7 @@ def short_stream(loop: asyncio.AbstractEventLoop, best: Callable[[Callable[[], f
         gc.collect()
         for _ in range(n):
             t0 = pc()
-            call = meter.begin(RequestView.from_scope(dict(scope)))  # type: ignore[arg-type]
+            call = MeteredCall(meter, RequestView.from_scope(dict(scope)))  # type: ignore[arg-type]
             call.request_body(req)
             t1 = pc()
             call.response_start(200, "text/event-stream; charset=utf-8", None)

@@ -95,3 +95,36 @@ def test_every_way_of_cutting_the_stream() -> None:
 
     for eol in (b"\n", b"\r\n", b"\r"):
         check_every_split(run, STREAM.replace(b"\n", eol), EXPECTED)
+
+
+# One event per chunk is the usual write, and the decoder dispatches such a chunk without
+# walking its lines: every shape near that one must give what the line-by-line path gives.
+_ONE_EVENT_CHUNKS = [
+    b"data: {\"a\": 1}\n\n",
+    b"data:{\"a\": 1}\n\n",
+    b"data:\n\n",
+    b"data: \n\n",
+    b"data:  two spaces\n\n",
+    b"data: a\rb\n\n",  # a CR ends a line: two lines, the second not a field we keep
+    b"data: a\r\n\r\n",
+    b"data: a\n\r\n",
+    b"data: a\ndata: b\n\n",
+    b"data: a\nevent: e\n\n",
+    b"data: a\n\n\n",
+    b"data: a\n\ndata: b\n\n",
+    b"data: a\n",
+    b"data: a\n\n" + b"data: b",
+    b"database: x\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT - 6) + b"\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT - 5) + b"\n\n",
+    b"data" + b":" + b"x" * (EVENT_LIMIT - 5) + b"\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT + 1) + b"\n\n",
+]
+
+
+def test_a_chunk_of_one_event_reads_as_its_lines_do() -> None:
+    for chunk in _ONE_EVENT_CHUNKS:
+        for before in (b"", b"data: first\n\n", b"event: e\n", b"data: cut"):
+            stream = before + chunk + chunk
+            whole = decode(stream, [len(before), len(chunk), len(chunk)])
+            assert whole == decode(stream, [1] * len(stream)), (before, chunk[:40])
