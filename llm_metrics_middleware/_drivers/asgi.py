@@ -12,14 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.context import CURRENT
+from .._metering.headers import response_headers
 from .._metering.metered_call import MeteredCall
-from .._metering.metering import USAGE_HEADER_NAMES
 from .._metering.request import RequestView
 from .base import MiddlewareBase
 from .limited import asgi_check, with_raw_headers
-
-# Response headers that carry usage (Bedrock's token-count headers), as ASGI spells them.
-_USAGE_HEADERS = frozenset(name.encode("latin-1") for name in USAGE_HEADER_NAMES)
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -99,19 +96,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 if not message.get("more_body", False):
                     call.finish(COMPLETED)
             elif kind == "http.response.start":
-                content_type = content_encoding = None
-                usage_headers: dict[str, str] | None = None
-                for key, value in message.get("headers", ()):  # type: ignore[attr-defined]
-                    key = key.lower()
-                    if key == b"content-type":
-                        content_type = value.decode("latin-1")
-                    elif key == b"content-encoding":
-                        content_encoding = value.decode("latin-1")
-                    elif key in _USAGE_HEADERS:
-                        if usage_headers is None:
-                            usage_headers = {}
-                        usage_headers[key.decode("latin-1")] = value.decode("latin-1")
-                call.response_start(message["status"], content_type, content_encoding, usage_headers)  # type: ignore[typeddict-item]
+                call.response_start(message["status"], *response_headers(message.get("headers", ())))  # type: ignore[typeddict-item,arg-type]
             elif kind == "http.response.pathsend":
                 call.finish(COMPLETED)
             elif kind == "http.response.zerocopysend":

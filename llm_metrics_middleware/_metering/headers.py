@@ -1,4 +1,5 @@
-"""The response headers an outgoing call reads, from a client library's headers.
+"""The response headers a call reads, from raw byte pairs (ASGI, httpx, aiohttp) or a
+client library's case-insensitive headers (requests).
 
 Content-Type and Content-Encoding decide how the body is read; the usage-reporting headers
 (the provider table's ``facts.USAGE_HEADER_NAMES``: Bedrock's token counts) are the
