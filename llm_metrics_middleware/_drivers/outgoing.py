@@ -87,7 +87,7 @@ class BodyTee:
 
     def _feed(self, chunk: bytes) -> None:
         if chunk:
-            self._call.body(chunk)
+            self._call.feed(chunk)  # the feed of the moment (it swaps itself), not body()
             self._tail = chunk[-TAIL:] if len(chunk) >= TAIL else (self._tail + chunk)[-TAIL:]
 
     def _end(self, outcome: Outcome) -> None:
