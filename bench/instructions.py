@@ -7,10 +7,10 @@ per-call path with (section 1 of ``bench.py`` is the one the README quotes, in t
 One child runs under ``valgrind --tool=callgrind --dump-before=os_getppid``: it sets up
 what section 1 sets up (the four apps, OpenTelemetry's included, so that a current-span
 look-up costs what it costs there), warms every app, then serves ``--requests`` requests
-through each variant in turn, calling ``os.getppid()`` between two variants. Each call
+through each variant in turn, calling ``os.getppid()`` before and after each. Each call
 makes callgrind write the counts since the previous one to a file of its own, so every
 variant's figure is its requests alone: no start-up, no import, no warm-up, no garbage
-collection of the set-up (a full collection runs before each variant, outside it). The
+collection of the set-up (a full collection runs before each variant, in a dump of its own). The
 child runs with a fixed ``PYTHONHASHSEED``. Figures move by well under 1 % between runs.
 
     python bench/instructions.py                  # ASGI: bare, ours, instrumentator, otel (~1 min)
@@ -131,9 +131,9 @@ def _child(variants: list[str], requests: int) -> None:
         run(variant, WARM_UP)
     for variant in variants:
         gc.collect()
-        os.getppid()  # the marker: callgrind dumps what came before
+        os.getppid()  # the marker: callgrind dumps what came before (the collection included)
         run(variant, requests)
-    os.getppid()
+        os.getppid()  # and now the variant's requests alone
     loop.close()
 
 
@@ -153,8 +153,9 @@ def _measure(variants: list[str], requests: int, out_dir: str) -> dict[str, floa
         sys.stderr.write(result.stderr.decode(errors="replace")[-3000:])
         raise SystemExit(f"the callgrind child failed with status {result.returncode}")
     per: dict[str, float] = {}
-    # Dump k (out.k) holds what ran between marker k-1 and marker k: dump 1 is the set-up.
-    for k, variant in enumerate(variants, start=2):
+    # Dump k (out.k) holds what ran between marker k-1 and marker k: dump 1 is the set-up,
+    # then every variant has two, its collection (odd) and its requests (even).
+    for k, variant in zip(range(2, 2 * len(variants) + 2, 2), variants):
         with open(f"{out}.{k}", "rb") as f:
             found = _TOTALS.search(f.read())
         if found is None:
