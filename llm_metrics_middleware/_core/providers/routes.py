@@ -152,7 +152,7 @@ def claim_reads_headers(route: Route, path: str) -> bool:
 
     When it does not, the claim depends on the path and the ``Host`` alone, so a caller can
     keep its answer by those two."""
-    for under in _HEADER_CLAIMS.get(route.provider or "", ()):  # a loop: no generator per call
+    for under in _HEADER_CLAIMS.get(route.provider or "", ()):  # noqa: SIM110 (a loop: no generator per call)
         if under in path:
             return True
     return False
