@@ -43,6 +43,7 @@ from llm_metrics_middleware import (  # noqa: E402
     uninstrument_httpx,
 )
 from llm_metrics_middleware._metering import context  # noqa: E402
+from llm_metrics_middleware._metering.metered_call import MeteredCall  # noqa: E402
 from llm_metrics_middleware._metering.metering import Metering  # noqa: E402
 from llm_metrics_middleware._metering.request import RequestView  # noqa: E402
 from llm_metrics_middleware.testing import SimulatedLLM  # noqa: E402
@@ -104,7 +105,7 @@ def variants(stream: bool) -> dict[str, Callable[[], None]]:
         # What a middleware does around the app: the incoming call current for the request
         # (its own finish costs nothing more: counted_elsewhere).
         view = RequestView("POST", "/chat", "", "", raw_headers=[(b"content-type", b"application/json")])
-        incoming = middleware.begin(view)
+        incoming = MeteredCall(middleware, view)
         incoming.request_body(incoming_body)
         token = context.enter(incoming)
         try:

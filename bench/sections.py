@@ -339,7 +339,7 @@ def section_large(cfg: Config, out: dict[str, Any], md: list[str], targets: list
         "| --- | --- | --- | ---: | ---: | ---: |",
     ]
     titles = {"embeddings": f"{cfg.large_json / 1e6:.0f} MB JSON, number arrays (embeddings)",
-              "text": f"{cfg.large_json / 1e6:.0f} MB JSON, one huge content string",
+              "text": f"{cfg.large_json / 1e6:.0f} MB JSON, one huge string of escaped prose",
               "sse": f"{cfg.large_events:,}-event SSE stream"}
     names = {"bare": "bare passthrough", "ours": "**llm-metrics-middleware**", "buffer": "buffer + json.loads"}
     worst = {server: 0.0 for server in LARGE_VARIANTS}

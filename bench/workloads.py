@@ -110,13 +110,15 @@ def chat_chunks(n: int, include_usage: bool) -> tuple[list[bytes], int]:
 
 
 _EMBED_PIECE = b'{"object":"embedding","index":0,"embedding":[' + b"0.0123456789," * 5000 + b"0.5]},"
-# A paragraph of generated text as it sits inside a JSON string: a "\\n" escape per line,
-# a quoted phrase (two "\\"" escapes) per paragraph.
+# A paragraph of generated text as it sits inside a JSON string written with
+# ensure_ascii (Python's default): a "\\n" escape per line, "\\"" around a quotation,
+# "\\uXXXX" for every dash, curly quote and accent.
 _PARAGRAPH = (
     b"Counting tokens as the bytes pass costs one scan of the body and no copy of it.\\n"
     b"A gateway that buffers the body first needs memory for all of it, and its client\\n"
-    b"waits for the last byte before it sees the first one, which defeats streaming.\\n"
-    b'As one operator put it, \\"we only noticed when the invoice arrived\\".\\n\\n'
+    b"waits for the last byte before it sees the first one \\u2014 which defeats streaming.\\n"
+    b'As one operator put it, \\"we only noticed when the invoice arrived\\" (na\\u00efvet\\u00e9,\\n'
+    b"she called it, or \\u201cthe caf\\u00e9 bill\\u201d).\\n\\n"
 )
 _TEXT_PIECE = _PARAGRAPH * (65536 // len(_PARAGRAPH))
 _BIG_SSE_EVENT = _event({**_CHUNK_HEAD, "choices": [{"index": 0, "delta": {"content": " token"}, "logprobs": None,

@@ -22,15 +22,22 @@ def split(data: bytes, sizes: Sequence[int] | int) -> list[bytes]:
     return out
 
 
+async def receive_body(receive: Callable[[], Any]) -> bytes:
+    """The whole request body of an ASGI app's ``receive``, message by message."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
 def chunk_app(status: int, headers: list[tuple[str, str]], chunks: Sequence[bytes], read_body: bool = True) -> Any:
     """An ASGI app that reads the request body, then sends ``chunks`` one message each."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if read_body:
-            while True:
-                message = await receive()
-                if not message.get("more_body"):
-                    break
+            await receive_body(receive)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(k.encode(), v.encode()) for k, v in headers]})
         for chunk in chunks:

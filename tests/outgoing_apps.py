@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, carry_context
 from llm_metrics_middleware.testing import SimulatedLLM
+from tests.drive import receive_body
 from tests.wire.cases import CASES, NON_LLM_STATUS
 
 OPENAI_MODEL = "sim-gpt-1"
@@ -60,12 +61,7 @@ class Upstream:
                 await self.simulator.asgi(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await receive_body(receive)
         if "x-sim-status" in headers:
             status = int(headers["x-sim-status"])
             error = {"error": {"message": f"simulated {status}", "type": "rate_limit_error" if status == 429 else "server_error",

@@ -24,6 +24,22 @@ OPENAI_STREAM = (
 )
 
 
+class BrokenExporter:
+    """An exporter whose every call record raises: what the metering must survive."""
+
+    def bind(self, schema: Any) -> BrokenExporter:
+        return self
+
+    def record(self, call: Any) -> None:
+        raise RuntimeError("exporter down")
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def shutdown(self) -> None:
+        pass
+
+
 def wrapped_asgi(status: int, headers: list[tuple[str, str]], chunks: list[bytes]) -> tuple[Any, InMemoryExporter]:
     """An app that sends ``chunks``, under the ASGI middleware with an in-memory exporter."""
     exporter = InMemoryExporter()

@@ -111,6 +111,29 @@ def server_process(
         popen.wait(10)
 
 
+@contextmanager
+def prometheus_server(binary: str, config: Path, data: Path, *extra: str, timeout: float = 30.0) -> Iterator[Process]:
+    """A real Prometheus on a free port, yielded once ``/-/ready`` answers 200.
+
+    Prometheus listens before it is ready (its API answers 503 while the TSDB opens), so
+    waiting for the port alone lets a query read that 503 under load.
+    """
+    port = free_port()
+    args = [binary, f"--config.file={config}", f"--storage.tsdb.path={data}", f"--web.listen-address={HOST}:{port}", *extra]
+    with server_process(args, port=port, log_path=data.parent / "prometheus.log", env=python_env(), timeout=timeout) as server:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.popen.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"Prometheus was not ready within {timeout} s:\n{server.log}")
+            time.sleep(0.1)
+        yield server
+
+
 def python_env(**extra: str) -> dict[str, str]:
     """This environment for a child Python: the repo importable, nothing that reaches out."""
     env = {k: v for k, v in os.environ.items() if k not in (

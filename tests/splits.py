@@ -25,6 +25,17 @@ def cut(data: bytes, points: Sequence[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+def pieces(data: bytes, sizes: Sequence[int] | None) -> list[bytes]:
+    """``data`` whole (``sizes`` None), or in pieces of ``sizes`` then the rest (maybe empty)."""
+    if sizes is None:
+        return [data]
+    out, pos = [], 0
+    for size in sizes:
+        out.append(data[pos : pos + size])
+        pos += size
+    return [*out, data[pos:]]
+
+
 def ways(data: bytes, *, every_point: bool = True) -> Iterator[tuple[str, list[bytes]]]:
     """(how, chunks): whole, byte by byte, and (``every_point``) in two at every offset."""
     yield "whole", [data]

@@ -13,7 +13,7 @@ from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, PrometheusEx
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
 from .drive import body_of, chunk_app, request_json, run_asgi
-from .samples import OPENAI_STREAM
+from .samples import OPENAI_STREAM, BrokenExporter
 
 SSE_HEADERS = [("content-type", "text/event-stream")]
 
@@ -199,21 +199,8 @@ def test_non_http_scopes_pass_untouched() -> None:
 
 
 def test_exporter_failure_never_reaches_the_app() -> None:
-    class Broken:
-        def bind(self, schema: Any) -> Any:
-            return self
-
-        def record(self, call: Any) -> None:
-            raise RuntimeError("exporter down")
-
-        def force_flush(self, timeout_millis: int = 30000) -> bool:
-            return True
-
-        def shutdown(self) -> None:
-            pass
-
     good = InMemoryExporter()
-    app = LLMMetricsMiddleware(chunk_app(200, SSE_HEADERS, [OPENAI_STREAM]), exporters=[Broken(), good])
+    app = LLMMetricsMiddleware(chunk_app(200, SSE_HEADERS, [OPENAI_STREAM]), exporters=[BrokenExporter(), good])
     sent = run_asgi(app, body=request_json(model="m"))
     assert b"".join(body_of(sent)) == OPENAI_STREAM
     assert len(good.calls) == 1

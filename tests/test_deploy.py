@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from llm_metrics_middleware import LLMMetricsMiddleware, Price, PrometheusExporter, TokenLimit
 from llm_metrics_middleware.testing import SimulatedLLM
-from tests.servers import ROOT, free_port, python_env, server_process, uvicorn_server
+from tests.servers import ROOT, prometheus_server, uvicorn_server
 
 DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "llm-metrics.json"
@@ -115,6 +115,17 @@ def test_every_counter_in_the_dashboard_is_read_through_rate_or_increase() -> No
         for match in re.finditer(r"llm_\w+_(total|bucket)\b", target["expr"]):
             before = target["expr"][: match.start()]
             assert re.search(r"(rate|increase)\($", before), (panel["title"], target["expr"])
+
+
+def test_the_duration_panels_show_exemplars() -> None:
+    # The Prometheus exporter gives llm_request_duration_seconds an exemplar per series (the
+    # latest traced call): the panels that read it turn exemplars on, so a slow point links
+    # to its trace; no other query asks for exemplars its metric does not carry.
+    reading = {panel["title"] for panel, target in targets() if "llm_request_duration_seconds" in target["expr"]}
+    assert {"Duration (request to last byte)", "p90 duration by model"} <= reading, reading
+    for panel, target in targets():
+        reads_duration = "llm_request_duration_seconds" in target["expr"]
+        assert target.get("exemplar", False) is reads_duration, (panel["title"], target["expr"])
 
 
 # -- a real Prometheus over a real app -----------------------------------------------------------
@@ -218,10 +229,7 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
             "scrape_configs:\n  - job_name: llm-app\n    scrape_timeout: 1s\n"
             f"    static_configs:\n      - targets: [{json.dumps(target)}]\n"
         )
-        port = free_port()
-        args = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}"]
-        with server_process(args, port=port, log_path=tmp / "prometheus.log", env=python_env()) as server, \
+        with prometheus_server(prometheus, config, tmp / "data") as server, \
                 httpx.Client(base_url=server.url, timeout=10) as client:
             s = Scraped(client, 0, lambda: server.log)
             wait_until(lambda: s.query('up{job="llm-app"} == 1'), 30, "the first scrape")

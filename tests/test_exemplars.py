@@ -47,7 +47,7 @@ from llm_metrics_middleware import (
 from llm_metrics_middleware._metering.dimensions import build_schema
 from llm_metrics_middleware._metering.trace import current_trace
 from llm_metrics_middleware.testing import SimulatedLLM
-from tests.servers import ROOT, free_port, python_env, server_process, uvicorn_server
+from tests.servers import ROOT, prometheus_server, python_env, uvicorn_server
 from tests.test_metrics_endpoint import wsgi_server
 
 CHAT_SPAN = "POST /v1/chat/completions"
@@ -467,10 +467,7 @@ def test_prometheus_stores_the_exemplars(tmp_path: Any) -> None:
             "scrape_configs:\n  - job_name: llm-app\n    scrape_timeout: 1s\n"
             f"    static_configs:\n      - targets: [{json.dumps(url.removeprefix('http://'))}]\n"
         )
-        port = free_port()
-        args = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}", "--enable-feature=exemplar-storage"]
-        with server_process(args, port=port, log_path=tmp_path / "prometheus.log", env=python_env()) as server, \
+        with prometheus_server(prometheus, config, tmp_path / "data", "--enable-feature=exemplar-storage") as server, \
                 httpx.Client(base_url=server.url, timeout=10) as client:
 
             def exemplars() -> list[dict[str, Any]]:

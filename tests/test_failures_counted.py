@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from llm_metrics_middleware import Dimension, LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
+from .samples import BrokenExporter
+
 CHAT = {"model": "sim-gpt-1", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
 
 
@@ -37,20 +39,6 @@ def post_wsgi(app: Any, n: int = 1, headers: dict[str, str] | None = None) -> No
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://test") as client:
         for _ in range(n):
             assert client.post("/v1/chat/completions", json=CHAT, headers=headers).status_code == 200
-
-
-class BrokenExporter:
-    def bind(self, schema: Any) -> BrokenExporter:
-        return self
-
-    def record(self, call: Any) -> None:
-        raise RuntimeError("exporter down")
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-    def shutdown(self) -> None:
-        pass
 
 
 def errors_of(registry: CollectorRegistry, kind: str) -> float:
@@ -113,20 +101,26 @@ def _child(queue: Any) -> None:
     queue.put(subscription_ids(2))
 
 
-def test_without_a_secret_one_random_secret_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("LLM_METRICS_SUBSCRIPTION_SECRET", raising=False)
-    here = subscription_ids(3)
-    assert len(set(here)) == 1 and len(here[0]) == 16  # every middleware of this process agrees
+def subscription_ids_in_a_forked_worker() -> list[str]:
+    """What :func:`subscription_ids` gives in a forked child of this process, for two middlewares."""
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
     child = context.Process(target=_child, args=(queue,))
     child.start()
     try:
-        there = queue.get(timeout=30)
+        ids: list[str] = queue.get(timeout=30)
     finally:
         child.join(30)
         if child.is_alive():
             child.kill()
+    return ids
+
+
+def test_without_a_secret_one_random_secret_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LLM_METRICS_SUBSCRIPTION_SECRET", raising=False)
+    here = subscription_ids(3)
+    assert len(set(here)) == 1 and len(here[0]) == 16  # every middleware of this process agrees
+    there = subscription_ids_in_a_forked_worker()
     assert len(set(there)) == 1
     assert there[0] != here[0]  # a forked worker drew its own
 
@@ -134,14 +128,5 @@ def test_without_a_secret_one_random_secret_per_process(monkeypatch: pytest.Monk
 def test_with_a_secret_every_process_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_METRICS_SUBSCRIPTION_SECRET", "shared")
     here = subscription_ids(1)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_child, args=(queue,))
-    child.start()
-    try:
-        there = queue.get(timeout=30)
-    finally:
-        child.join(30)
-        if child.is_alive():
-            child.kill()
+    there = subscription_ids_in_a_forked_worker()
     assert there == here * 2

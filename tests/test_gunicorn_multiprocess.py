@@ -34,6 +34,7 @@ from tests.servers import (
     free_port,
     gunicorn_server,
     metric_sum,
+    prometheus_server,
     python_env,
     scrape,
     scrape_until_counted,
@@ -218,10 +219,7 @@ def test_prometheus_server_scrapes_exact_totals(served: Served, tmp_path: Path) 
         "    scrape_timeout: 1s\n"
         f"    static_configs:\n      - targets: [{json.dumps(target)}]\n"
     )
-    port = free_port()
-    args = [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}"]
-    with server_process(args, port=port, log_path=tmp_path / "prometheus.log", env=python_env()) as prometheus, \
+    with prometheus_server(binary, config, tmp_path / "data") as prometheus, \
             httpx.Client(base_url=prometheus.url, timeout=5) as client:
 
         def query(expr: str) -> dict[str, float]:

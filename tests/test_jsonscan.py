@@ -8,7 +8,7 @@ import pytest
 
 from llm_metrics_middleware._core.jsonscan import CAPTURE_LIMIT, JSONScanner
 
-from .splits import check_every_split
+from .splits import check_every_split, pieces
 
 PATHS = [("usage",), ("model",), ("message", "usage"), ("a", 1)]
 
@@ -16,14 +16,8 @@ PATHS = [("usage",), ("model",), ("message", "usage"), ("a", 1)]
 def scan(data: bytes, chunks: list[int] | None = None, text_roots: tuple[str, ...] = ()) -> tuple[list[dict], JSONScanner]:
     records: list[dict] = []
     scanner = JSONScanner(PATHS, records.append, text_roots=text_roots)
-    if chunks is None:
-        scanner.feed(data)
-    else:
-        pos = 0
-        for size in chunks:
-            scanner.feed(data[pos : pos + size])
-            pos += size
-        scanner.feed(data[pos:])
+    for piece in pieces(data, chunks):
+        scanner.feed(piece)
     return records, scanner
 
 

@@ -36,6 +36,7 @@ from llm_metrics_middleware import (
 from llm_metrics_middleware._core.providers import route_of
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM, prompt_tokens_of
 
+from .drive import receive_body
 from .redis_server import RedisProcess, needs_redis, redis_sentinel, redis_server
 from .servers import free_port, gunicorn_server, metric_sum, python_env, scrape, server_process, uvicorn_server
 
@@ -266,12 +267,7 @@ def test_the_key_is_read_from_the_body_and_the_app_gets_the_same_bytes(kind: str
     seen: list[bytes] = []
 
     async def echo_asgi(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await receive_body(receive)
         seen.append(body)
         await SimulatedLLM().asgi(scope, _replay(body), send)
 

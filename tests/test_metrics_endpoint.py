@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
 from llm_metrics_middleware._exporters.endpoint import metrics_auth
 from llm_metrics_middleware.testing import SimulatedLLM
-from tests.servers import HOST, free_port, python_env, server_process, uvicorn_server
+from tests.servers import HOST, prometheus_server, uvicorn_server
 
 CHAT = {"model": "sim-gpt-1", "user": "ada", "messages": [{"role": "user", "content": "hi there"}]}
 
@@ -206,10 +206,7 @@ scrape_configs:
   - job_name: anonymous
     static_configs: [{{targets: [{json.dumps(bearer)}, {json.dumps(basic)}]}}]
 """)
-        port = free_port()
-        args = [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}"]
-        with server_process(args, port=port, log_path=tmp_path / "prometheus.log", env=python_env()) as server, \
+        with prometheus_server(prometheus, config, tmp_path / "data") as server, \
                 httpx.Client(base_url=server.url, timeout=5) as client:
 
             def up() -> dict[tuple[str, str], float]:

@@ -12,7 +12,7 @@ from the URL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import aiohttp
 import httpx
@@ -70,40 +70,51 @@ def _check(exporter: InMemoryExporter, case_id: str, provider: str) -> None:
         case.prompt_tokens, case.completion_tokens)
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("host,path,case_id,provider", CALLS, ids=IDS)
-def test_httpx(proxy: str, host: str, path: str, case_id: str, provider: str) -> None:
-    exporter = InMemoryExporter()
-    instrument_httpx(exporters=[exporter], dimensions=DIMS)
+def _send_httpx(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
     with httpx.Client(proxy=proxy, timeout=20) as client:
-        response = client.post(f"http://{host}{path}", content=RECORDED[case_id].request_body, headers=_headers(case_id))
-        assert response.content == RECORDED[case_id].body
-    _check(exporter, case_id, provider)
+        return client.post(url, content=body, headers=headers).content
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("host,path,case_id,provider", CALLS, ids=IDS)
-def test_requests(proxy: str, host: str, path: str, case_id: str, provider: str) -> None:
-    exporter = InMemoryExporter()
-    instrument_requests(exporters=[exporter], dimensions=DIMS)
+def _send_requests(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
     with requests.Session() as session:
-        response = session.post(f"http://{host}{path}", data=RECORDED[case_id].request_body, headers=_headers(case_id),
-                                proxies={"http": proxy}, timeout=20)
-        assert response.content == RECORDED[case_id].body
-    _check(exporter, case_id, provider)
+        return session.post(url, data=body, headers=headers, proxies={"http": proxy}, timeout=20).content
 
 
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("host,path,case_id,provider", CALLS, ids=IDS)
-def test_aiohttp(proxy: str, host: str, path: str, case_id: str, provider: str) -> None:
-    exporter = InMemoryExporter()
-    instrument_aiohttp(exporters=[exporter], dimensions=DIMS)
-
+def _send_aiohttp(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
     async def run() -> bytes:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session, session.post(
-            f"http://{host}{path}", data=RECORDED[case_id].request_body, headers=_headers(case_id), proxy=proxy,
+            url, data=body, headers=headers, proxy=proxy,
         ) as response:
             return await response.read()
 
-    assert asyncio.run(asyncio.wait_for(run(), 30)) == RECORDED[case_id].body
+    return asyncio.run(asyncio.wait_for(run(), 30))
+
+
+#: (proxy, url, body, headers) -> the response body the client read.
+Send = Callable[[str, str, bytes, dict[str, str]], bytes]
+#: (name, instrument, send): each client is instrumented, then sends the recorded request
+#: through the proxy.
+CLIENTS: list[tuple[str, Callable[..., None], Send]] = [
+    ("httpx", instrument_httpx, _send_httpx),
+    ("requests", instrument_requests, _send_requests),
+    ("aiohttp", instrument_aiohttp, _send_aiohttp),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("host,path,case_id,provider", CALLS, ids=IDS)
+@pytest.mark.parametrize("client", CLIENTS, ids=[name for name, _, _ in CLIENTS])
+def test_client(
+    proxy: str,
+    client: tuple[str, Callable[..., None], Send],
+    host: str,
+    path: str,
+    case_id: str,
+    provider: str,
+) -> None:
+    _, instrument, send = client
+    exporter = InMemoryExporter()
+    instrument(exporters=[exporter], dimensions=DIMS)
+    body = send(proxy, f"http://{host}{path}", RECORDED[case_id].request_body, _headers(case_id))
+    assert body == RECORDED[case_id].body
     _check(exporter, case_id, provider)

@@ -25,7 +25,7 @@ from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddlewar
 from llm_metrics_middleware._metering.pricing import GENAI_PROVIDER_IDS, build_pricing
 from llm_metrics_middleware.testing import InMemoryExporter, SimulatedLLM
 
-from .drive import chunk_app, run_asgi, run_wsgi, wsgi_chunk_app
+from .drive import chunk_app, receive_body, run_asgi, run_wsgi, wsgi_chunk_app
 from .servers import uvicorn_server
 from .wire.cases import BODIES
 
@@ -63,12 +63,7 @@ def _replay_app() -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await receive_body(receive)
         request = json.loads(body)
         if scope["path"].endswith("/chat/completions"):
             payload, content_type = _openai_stream(), "text/event-stream"
@@ -279,12 +274,7 @@ def _model_echo_app() -> Any:
     """Answers a chat request with usage, naming the model the request asked for."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await receive_body(receive)
         payload = _chat_json(json.loads(body)["model"])
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": payload, "more_body": False})

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from llm_metrics_middleware._core.sse import EVENT_LIMIT, SSEDecoder
 
-from .splits import check_every_split
+from .splits import check_every_split, pieces
 
 
 def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, bytes]]:
@@ -17,14 +17,8 @@ def decode(data: bytes, sizes: list[int] | None = None) -> list[tuple[bytes, byt
         large.clear()
 
     decoder = SSEDecoder(lambda e, d: events.append((e, d)), large.append, on_large_end)
-    if sizes is None:
-        decoder.feed(data)
-    else:
-        pos = 0
-        for size in sizes:
-            decoder.feed(data[pos : pos + size])
-            pos += size
-        decoder.feed(data[pos:])
+    for piece in pieces(data, sizes):
+        decoder.feed(piece)
     decoder.close()
     return events
 
@@ -101,3 +95,36 @@ def test_every_way_of_cutting_the_stream() -> None:
 
     for eol in (b"\n", b"\r\n", b"\r"):
         check_every_split(run, STREAM.replace(b"\n", eol), EXPECTED)
+
+
+# One event per chunk is the usual write, and the decoder dispatches such a chunk without
+# walking its lines: every shape near that one must give what the line-by-line path gives.
+_ONE_EVENT_CHUNKS = [
+    b"data: {\"a\": 1}\n\n",
+    b"data:{\"a\": 1}\n\n",
+    b"data:\n\n",
+    b"data: \n\n",
+    b"data:  two spaces\n\n",
+    b"data: a\rb\n\n",  # a CR ends a line: two lines, the second not a field we keep
+    b"data: a\r\n\r\n",
+    b"data: a\n\r\n",
+    b"data: a\ndata: b\n\n",
+    b"data: a\nevent: e\n\n",
+    b"data: a\n\n\n",
+    b"data: a\n\ndata: b\n\n",
+    b"data: a\n",
+    b"data: a\n\n" + b"data: b",
+    b"database: x\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT - 6) + b"\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT - 5) + b"\n\n",
+    b"data" + b":" + b"x" * (EVENT_LIMIT - 5) + b"\n\n",
+    b"data" + b": " + b"x" * (EVENT_LIMIT + 1) + b"\n\n",
+]
+
+
+def test_a_chunk_of_one_event_reads_as_its_lines_do() -> None:
+    for chunk in _ONE_EVENT_CHUNKS:
+        for before in (b"", b"data: first\n\n", b"event: e\n", b"data: cut"):
+            stream = before + chunk + chunk
+            whole = decode(stream, [len(before), len(chunk), len(chunk)])
+            assert whole == decode(stream, [1] * len(stream)), (before, chunk[:40])

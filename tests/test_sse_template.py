@@ -81,3 +81,47 @@ def test_token_counter_sees_the_decoded_text_on_the_template_path() -> None:
 
 def test_template_is_not_learnt_from_a_value_followed_by_a_key() -> None:
     assert re.compile(rb'"\s*:').match(b'": 1}') is not None
+
+
+def usage_null_chunk(text: str) -> bytes:
+    """An OpenAI chunk of a stream that asked for usage: ``"usage":null`` after the choices."""
+    return chat_chunk(text, ',"usage":null')
+
+
+def test_include_usage_stream_without_its_usage_chunk_is_still_estimated() -> None:
+    chunks = [usage_null_chunk(f" w{i}") for i in range(50)]
+    x = UsageExtractor(SSE, want_text=True)
+    for c in chunks:
+        x.feed(c)
+    result = x.close(ended=False)  # the client left before the usage chunk
+    assert result.usage is None
+    assert result.text_tokens == -(-regex_text_bytes(chunks) // 4) > 0
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [
+        'ab","reasoning_content":"cdef',  # a second string, and text in it
+        'x \\',  # the quote after the text is escaped: not the template's tail
+    ],
+)
+def test_a_chunk_with_the_template_around_something_else_is_read(inside: str) -> None:
+    chunks = [usage_null_chunk(f"w{i}") for i in range(20)]
+    odd = chunks[0].replace(b'"w0"', b'"' + inside.encode() + b'"')
+    chunks[10:10] = [odd] * 40  # enough of them that a miscount shows in the tokens
+    x = UsageExtractor(SSE, want_text=True)
+    for c in chunks:
+        x.feed(c)
+    # Not skimmed as the template: counted as the regex counts it (the escaped quote makes
+    # the string run on into the tail, so the regex sees other text there).
+    assert x.close().text_tokens == -(-regex_text_bytes(chunks) // 4)
+
+
+def test_chunks_that_are_not_bytes_never_raise_on_the_skim_path() -> None:
+    chunks = [usage_null_chunk(f"w{i}") for i in range(20)]
+    x = UsageExtractor(SSE, want_text=True)
+    for c in chunks:
+        x.feed(c)
+    x.feed(memoryview(chunks[0]))  # type: ignore[arg-type]
+    x.feed("data: {}\n\n")  # type: ignore[arg-type]
+    x.close()

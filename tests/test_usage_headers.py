@@ -1,14 +1,30 @@
 """Usage reported in response headers (Bedrock's X-Amzn-Bedrock-*-Token-Count): authoritative
-when present, through both middlewares."""
+when present, through both middlewares and every outgoing client."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from typing import Any
 
-from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware
+import aiohttp
+import httpx
+import pytest
+import requests
+
+from llm_metrics_middleware import (
+    LLMMetricsMiddleware,
+    LLMMetricsWSGIMiddleware,
+    instrument_aiohttp,
+    instrument_httpx,
+    instrument_requests,
+    uninstrument_aiohttp,
+    uninstrument_httpx,
+    uninstrument_requests,
+)
 from llm_metrics_middleware.testing import InMemoryExporter
 
 from .drive import chunk_app, run_asgi, run_wsgi, wsgi_chunk_app
+from .servers import uvicorn_server
 
 BODY = b'{"id":"msg_bdrk_1","type":"message","role":"assistant","model":"claude-2.0","content":[],"usage":{"input_tokens":14,"output_tokens":10}}'
 PATH = "/model/anthropic.claude-v2/invoke"
@@ -53,3 +69,56 @@ def test_an_error_status_counts_no_tokens_whatever_the_headers() -> None:
     headers = [("X-Amzn-Bedrock-Input-Token-Count", "6"), ("X-Amzn-Bedrock-Output-Token-Count", "10")]
     [call] = _run(headers, body=b'{"message":"throttled"}', status=429).calls
     assert call.usage is None
+
+
+def _send_httpx(url: str) -> bytes:
+    with httpx.Client(timeout=20) as client:
+        return client.post(url, content=b"{}", headers={"content-type": "application/json"}).content
+
+
+def _send_requests(url: str) -> bytes:
+    with requests.Session() as session:
+        return session.post(url, data=b"{}", headers={"content-type": "application/json"}, timeout=20).content
+
+
+def _send_aiohttp(url: str) -> bytes:
+    async def run() -> bytes:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session, session.post(
+            url, data=b"{}", headers={"content-type": "application/json"},
+        ) as response:
+            return await response.read()
+
+    return asyncio.run(asyncio.wait_for(run(), 30))
+
+
+CLIENTS = [
+    ("httpx", instrument_httpx, uninstrument_httpx, _send_httpx),
+    ("requests", instrument_requests, uninstrument_requests, _send_requests),
+    ("aiohttp", instrument_aiohttp, uninstrument_aiohttp, _send_aiohttp),
+]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("client", CLIENTS, ids=[c[0] for c in CLIENTS])
+def test_an_outgoing_call_reads_the_headers_too(client: tuple[str, Any, Any, Any]) -> None:
+    # Over real HTTP (uvicorn on 127.0.0.1): the headers, in any case, win over the body,
+    # whichever client library read them.
+    _, instrument, uninstrument, send = client
+    headers = [("Content-Type", "application/json"), ("X-Amzn-Bedrock-Input-Token-Count", "20"),
+               ("x-amzn-bedrock-output-token-count", "30"), ("X-Amzn-Bedrock-Cache-Read-Input-Token-Count", "5")]
+    exporter = InMemoryExporter()
+    answer = chunk_app(200, headers, [BODY[:40], BODY[40:]])
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":  # no lifespan
+            await answer(scope, receive, send)
+
+    with uvicorn_server(app) as url:
+        instrument(exporters=[exporter])
+        try:
+            assert send(url + PATH) == BODY
+        finally:
+            uninstrument()
+    [call] = exporter.calls
+    assert call.origin == "outgoing" and call.usage is not None and call.usage_source == "reported"
+    assert (call.usage.prompt_tokens, call.usage.completion_tokens, call.usage.total_tokens, call.usage.cached_tokens) == (25, 30, 55, 5)

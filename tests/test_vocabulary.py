@@ -17,7 +17,7 @@ import pytest
 import llm_metrics_middleware
 from llm_metrics_middleware import ErrorKind, Outcome, UsageSource
 from llm_metrics_middleware._core.extractor import BODY_FORMATS, BodyFormat, body_format
-from llm_metrics_middleware._metering.metering import body_error
+from llm_metrics_middleware._metering.metered_call import body_error
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = Path(llm_metrics_middleware.__file__).parent / "_core"

@@ -68,7 +68,9 @@ class Layout:
 
     def panel(self, kind: str, title: str, description: str, targets: list[tuple[str, str]], *, w: int = 12,
               h: int = 8, unit: str = "short", instant: bool = False, stack: bool = False,
-              options: dict[str, Any] | None = None) -> None:
+              options: dict[str, Any] | None = None, exemplars: bool = False) -> None:
+        """``exemplars``: show the exemplars of the series the queries read (a dot per traced
+        call, linked to its trace), for histograms the exporter gives exemplars to."""
         if self.x + w > 24:
             self._newline()
         defaults: dict[str, Any] = {"unit": unit}
@@ -88,7 +90,7 @@ class Layout:
             "options": options or {},
             "targets": [
                 {"datasource": DS, "refId": chr(ord("A") + i), "expr": expr, "legendFormat": legend,
-                 "instant": instant, "range": not instant, "editorMode": "code"}
+                 "instant": instant, "range": not instant, "editorMode": "code", **({"exemplar": True} if exemplars else {})}
                 for i, (expr, legend) in enumerate(targets)
             ],
         }
@@ -200,12 +202,14 @@ def build() -> dict[str, Any]:
             unit="percentunit")
 
     g.row("Latency")
+    # The duration histogram carries an exemplar per series (the latest traced call): a
+    # slow point links to its trace. Time to first chunk has none.
     g.panel("timeseries", "Duration (request to last byte)", "Percentiles of llm_request_duration_seconds.",
-            [(quantile(q, "llm_request_duration_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.9, 0.99)], unit="s")
+            [(quantile(q, "llm_request_duration_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.9, 0.99)], unit="s", exemplars=True)
     g.panel("timeseries", "Time to first chunk (streams)", "Percentiles of llm_time_to_first_chunk_seconds.",
             [(quantile(q, "llm_time_to_first_chunk_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.9, 0.99)], unit="s")
     g.panel("timeseries", "p90 duration by model", "",
-            [(quantile(0.9, "llm_request_duration_seconds", "model"), "{{model}}")], unit="s")
+            [(quantile(0.9, "llm_request_duration_seconds", "model"), "{{model}}")], unit="s", exemplars=True)
     g.panel("timeseries", "p90 time to first chunk by model", "",
             [(quantile(0.9, "llm_time_to_first_chunk_seconds", "model"), "{{model}}")], unit="s")
 

@@ -57,6 +57,10 @@ def parse_headers(data: bytes) -> dict[str, str] | None:
     return headers
 
 
+def _drop_message(headers: dict[str, str], payload: bytes) -> None:
+    """The handler of a released decoder."""
+
+
 class EventStreamDecoder:
     """``feed(chunk)`` bytes as they arrive; whole messages go to ``on_message(headers, payload)``."""
 
@@ -74,6 +78,11 @@ class EventStreamDecoder:
     def idle(self) -> bool:
         """Between messages: nothing of one pending (a stream that ends here was whole)."""
         return not self._buffer and not self._skip
+
+    def release(self) -> None:
+        """Forget the handler (after the last chunk): it is usually a bound method of the
+        decoder's owner, which holds the decoder, a cycle only the garbage collector frees."""
+        self._on_message = _drop_message
 
     def feed(self, chunk: bytes) -> None:
         if self.failed or not chunk:

@@ -11,7 +11,6 @@ per captured value.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from typing import Any, Union
 
@@ -22,10 +21,6 @@ JSONObject = dict[str, Any]
 _CAPTURE = 1
 _DESCEND = 2
 
-_STRING_SUB = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"').subn
-# Aligned on the strings of a run: group 1 holds those longer than 256 bytes.
-_LONG_STRINGS = re.compile(rb'"(?:[^"\\]|\\.){0,256}"|"([^"\\]*(?:\\.[^"\\]*)*)"').findall
-_LONG_CANDIDATE = re.compile(rb'[^"]{257}').search
 
 
 def plan_paths(
@@ -77,31 +72,6 @@ class _Frame:
         self.index = 0
         self.is_object_root = is_object_root
         self.is_top_array = is_top_array
-
-
-def run_text_bytes(run: bytes) -> int:
-    """The bytes of the strings in a run of whole strings the scanner crossed under a text
-    root (a request's prompt), as its string-by-string count would measure them: long
-    strings without a space are blobs (base64, a data URI), not text."""
-    if b"\\" not in run:
-        inside = run.split(b'"')[1::2]  # no escaped quote: every other piece is a string
-        if not inside:
-            return 0
-        total = sum(map(len, inside))
-        if max(map(len, inside)) > 256:
-            for text in inside:
-                if len(text) > 256 and b" " not in text:
-                    total -= len(text)
-        return total
-    rest, count = _STRING_SUB(b"", run)
-    if not count:
-        return 0
-    total = len(run) - len(rest) - 2 * count
-    if _LONG_CANDIDATE(run) is not None:
-        for text in filter(None, _LONG_STRINGS(run)):
-            if b" " not in text:
-                total -= len(text)
-    return total
 
 
 def string_bytes(value: Any) -> int:

@@ -3,10 +3,11 @@
 Why not ``json.loads``: a non-streamed LLM response can be hundreds of megabytes (a long
 completion, a large embeddings batch), and the only parts we want are a usage object and a
 model name of a few hundred bytes. The scanner walks the structure as the bytes pass and
-copies out only the values whose path we asked for; everything else is crossed by the
-regex engine in C (runs of strings, numbers and shallow containers; members whose keys we
-do not want), so the work stays a small multiple of reading the bytes once, however many
-short strings or keys a hostile body holds.
+copies out only the values whose path we asked for; everything else is crossed in C
+(:mod:`.jsonskip`: strings and skipped containers, with ``bytes.find`` for long stretches
+and regular expressions for dense ones; members whose keys we do not want by a member
+regex), so the work stays a small multiple of reading the bytes once, however many short
+strings, escapes, brackets or keys a hostile body holds.
 
 Input may be one JSON value, several (NDJSON or any whitespace-separated sequence), or a
 top-level array. Each object at the top level, and each object directly inside a top-level
@@ -25,18 +26,8 @@ import json
 import re
 from collections.abc import Callable, Iterable
 
-from .jsonpaths import (
-    _CAPTURE,
-    _DESCEND,
-    JSONObject,
-    Path,
-    PathItem,
-    _Frame,
-    _put,
-    plan_paths,
-    run_text_bytes,
-    string_bytes,
-)
+from .jsonpaths import _CAPTURE, _DESCEND, JSONObject, Path, PathItem, _Frame, _put, plan_paths, string_bytes
+from .jsonskip import ESCAPE_PENDING, Marks, close_run, open_run, run_text_bytes, skip_run, string_end
 from .textfields import TextFieldCounter
 
 __all__ = ["CAPTURE_LIMIT", "KEY_LIMIT", "JSONObject", "JSONScanner", "Path", "PathItem", "string_bytes"]
@@ -48,16 +39,6 @@ CAPTURE_LIMIT = 16 * 1024
 KEY_LIMIT = 256
 
 _SIGNIFICANT = re.compile(rb"[^ \t\r\n]")
-# Inside a skipped container: a run of whole strings, of bytes that are neither brackets
-# nor quotes, and of containers nested at most two deep, crossed by the regex engine in C
-# however many short strings or small arrays it holds. Python only sees the brackets of
-# deeper nesting and a string cut by the chunk's end. Written as "unrolled loops" (no
-# alternation inside a repeat): linear, and about twice as fast in CPython's engine.
-_STR = rb'"[^"\\]*(?:\\.[^"\\]*)*"'
-_FLAT = rb'[^"\[\]{}]*(?:' + _STR + rb'[^"\[\]{}]*)*'
-_NESTED1 = rb"[\[{]" + _FLAT + rb"[\]}]"
-_NESTED2 = rb"[\[{]" + _FLAT + rb"(?:" + _NESTED1 + _FLAT + rb")*[\]}]"
-_SKIP_RUN = re.compile(_FLAT + rb"(?:" + _NESTED2 + _FLAT + rb")*").match
 # One object member whose key holds no escape and whose value is a string or a scalar,
 # with the comma after it: members we do not care about are crossed by this regex, in C.
 _MEMBER = re.compile(
@@ -77,7 +58,6 @@ _SCALAR = 6  # inside a number / true / false / null
 
 
 _QUOTE = 0x22
-_BACKSLASH = 0x5C
 
 
 class JSONScanner:
@@ -160,6 +140,7 @@ class JSONScanner:
         n = len(buf)
         pos = 0
         self._cap_from = 0
+        marks: Marks | None = None
         if self._state == _STRING and self._forward_from == 0 and self.text_counter.in_text:  # type: ignore[union-attr]
             # Inside the text string the counter is in (a long answer across chunks): one
             # pass crosses it for both. The string's own escape state is the counter's.
@@ -175,21 +156,27 @@ class JSONScanner:
                 if pos < 0:
                     break
             elif state == _SKIP:
-                end = _SKIP_RUN(buf, pos).end()  # type: ignore[union-attr]  # it always matches
+                end = skip_run(buf, pos)
                 if end > pos and self._counting:
                     self.text_bytes += run_text_bytes(buf[pos:end])
                 if end >= n:
                     break
                 c = buf[end]
-                pos = end + 1
-                if c == _QUOTE:  # a string the chunk cuts: read it the slow way
+                if c == _QUOTE:  # a string the run does not take: string_end crosses it
+                    pos = end + 1
                     self._begin_string(0)
-                elif c == 0x7B or c == 0x5B:
-                    self._skip_depth += 1
-                else:
-                    self._skip_depth -= 1
+                elif c == 0x7B or c == 0x5B:  # nested deeper than the run goes
+                    pos, k = open_run(buf, end)
+                    self._skip_depth += k
+                elif c == 0x7D or c == 0x5D:
+                    pos, k = close_run(buf, end, self._skip_depth)
+                    self._skip_depth -= k
                     if self._skip_depth == 0:
                         self._end_value(buf, pos)
+                else:  # a long flat run (the numbers of an embedding): memchr to its end
+                    if marks is None:
+                        marks = Marks()
+                    pos = marks.next(buf, end)
             elif state == _SCALAR:
                 m = _SCALAR_END.search(buf, pos)
                 if m is None:
@@ -358,23 +345,11 @@ class JSONScanner:
             pos += 1
             if pos > n:
                 return -1
-        lo = pos
-        while True:
-            q = buf.find(b'"', pos)
-            if q < 0:
-                # Carry an unfinished escape (odd run of trailing backslashes).
-                k = n - 1
-                while k >= lo and buf[k] == _BACKSLASH:
-                    k -= 1
-                self._string_escape = (n - 1 - k) % 2 == 1
-                self._string_piece(buf, start, n)
-                return -1
-            k = q - 1
-            while k >= lo and buf[k] == _BACKSLASH:
-                k -= 1
-            if (q - 1 - k) % 2 == 0:
-                break
-            pos = q + 1
+        q = string_end(buf, pos)
+        if q < 0:
+            self._string_escape = q == ESCAPE_PENDING
+            self._string_piece(buf, start, n)
+            return -1
         self._string_piece(buf, start, q)
         self._end_string(buf, q + 1)
         return q + 1
@@ -388,7 +363,7 @@ class JSONScanner:
                 self._key = bytearray(b"\x00" * (KEY_LIMIT + 1))  # never matches a path
         elif self._counting:
             self._string_len += end - start
-            if not self._string_spaced and b" " in buf[start:end]:
+            if not self._string_spaced and buf.find(b" ", start, end) >= 0:
                 self._string_spaced = True
 
     def _end_string(self, buf: bytes, end: int) -> None:

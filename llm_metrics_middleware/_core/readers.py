@@ -243,7 +243,11 @@ class SSEReader:
         return self
 
     def close(self) -> None:
-        self._decoder.close()
+        decoder = self._decoder
+        try:
+            decoder.close()
+        finally:
+            decoder.release()  # no reference cycle left for the garbage collector
 
     def _on_event(self, event: bytes, data: bytes) -> None:
         found = self._found
@@ -331,6 +335,7 @@ class EventStreamReader:
 
     def close(self) -> None:
         decoder = self._decoder
+        decoder.release()  # no reference cycle left for the garbage collector
         self._found.ended(failed=decoder.failed, idle=decoder.idle, dropped=bool(decoder.skipped))
 
     def _on_message(self, headers: dict[str, str], payload: bytes) -> None:

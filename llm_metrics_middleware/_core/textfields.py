@@ -8,7 +8,7 @@ streamed chunks, so a body gives the same estimate whole, split anywhere, or cut
 
 The scanner (:mod:`.jsonscan`) hands this counter the raw bytes of each value under the
 response's text roots, in pieces; the counter finds the text fields' keys with one regex
-and crosses their strings with ``bytes.find``. A key can only match where JSON puts a
+and crosses their strings with :func:`.jsonskip.string_end` (``bytes.find``). A key can only match where JSON puts a
 key: inside a string every quote is escaped, so ``"text":`` cannot be read out of one, and
 the look-behind keeps a key that merely ends in an escaped ``\\"text`` out.
 """
@@ -19,12 +19,13 @@ import functools
 import re
 from collections.abc import Callable, Iterator
 
+from .jsonskip import ESCAPE_PENDING, string_end
+
 #: Bytes kept from the end of a piece, so that a key split across pieces is still found.
 #: Longer than any text field's key with its quotes, colon and some whitespace; a key
 #: followed by more whitespace than that, split just there, is missed (never miscounted).
 KEY_CARRY = 64
 
-_BACKSLASH = 0x5C
 _QUOTE = 0x22
 _SIGNIFICANT = re.compile(rb"[^\s,]").search
 # Inside an array of text: a run of whole strings and their separators, crossed in C
@@ -171,22 +172,11 @@ class TextFieldCounter:
         if self._escape:
             self._escape = False
             pos += 1  # the escaped byte (maybe a quote) is text
-        lo = pos
-        while True:
-            q = data.find(b'"', pos)
-            if q < 0:
-                k = n - 1
-                while k >= lo and data[k] == _BACKSLASH:
-                    k -= 1
-                self._escape = (n - 1 - k) % 2 == 1
-                self.bytes += n - start
-                return n
-            k = q - 1
-            while k >= lo and data[k] == _BACKSLASH:
-                k -= 1
-            if (q - 1 - k) % 2 == 0:
-                break
-            pos = q + 1
+        q = string_end(data, pos)
+        if q < 0:
+            self._escape = q == ESCAPE_PENDING
+            self.bytes += n - start
+            return n
         self.bytes += q - start
         self._in_text = False
         return q + 1

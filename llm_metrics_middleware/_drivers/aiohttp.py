@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
-from .._metering.metering import MeteredCall, usage_headers_of
+from .._metering.headers import response_headers
+from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send
 
 if TYPE_CHECKING:
@@ -148,10 +149,11 @@ def _begin(outgoing: Outgoing, session: aiohttp.ClientSession, method: str, url_
 
 def _tee(session: aiohttp.ClientSession, response: aiohttp.ClientResponse, call: MeteredCall) -> None:
     """Start the call's response and put the tee in front of ``response.content``."""
-    got = response.headers
+    content_type, encoding, usage = response_headers(response.raw_headers)
     # aiohttp decompresses by default: the pieces read are then already decoded.
-    encoding = None if getattr(session, "_auto_decompress", True) else got.get("content-encoding")
-    call.response_start(response.status, got.get("content-type"), encoding, usage_headers_of(got))
+    if getattr(session, "_auto_decompress", True):
+        encoding = None
+    call.response_start(response.status, content_type, encoding, usage)
     tee = _TeeContent(response.content, call)
     response.content = tee  # type: ignore[assignment]
     release, close = response.release, response.close

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.context import CURRENT
+from .._metering.metered_call import MeteredCall
 from .._metering.metering import USAGE_HEADER_NAMES
 from .._metering.request import RequestView
 from .base import MiddlewareBase
@@ -54,7 +55,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             return
         state[self._marker] = True
 
-        call = self.metering.begin(RequestView.from_scope(scope))
+        call = MeteredCall(self.metering, RequestView.from_scope(scope))
         disconnected = False
         read_ahead: list[ASGIReceiveEvent] = []
         extra_headers: list[tuple[bytes, bytes]] = []

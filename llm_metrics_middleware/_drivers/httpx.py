@@ -26,7 +26,8 @@ from types import ModuleType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED
-from .._metering.metering import MeteredCall, usage_headers_of
+from .._metering.headers import response_headers
+from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
 
 if TYPE_CHECKING:
@@ -122,10 +123,7 @@ def _begin(outgoing: Outgoing, request: Any) -> MeteredCall | None:
 def _attach(call: MeteredCall, response: Any, is_async: bool) -> None:
     """Start reading ``response`` into ``call``; never raises."""
     try:
-        headers = response.headers
-        call.response_start(
-            response.status_code, headers.get("content-type"), headers.get("content-encoding"), usage_headers_of(headers)
-        )
+        call.response_start(response.status_code, *response_headers(response.headers.raw))
         if hasattr(response, "_content"):
             # Built with its body (a mock's Response(json=...)): nothing will iterate the stream.
             call.body(response._content)

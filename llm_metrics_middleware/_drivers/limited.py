@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .._metering.limits import Verdict, status_line
-from .._metering.metering import MeteredCall, Metering
+from .._metering.metered_call import MeteredCall
+from .._metering.metering import Metering
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

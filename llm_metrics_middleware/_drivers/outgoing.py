@@ -22,7 +22,8 @@ from .._core.providers import UsagePointers, route_of
 from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
-from .._metering.metering import MeteredCall, Metering
+from .._metering.metered_call import MeteredCall
+from .._metering.metering import Metering
 from .._metering.paths import PathFilter, PathPatterns
 from .._metering.pricing import PricingOption
 from .._metering.request import RequestView
@@ -165,7 +166,7 @@ class Outgoing:
 
         ``host``: the URL's host, for clients whose headers do not carry it yet (requests,
         aiohttp add ``Host`` on the wire): the host tells Azure's ``/openai/v1/...`` from
-        another server's (:func:`~.._metering.metered_call.route_of_call`)."""
+        another server's (:func:`~.._metering.metering.route_of_call`)."""
         try:
             if sending(request):
                 return None
@@ -184,7 +185,7 @@ class Outgoing:
                 headers.append((b"host", host.encode("latin-1", "replace")))
             call_view = RequestView(method, path, query, "", raw_headers=headers)
             view = incoming.view if incoming is not None else call_view
-            call = metering.begin_outgoing(view, call_view, incoming=incoming)
+            call = MeteredCall(metering, view, call_view=call_view, origin="outgoing", incoming=incoming)
             # The outgoing options decided; the middleware's paths are incoming ones.
             call.metered = True
             call.overrides = context.overrides()

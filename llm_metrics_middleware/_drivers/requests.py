@@ -24,7 +24,8 @@ import requests
 import requests.adapters
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
-from .._metering.metering import MeteredCall, usage_headers_of
+from .._metering.headers import usage_headers_of
+from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send, sending
 
 if TYPE_CHECKING:

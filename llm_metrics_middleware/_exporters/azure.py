@@ -43,8 +43,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import azure.monitor.opentelemetry.exporter  # noqa: F401  (checked here, used in .azure_delivery)
@@ -85,7 +85,7 @@ from .azure_names import (
     check_dimensions,
     views,
 )
-from .azure_namespace import AzureNamespace, AzureSink
+from .azure_namespace import AzureNamespace
 from .namespaces import Namespaces
 
 __all__ = [
@@ -118,9 +118,10 @@ __all__ = [
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
 
-    from .._metering.call import Schema
+    from .._metering.call import CallRecord, Schema
 
 logger = logging.getLogger("llm_metrics_middleware")
+T = TypeVar("T")
 
 CONNECTION_STRING_ENV = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 NAMESPACE_OPT_IN_ENV = "APPLICATIONINSIGHTS_METRIC_NAMESPACE_OPT_IN"
@@ -294,3 +295,33 @@ class AzureMonitorExporter:
             self._serial.close()
         except Exception:
             logger.exception("AzureMonitorExporter: closing the Azure exporter failed")
+
+
+class AzureSink:
+    """What ``bind`` returns: hands each call to its namespace's sums, never raises, and drops
+    calls quietly once the exporter is shut down."""
+
+    def __init__(self, exporter: AzureMonitorExporter, namespace: AzureNamespace) -> None:
+        self._exporter = exporter
+        self._namespace = namespace
+
+    def record(self, call: CallRecord) -> None:
+        self._guarded(self._namespace.add, call, "record a call")
+
+    def on_error(self, kind: str) -> None:
+        self._guarded(self._namespace.add_error, kind, "count a metering error")
+
+    def _guarded(self, add: Callable[[T], None], arg: T, doing: str) -> None:
+        if self._exporter._closed:
+            return  # after shutdown nothing more is exported: drop it quietly
+        try:
+            add(arg)
+        except Exception as exc:
+            self._namespace.failures.failed("AzureMonitorExporter", doing, exc)
+
+    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
+        self._namespace.limits.configure(limits)
+
+    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
+        if not self._exporter._closed:
+            self._namespace.limits.add(name, authorized, limited, tokens)

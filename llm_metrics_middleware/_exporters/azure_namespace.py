@@ -3,16 +3,15 @@
 The request path must stay at a few microseconds, and the OpenTelemetry SDK's ``add`` costs
 more than that per instrument. So a call only adds to plain sums (:class:`.totals.CallTotals`)
 and the SDK instruments are fed once per export interval from those sums, by a callback
-the SDK runs before it reads them. :class:`AzureSink` is what ``bind`` hands the metering:
-it never raises and drops calls quietly once the exporter is shut down.
+the SDK runs before it reads them. What ``bind`` hands the metering (the exporter's sink,
+in :mod:`.azure`) adds to these sums.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
@@ -32,11 +31,7 @@ from .azure_names import (
 )
 from .totals import CallTotals, LimitTotals
 
-if TYPE_CHECKING:
-    from .azure import AzureMonitorExporter
-
 logger = logging.getLogger("llm_metrics_middleware")
-T = TypeVar("T")
 
 
 #: Timings kept per export interval before the request path records them into the SDK
@@ -156,32 +151,3 @@ class AzureNamespace:
                 self.first_chunk.record(ttfc, attrs)
         for kind, count in errors.items():
             self.errors.add(count, {KIND: kind})
-
-
-class AzureSink:
-    """What ``bind`` returns: hands each call to its namespace's sums, never raises."""
-
-    def __init__(self, exporter: AzureMonitorExporter, namespace: AzureNamespace) -> None:
-        self._exporter = exporter
-        self._namespace = namespace
-
-    def record(self, call: CallRecord) -> None:
-        self._guarded(self._namespace.add, call, "record a call")
-
-    def on_error(self, kind: str) -> None:
-        self._guarded(self._namespace.add_error, kind, "count a metering error")
-
-    def _guarded(self, add: Callable[[T], None], arg: T, doing: str) -> None:
-        if self._exporter._closed:
-            return  # after shutdown nothing more is exported: drop it quietly
-        try:
-            add(arg)
-        except Exception as exc:
-            self._namespace.failures.failed("AzureMonitorExporter", doing, exc)
-
-    def limits_configured(self, limits: list[tuple[str, int, int]]) -> None:
-        self._namespace.limits.configure(limits)
-
-    def on_limit(self, name: str, authorized: int, limited: int, tokens: int) -> None:
-        if not self._exporter._closed:
-            self._namespace.limits.add(name, authorized, limited, tokens)

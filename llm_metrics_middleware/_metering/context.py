@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from .dimensions import label_name
 
 if TYPE_CHECKING:
-    from .metering import MeteredCall
+    from .metered_call import MeteredCall
 
 P = ParamSpec("P")
 R = TypeVar("R")

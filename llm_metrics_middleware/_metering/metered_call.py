@@ -3,7 +3,8 @@ response to, and what turns them into a :class:`~.call.CallRecord`.
 
 Kept apart from :mod:`.metering` (:class:`~.metering.Metering`: one middleware's options,
 sinks and delivery, built once) because this is the per-request side: one instance per
-call, on the request path. :mod:`.metering` re-exports every name here.
+call, on the request path, built by a driver as ``MeteredCall(metering, view)``. It stands
+above :mod:`.metering`: it reads its Metering, which never reads it.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, tokens_from_bytes
 from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, Extraction, UsageExtractor, body_format
 from .._core.peek import BodyPeek
-from .._core.providers import Route, route_of
+from .._core.providers import Route
 from .._core.providers.facts import (
     STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
-    USAGE_HEADER_NAMES,
     counts_from_headers,
     provider_from_headers,
 )
-from .._core.providers.routes import CLAIMED, claimed
 from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
 from .._core.whole import extract_whole_json
 from .call import (
@@ -54,32 +53,6 @@ logger = logging.getLogger("llm_metrics_middleware")
 def _provider_from_headers(view: RequestView) -> str | None:
     """Headers only one provider's clients send, for paths we do not recognise."""
     return provider_from_headers(view.headers, view.query)
-
-
-def route_of_call(view: RequestView) -> Route:
-    """The call's route: its path's, or the provider's that claims it by host or headers
-    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
-    another provider may claim, one by one, without building the header mapping."""
-    route = route_of(view.path)
-    if route.provider not in CLAIMED:
-        return route
-    environ = view.environ
-
-    def header(name: str) -> str | None:
-        if environ is not None:
-            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
-            return value if isinstance(value, str) else None
-        raw = view.header_bytes(name.encode("latin-1"))
-        return None if raw is None else raw.decode("latin-1")
-
-    return claimed(route, view.path, header)
-
-
-def usage_headers_of(headers: Mapping[str, str]) -> dict[str, str] | None:
-    """The usage-reporting headers among a client library's case-insensitive response
-    headers (httpx, requests), lower-case, for :meth:`MeteredCall.response_start`."""
-    found = {name: value for name in USAGE_HEADER_NAMES if (value := headers.get(name)) is not None}
-    return found or None
 
 
 def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:

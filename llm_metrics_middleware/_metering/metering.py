@@ -1,9 +1,10 @@
-"""The framework-free middle of both middlewares: options, per-call state, delivery.
+"""The framework-free middle of both middlewares: options, routes, delivery.
 
-:class:`Metering` holds what one middleware was configured with. :class:`MeteredCall` (in
-:mod:`.metered_call`, re-exported here) is the per-request state (never on the middleware
-instance): the ASGI and WSGI adapters drive it with ``request_body``, ``response_start``,
-``body`` and ``finish`` and nothing else.
+:class:`Metering` holds what one middleware was configured with, built once. The
+per-request state is a :class:`~.metered_call.MeteredCall` built on it (never on the
+middleware instance): the ASGI and WSGI adapters drive it with ``request_body``,
+``response_start``, ``body`` and ``finish`` and nothing else, and it hands the finished
+call back to :meth:`Metering.deliver`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from typing import Literal, TypeVar
 from .._core.estimate import TokenCounter, offline_tiktoken
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, USAGE_HEADER_NAMES
-from .._core.providers.routes import CLAIMED, claim_reads_headers
+from .._core.providers.routes import CLAIMED, claim_reads_headers, claimed
 from .call import CallRecord, ErrorKind, Exporter, Sink
 from .dimensions import BoundSchema, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
 from .limits import HeaderNames, TokenLimit, TokenLimiter
-from .metered_call import MeteredCall, body_error, route_of_call, usage_headers_of
 from .paths import PathFilter, PathPatterns
 from .pricing import PricingOption, build_pricing
 from .request import RequestView
@@ -30,17 +30,20 @@ from .series import SeriesLimiter, series_limiter
 __all__ = [
     "DEFAULT_MAX_SERIES",
     "USAGE_HEADER_NAMES",
-    "MeteredCall",
     "Metering",
     "SeriesLimiter",
-    "body_error",
-    "usage_headers_of",
+    "route_of_call",
 ]
 
 #: Request paths (and, for claimed paths, path and host) whose route entry a Metering
 #: keeps (see Metering.route_entry); clients choose both, so a cache is emptied when it fills.
 ROUTE_CACHE_SIZE = 1024
 _K = TypeVar("_K")
+
+#: Default cap on distinct dimension-value combinations per middleware (the default
+#: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
+DEFAULT_MAX_SERIES = 2000
+
 
 def _keep(cache: dict[_K, tuple[Route, bool, bool]], key: _K, entry: tuple[Route, bool, bool]) -> None:
     if len(cache) >= ROUTE_CACHE_SIZE:
@@ -57,9 +60,23 @@ def _host_of(view: RequestView) -> str | bytes | None:
     return view.header_bytes(b"host")
 
 
-#: Default cap on distinct dimension-value combinations per middleware (the default
-#: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
-DEFAULT_MAX_SERIES = 2000
+def route_of_call(view: RequestView) -> Route:
+    """The call's route: its path's, or the provider's that claims it by host or headers
+    (Azure's ``/openai/v1/...`` on an Azure host). Headers are looked up only for paths
+    another provider may claim, one by one, without building the header mapping."""
+    route = route_of(view.path)
+    if route.provider not in CLAIMED:
+        return route
+    environ = view.environ
+
+    def header(name: str) -> str | None:
+        if environ is not None:
+            value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+            return value if isinstance(value, str) else None
+        raw = view.header_bytes(name.encode("latin-1"))
+        return None if raw is None else raw.decode("latin-1")
+
+    return claimed(route, view.path, header)
 
 
 class Metering:
@@ -238,15 +255,6 @@ class Metering:
             self.paths.meters(path, route.operation is not None),
             self.estimate and not always_reports and route.operation not in NO_TEXT_OPERATIONS,
         )
-
-    def begin(self, view: RequestView) -> MeteredCall:
-        return MeteredCall(self, view)
-
-    def begin_outgoing(
-        self, view: RequestView, call_view: RequestView, *, incoming: MeteredCall | None
-    ) -> MeteredCall:
-        """Per-call state for an LLM call the app makes (see :mod:`.context`)."""
-        return MeteredCall(self, view, call_view=call_view, origin="outgoing", incoming=incoming)
 
     def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1

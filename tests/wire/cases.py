@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BODIES = Path(__file__).parent / "bodies"
 
@@ -87,6 +88,38 @@ _BEDROCK_JSON_NOTE = "the cassette pretty-prints JSON bodies (its PrettyPrintJSO
 def _bedrock_tokens(prompt: int, completion: int) -> tuple[tuple[str, str], ...]:
     """The token-count headers every recorded Bedrock InvokeModel response carries."""
     return (("X-Amzn-Bedrock-Input-Token-Count", str(prompt)), ("X-Amzn-Bedrock-Output-Token-Count", str(completion)))
+
+
+def _no_tokens(**fields: Any) -> WireCase:
+    """A call that must be recorded with no tokens at all (no usage reported, none billed)."""
+    return WireCase(prompt_tokens=0, completion_tokens=0, total_tokens=0, **fields)
+
+
+def _not_llm(id: str, path: str, content_type: str, body_file: str, note: str = "") -> WireCase:
+    """A GET of an endpoint that is no LLM API: no provider, no operation, no tokens."""
+    return _no_tokens(
+        id=id, provider="", operation="", method="GET", path=path, request_body=b"", content_type=content_type,
+        body_file=body_file, note=note,
+    )
+
+
+def _botocore(
+    id: str, api: str, model_id: str, request: object, prompt: int, completion: int, *,
+    cassette: str, note: str, model: str | None = None,
+) -> WireCase:
+    """A Bedrock call recorded in OpenTelemetry's botocore cassettes (``cassette``), at
+    ``/model/{model_id}/{api}``: a stream (``converse-stream``, ``invoke-with-response-stream``)
+    is its binary event stream as recorded, an ``invoke`` its JSON body with the token-count
+    headers; ``model`` is the body's when it names another than the path's."""
+    streamed = api != "invoke"
+    return WireCase(
+        id=id, provider="aws.bedrock", operation=api.split("-")[0], method="POST", path=f"/model/{model_id}/{api}",
+        request_body=_req(request), content_type=_EVENTSTREAM if streamed else _JSON,
+        body_file=id + (".eventstream" if streamed else ".json"),
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion, model=model or model_id,
+        response_headers=() if streamed else _bedrock_tokens(prompt, completion),
+        source=_OTEL_BOTOCORE + cassette, note=(_BEDROCK_STREAM_NOTE if streamed else _BEDROCK_JSON_NOTE) + "; " + note,
+    )
 
 
 _SAY_TEST = [{"role": "user", "content": [{"text": "Say this is a test"}]}]
@@ -439,122 +472,77 @@ CASES: list[WireCase] = [
         note="cassette stores the parsed body; written compact; path is the decoded form of .../v1%3A0/converse; request prompt shortened",
     ),
     # ------------------------------------------------------------------ AWS Bedrock: event streams and InvokeModel
-    WireCase(
-        id="bedrock-converse-stream-titan",
-        provider="aws.bedrock", operation="converse", method="POST", path="/model/amazon.titan-text-lite-v1/converse-stream",
-        request_body=_req({"messages": _SAY_TEST, "inferenceConfig": {"maxTokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}}),
-        content_type=_EVENTSTREAM, body_file="bedrock-converse-stream-titan.eventstream",
-        prompt_tokens=8, completion_tokens=10, total_tokens=18, model="amazon.titan-text-lite-v1",
-        source=_OTEL_BOTOCORE + "test_converse_stream_with_content.yaml",
-        note=_BEDROCK_STREAM_NOTE + "; usage in the last (metadata) event",
+    _botocore(
+        "bedrock-converse-stream-titan", "converse-stream", "amazon.titan-text-lite-v1",
+        {"messages": _SAY_TEST, "inferenceConfig": {"maxTokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}},
+        8, 10, cassette="test_converse_stream_with_content.yaml",
+        note="usage in the last (metadata) event",
     ),
-    WireCase(
-        id="bedrock-invoke-stream-anthropic",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/anthropic.claude-v2/invoke-with-response-stream",
-        request_body=_req({"messages": [{"role": "user", "content": [{"text": "Say this is a test", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "max_tokens": 10, "temperature": 0.8, "top_p": 1, "stop_sequences": ["|"]}),
-        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-anthropic.eventstream",
-        prompt_tokens=14, completion_tokens=10, total_tokens=24, model="claude-2.0",
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[anthropic.claude].yaml",
-        note=_BEDROCK_STREAM_NOTE + "; Anthropic events base64 in chunk.bytes, message_stop adds amazon-bedrock-invocationMetrics (same numbers: counted once)",
+    _botocore(
+        "bedrock-invoke-stream-anthropic", "invoke-with-response-stream", "anthropic.claude-v2",
+        {"messages": [{"role": "user", "content": [{"text": "Say this is a test", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "max_tokens": 10, "temperature": 0.8, "top_p": 1, "stop_sequences": ["|"]},
+        14, 10, model="claude-2.0", cassette="test_invoke_model_with_response_stream_with_content[anthropic.claude].yaml",
+        note="Anthropic events base64 in chunk.bytes, message_stop adds amazon-bedrock-invocationMetrics (same numbers: counted once)",
     ),
-    WireCase(
-        id="bedrock-invoke-stream-anthropic-tool-use",
-        provider="aws.bedrock", operation="invoke", method="POST",
-        path="/model/us.anthropic.claude-3-5-sonnet-20240620-v1:0/invoke-with-response-stream",
-        request_body=_req({"messages": [{"role": "user", "content": [{"text": "What is the weather in Seattle and San Francisco today? Please give one tool call for Seattle and one for San Francisco", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "tools": [{"name": "get_current_weather", "description": "Get the current weather in a given location.", "input_schema": {"type": "object", "properties": {"location": {"type": "string", "description": "The name of the city"}}, "required": ["location"]}}], "max_tokens": 1000}),
-        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-anthropic-tool-use.eventstream",
-        prompt_tokens=392, completion_tokens=90, total_tokens=482, model="claude-3-5-sonnet-20240620",
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content_tool_call[anthropic.claude].yaml",
-        note=_BEDROCK_STREAM_NOTE + "; first interaction. message_delta says output_tokens 134, the final amazon-bedrock-invocationMetrics 90: "
-        "Bedrock's own count, the last word, wins (last value per field; nothing is summed)",
+    _botocore(
+        "bedrock-invoke-stream-anthropic-tool-use", "invoke-with-response-stream", "us.anthropic.claude-3-5-sonnet-20240620-v1:0",
+        {"messages": [{"role": "user", "content": [{"text": "What is the weather in Seattle and San Francisco today? Please give one tool call for Seattle and one for San Francisco", "type": "text"}]}], "anthropic_version": "bedrock-2023-05-31", "tools": [{"name": "get_current_weather", "description": "Get the current weather in a given location.", "input_schema": {"type": "object", "properties": {"location": {"type": "string", "description": "The name of the city"}}, "required": ["location"]}}], "max_tokens": 1000},
+        392, 90, model="claude-3-5-sonnet-20240620", cassette="test_invoke_model_with_response_stream_with_content_tool_call[anthropic.claude].yaml",
+        note="first interaction. message_delta says output_tokens 134, the final amazon-bedrock-invocationMetrics 90: Bedrock's own count, the last word, wins (last value per field; nothing is summed)",
     ),
-    WireCase(
-        id="bedrock-invoke-stream-nova",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.nova-micro-v1:0/invoke-with-response-stream",
-        request_body=_req({"messages": _SAY_TEST, "inferenceConfig": {"max_new_tokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}, "schemaVersion": "messages-v1"}),
-        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-nova.eventstream",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model="amazon.nova-micro-v1:0",
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[amazon.nova].yaml",
-        note=_BEDROCK_STREAM_NOTE + "; the last chunk holds metadata.usage and amazon-bedrock-invocationMetrics in one object: counted once",
+    _botocore(
+        "bedrock-invoke-stream-nova", "invoke-with-response-stream", "amazon.nova-micro-v1:0",
+        {"messages": _SAY_TEST, "inferenceConfig": {"max_new_tokens": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}, "schemaVersion": "messages-v1"},
+        5, 10, cassette="test_invoke_model_with_response_stream_with_content[amazon.nova].yaml",
+        note="the last chunk holds metadata.usage and amazon-bedrock-invocationMetrics in one object: counted once",
     ),
-    WireCase(
-        id="bedrock-invoke-stream-titan",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-text-lite-v1/invoke-with-response-stream",
-        request_body=_req({"inputText": "Say this is a test", "textGenerationConfig": {"maxTokenCount": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}}),
-        content_type=_EVENTSTREAM, body_file="bedrock-invoke-stream-titan.eventstream",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model="amazon.titan-text-lite-v1",
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_response_stream_with_content[amazon.titan].yaml",
-        note=_BEDROCK_STREAM_NOTE + "; one chunk with Titan's inputTextTokenCount / totalOutputTextTokenCount and the invocation metrics",
+    _botocore(
+        "bedrock-invoke-stream-titan", "invoke-with-response-stream", "amazon.titan-text-lite-v1",
+        {"inputText": "Say this is a test", "textGenerationConfig": {"maxTokenCount": 10, "temperature": 0.8, "topP": 1, "stopSequences": ["|"]}},
+        5, 10, cassette="test_invoke_model_with_response_stream_with_content[amazon.titan].yaml",
+        note="one chunk with Titan's inputTextTokenCount / totalOutputTextTokenCount and the invocation metrics",
     ),
-    WireCase(
-        id="bedrock-invoke-anthropic",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/anthropic.claude-v2/invoke",
-        request_body=_req({'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test', 'type': 'text'}]}], 'anthropic_version': 'bedrock-2023-05-31', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop_sequences': ['|']}),
-        content_type=_JSON, body_file="bedrock-invoke-anthropic.json",
-        prompt_tokens=14, completion_tokens=10, total_tokens=24, model='claude-2.0',
-        response_headers=_bedrock_tokens(14, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[anthropic.claude].yaml",
-        note=_BEDROCK_JSON_NOTE + "; usage.input_tokens / output_tokens",
+    _botocore(
+        "bedrock-invoke-anthropic", "invoke", "anthropic.claude-v2",
+        {'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test', 'type': 'text'}]}], 'anthropic_version': 'bedrock-2023-05-31', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop_sequences': ['|']},
+        14, 10, model="claude-2.0", cassette="test_invoke_model_with_content[anthropic.claude].yaml",
+        note="usage.input_tokens / output_tokens",
     ),
-    WireCase(
-        id="bedrock-invoke-llama",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/meta.llama3-1-70b-instruct-v1:0/invoke",
-        request_body=_req({'prompt': 'Say this is a test', 'max_gen_len': 10, 'temperature': 0.8, 'top_p': 1}),
-        content_type=_JSON, body_file="bedrock-invoke-llama.json",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='meta.llama3-1-70b-instruct-v1:0',
-        response_headers=_bedrock_tokens(5, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[meta.llama].yaml",
-        note=_BEDROCK_JSON_NOTE + "; prompt_token_count / generation_token_count",
+    _botocore(
+        "bedrock-invoke-llama", "invoke", "meta.llama3-1-70b-instruct-v1:0",
+        {'prompt': 'Say this is a test', 'max_gen_len': 10, 'temperature': 0.8, 'top_p': 1},
+        5, 10, cassette="test_invoke_model_with_content[meta.llama].yaml",
+        note="prompt_token_count / generation_token_count",
     ),
-    WireCase(
-        id="bedrock-invoke-titan",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.titan-text-lite-v1/invoke",
-        request_body=_req({'inputText': 'Say this is a test', 'textGenerationConfig': {'maxTokenCount': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}}),
-        content_type=_JSON, body_file="bedrock-invoke-titan.json",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='amazon.titan-text-lite-v1',
-        response_headers=_bedrock_tokens(5, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[amazon.titan].yaml",
-        note=_BEDROCK_JSON_NOTE + "; inputTextTokenCount / results[0].tokenCount",
+    _botocore(
+        "bedrock-invoke-titan", "invoke", "amazon.titan-text-lite-v1",
+        {'inputText': 'Say this is a test', 'textGenerationConfig': {'maxTokenCount': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}},
+        5, 10, cassette="test_invoke_model_with_content[amazon.titan].yaml",
+        note="inputTextTokenCount / results[0].tokenCount",
     ),
-    WireCase(
-        id="bedrock-invoke-nova",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/amazon.nova-micro-v1:0/invoke",
-        request_body=_req({'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test'}]}], 'inferenceConfig': {'max_new_tokens': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}, 'schemaVersion': 'messages-v1'}),
-        content_type=_JSON, body_file="bedrock-invoke-nova.json",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='amazon.nova-micro-v1:0',
-        response_headers=_bedrock_tokens(5, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[amazon.nova].yaml",
-        note=_BEDROCK_JSON_NOTE + "; usage.inputTokens / outputTokens",
+    _botocore(
+        "bedrock-invoke-nova", "invoke", "amazon.nova-micro-v1:0",
+        {'messages': [{'role': 'user', 'content': [{'text': 'Say this is a test'}]}], 'inferenceConfig': {'max_new_tokens': 10, 'temperature': 0.8, 'topP': 1, 'stopSequences': ['|']}, 'schemaVersion': 'messages-v1'},
+        5, 10, cassette="test_invoke_model_with_content[amazon.nova].yaml",
+        note="usage.inputTokens / outputTokens",
     ),
-    WireCase(
-        id="bedrock-invoke-cohere-command-r",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.command-r-v1:0/invoke",
-        request_body=_req({'message': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 0.99, 'stop_sequences': ['|']}),
-        content_type=_JSON, body_file="bedrock-invoke-cohere-command-r.json",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='cohere.command-r-v1:0',
-        response_headers=_bedrock_tokens(5, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[cohere.command-r].yaml",
-        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the X-Amzn-Bedrock-*-Token-Count headers",
+    _botocore(
+        "bedrock-invoke-cohere-command-r", "invoke", "cohere.command-r-v1:0",
+        {'message': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 0.99, 'stop_sequences': ['|']},
+        5, 10, cassette="test_invoke_model_with_content[cohere.command-r].yaml",
+        note="no usage in the body: only the X-Amzn-Bedrock-*-Token-Count headers",
     ),
-    WireCase(
-        id="bedrock-invoke-cohere-command",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/cohere.command-light-text-v14/invoke",
-        request_body=_req({'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 1, 'stop_sequences': ['|']}),
-        content_type=_JSON, body_file="bedrock-invoke-cohere-command.json",
-        prompt_tokens=5, completion_tokens=10, total_tokens=15, model='cohere.command-light-text-v14',
-        response_headers=_bedrock_tokens(5, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[cohere.command].yaml",
-        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the headers",
+    _botocore(
+        "bedrock-invoke-cohere-command", "invoke", "cohere.command-light-text-v14",
+        {'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'p': 1, 'stop_sequences': ['|']},
+        5, 10, cassette="test_invoke_model_with_content[cohere.command].yaml",
+        note="no usage in the body: only the headers",
     ),
-    WireCase(
-        id="bedrock-invoke-mistral",
-        provider="aws.bedrock", operation="invoke", method="POST", path="/model/mistral.mistral-7b-instruct-v0:2/invoke",
-        request_body=_req({'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop': ['|']}),
-        content_type=_JSON, body_file="bedrock-invoke-mistral.json",
-        prompt_tokens=6, completion_tokens=10, total_tokens=16, model='mistral.mistral-7b-instruct-v0:2',
-        response_headers=_bedrock_tokens(6, 10),
-        source=_OTEL_BOTOCORE + "test_invoke_model_with_content[mistral.mistral].yaml",
-        note=_BEDROCK_JSON_NOTE + "; no usage in the body: only the headers",
+    _botocore(
+        "bedrock-invoke-mistral", "invoke", "mistral.mistral-7b-instruct-v0:2",
+        {'prompt': 'Say this is a test', 'max_tokens': 10, 'temperature': 0.8, 'top_p': 1, 'stop': ['|']},
+        6, 10, cassette="test_invoke_model_with_content[mistral.mistral].yaml",
+        note="no usage in the body: only the headers",
     ),
 ]
 
@@ -697,11 +685,11 @@ CASES += [
 #: Calls whose responses report no usage and whose text is not estimated (embeddings of
 #: models that return none): recorded as calls with no tokens, never as invented ones.
 UNREPORTED_CASES: list[WireCase] = [
-    WireCase(
+    _no_tokens(
         id="gemini-batch-embed-no-usage", provider="gcp.gemini", operation="batchEmbedContents", method="POST",
         path="/v1beta/models/gemini-embedding-2-preview:batchEmbedContents",
         request_body=_req({"requests": [{"content": {"parts": [{"text": "hello"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}, {"content": {"parts": [{"text": "world"}]}, "model": "models/gemini-embedding-2-preview", "taskType": "RETRIEVAL_DOCUMENT"}]}),
-        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-no-usage.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_GOOGLE_JSON, body_file="gemini-batch-embed-no-usage.json",
         source=_PYDANTIC_AI + "cassettes/test_embeddings/TestGoogle.test_documents.yaml",
         note=_GOOGLE_EMBED_NOTE.format(length=84732, dims=3072).replace(", usage after it", "") + "; no usageMetadata at all",
     ),
@@ -815,99 +803,86 @@ CASES += [
 #: Calls that bill no tokens (token counting, moderation, a failed response): recorded as calls with no usage,
 #: whatever their bodies hold.
 UNBILLED_CASES: list[WireCase] = [
-    WireCase(
+    _no_tokens(
         id="unbilled-anthropic-count-tokens", provider="anthropic", operation="count_tokens", method="POST",
         path="/v1/messages/count_tokens",
         request_body=_req({"messages": [{"content": [{"text": "Please explain what Python is and its main use cases.", "type": "text"}], "role": "user"}], "model": "claude-sonnet-4-5"}),
-        content_type=_JSON, body_file="anthropic-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_JSON, body_file="anthropic-count-tokens.json",
         request_headers=_ANTHROPIC_HEADERS,
         source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic/test_anthropic_cache_count_tokens.yaml (1st interaction)",
         note="cassette stores the parsed body; written compact; the request's repeated prompt shortened; path without ?beta=true",
     ),
-    WireCase(
+    _no_tokens(
         id="unbilled-gemini-count-tokens", provider="gcp.gemini", operation="countTokens", method="POST",
         path="/v1beta/models/gemini-embedding-2-preview:countTokens",
         request_body=_req({"contents": [{"parts": [{"text": "Hello, world!"}], "role": "user"}]}),
-        content_type=_GOOGLE_JSON, body_file="gemini-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_GOOGLE_JSON, body_file="gemini-count-tokens.json",
         source="pydantic/pydantic-ai tests/cassettes/test_embeddings/TestGoogle.test_count_tokens.yaml",
         note="cassette stores the parsed body; written compact",
     ),
-    WireCase(
+    _no_tokens(
         id="unbilled-bedrock-count-tokens", provider="aws.bedrock", operation="count_tokens", method="POST",
         path="/model/anthropic.claude-sonnet-4-20250514-v1:0/count-tokens",
         request_body=_req({"input": {"invokeModel": {"body": "eyJhbnRocm9waWNfdmVyc2lvbiI6ImJlZHJvY2stMjAyMy0wNS0zMSJ9"}}}),
-        content_type=_JSON, body_file="bedrock-count-tokens.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_JSON, body_file="bedrock-count-tokens.json",
         source="pydantic/pydantic-ai tests/models/cassettes/test_anthropic_bedrock_count_tokens/test_anthropic_bedrock_count_tokens_real_api.yaml",
         note="cassette stores the parsed body; written compact; the request's base64 InvokeModel body shortened",
     ),
-    WireCase(
+    _no_tokens(
         id="failed-openai-responses-stream", provider="openai", operation="responses", method="POST", path="/v1/responses",
         request_body=_req({"model": "gpt-5.1", "input": "Summarise the repository.", "stream": True}),
-        content_type=_SSE, body_file="openai-responses-stream-failed.sse", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_SSE, body_file="openai-responses-stream-failed.sse",
         source="openai/codex codex-rs/core/src/client.rs (test error_when_error_event: a rate-limited response.failed event)",
         note="the test's event framed as the test frames it (event: line, one data: line); a failed response bills nothing "
         "(here usage is null; a failed event that carried usage would not count either)",
     ),
-    WireCase(
+    _no_tokens(
         id="unbilled-openai-moderations", provider="openai", operation="moderations", method="POST", path="/v1/moderations",
         request_body=_req({"input": "I want to kill them."}),
-        content_type=_JSON, body_file="openai-moderations.json", prompt_tokens=0, completion_tokens=0, total_tokens=0,
+        content_type=_JSON, body_file="openai-moderations.json",
         source="https://platform.openai.com/docs/api-reference/moderations/create (example response)",
         note="the printed example's trailing commas removed; indented as printed",
     ),
 ]
 
 NON_LLM_CASES: list[WireCase] = [
-    WireCase(
-        id="non-llm-health-json", provider="", operation="", method="GET", path="/health",
-        request_body=b"", content_type=_JSON, body_file="non-llm-health.json",
-        prompt_tokens=0, completion_tokens=0, total_tokens=0,
-    ),
-    WireCase(
-        id="non-llm-items-list-json", provider="", operation="", method="GET", path="/api/items",
-        request_body=b"", content_type=_JSON, body_file="non-llm-items-list.json",
-        prompt_tokens=0, completion_tokens=0, total_tokens=0,
-    ),
-    WireCase(
-        id="non-llm-html-page", provider="", operation="", method="GET", path="/",
-        request_body=b"", content_type="text/html; charset=utf-8", body_file="non-llm-page.html",
-        prompt_tokens=0, completion_tokens=0, total_tokens=0,
+    _not_llm("non-llm-health-json", "/health", _JSON, "non-llm-health.json"),
+    _not_llm("non-llm-items-list-json", "/api/items", _JSON, "non-llm-items-list.json"),
+    _not_llm(
+        "non-llm-html-page", "/", "text/html; charset=utf-8", "non-llm-page.html",
         note="mentions prompt_tokens/completion_tokens in its text; it is still not an LLM response",
     ),
 ]
 
 NON_LLM_STATUS: list[tuple[WireCase, int]] = [
     (
-        WireCase(
+        _no_tokens(
             id="openai-error-429-rate-limit", provider="openai", operation="chat.completions", method="POST",
             path="/v1/chat/completions",
             request_body=_req({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Explain this chess move."}]}),
             content_type=_JSON, body_file="error-openai-429-rate-limit.json",
-            prompt_tokens=0, completion_tokens=0, total_tokens=0,
             source="message, type, param and code of a real OpenAI 429 (RateLimitError logged in a public chess-coach report); OpenAI's 4-space error layout",
             note="the log had the Python repr of the body; written back as OpenAI's JSON",
         ),
         429,
     ),
     (
-        WireCase(
+        _no_tokens(
             id="anthropic-error-529-overloaded", provider="anthropic", operation="messages", method="POST",
             path="/v1/messages",
             request_body=_req({"model": "claude-sonnet-4-5", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}),
             content_type=_JSON, body_file="error-anthropic-529-overloaded.json",
-            prompt_tokens=0, completion_tokens=0, total_tokens=0,
             source="HTTP 529 body with request_id logged verbatim in a public request-log report; error shape per Anthropic's API errors docs",
             request_headers=_ANTHROPIC_HEADERS,
         ),
         529,
     ),
     (
-        WireCase(
+        _no_tokens(
             id="gemini-error-400-invalid-argument", provider="gcp.gemini", operation="generateContent", method="POST",
             path="/v1beta/models/gemini-2.5-flash:generateContent",
             request_body=_req({"contents": [{"role": "user", "parts": [{"text": "Hello"}]}], "generationConfig": {"presencePenalty": 0.5}}),
             content_type=_GOOGLE_JSON, body_file="error-gemini-400-invalid-argument.json",
-            prompt_tokens=0, completion_tokens=0, total_tokens=0,
             source="vercel/ai packages/google/src/__fixtures__/issue-8943-gemini-2.5-flash-error.json",
             note="verbatim",
         ),

@@ -178,6 +178,17 @@ class Provider:
     claims: tuple[Claim, ...] = ()
 
 
+#: The fields that describe a provider's request and response bodies (its wire format).
+_BODY_FIELDS = ("usage", "model_at", "stream_text", "response_text", "prompt_roots", "request_fields")
+
+
+def _bodies_of(provider: Provider) -> dict[str, Any]:
+    """``provider``'s wire fields, for a provider that serves the same bodies behind its own
+    paths (Azure OpenAI, Azure AI Foundry and Gemini's compatibility endpoint: OpenAI's;
+    Vertex AI: Gemini's and Anthropic's), so each wire format is declared once."""
+    return {name: getattr(provider, name) for name in _BODY_FIELDS}
+
+
 _OPENAI_OPERATIONS = (
     Operation("chat.completions", "chat", ("/chat/completions",), ("chat/completions",)),
     Operation("completions", "text_completion", ("/completions",), ("completions",)),
@@ -218,12 +229,7 @@ AZURE_OPENAI = Provider(
     # Any deployment API: the ones not listed are named after their path ("audio.speech").
     operations=_OPENAI_OPERATIONS[:3],
     path=r"/openai/deployments/(?P<model>[^/]+)/(?P<op>.+?)/?$",
-    usage=OPENAI.usage,
-    model_at=OPENAI.model_at,
-    stream_text=_OPENAI_TEXT,
-    response_text=OPENAI.response_text,
-    prompt_roots=OPENAI.prompt_roots,
-    request_fields=OPENAI.request_fields,
+    **_bodies_of(OPENAI),
     # Ocp-Apim-Subscription-Key: Azure API Management's key, in front of Azure OpenAI.
     key_headers=("api-key", "Ocp-Apim-Subscription-Key"),
     sent_headers=("api-key",),
@@ -283,24 +289,10 @@ GEMINI_OPENAI = Provider(
     name="gcp.gemini",
     operations=(_OPENAI_OPERATIONS[0], _OPENAI_OPERATIONS[2]),
     path=r"/v1beta/openai/(?P<op>{ops})/?$",
-    usage=OPENAI.usage,
-    model_at=OPENAI.model_at,
-    stream_text=_OPENAI_TEXT,
-    response_text=OPENAI.response_text,
-    prompt_roots=OPENAI.prompt_roots,
-    request_fields=OPENAI.request_fields,
+    **_bodies_of(OPENAI),
     key_headers=OPENAI.key_headers,
     hidden_output_in_total=True,
 )
-
-
-def _bodies_of(provider: Provider) -> dict[str, Any]:
-    """The fields that describe ``provider``'s request and response bodies, for a provider
-    that serves the same bodies behind its own paths (Vertex AI: Gemini's and Anthropic's)."""
-    return {name: getattr(provider, name) for name in _BODY_FIELDS}
-
-
-_BODY_FIELDS = ("usage", "model_at", "stream_text", "response_text", "prompt_roots", "request_fields")
 
 
 VERTEX_AI = Provider(
