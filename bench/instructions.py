@@ -46,7 +46,7 @@ ASGI_VARIANTS = ("bare", "ours", "instrumentator", "otel")
 WSGI_VARIANTS = ("wsgi-bare", "wsgi-ours")
 #: ``--steps``: a MeteredCall driven by hand, through the first k of these steps.
 STEPS = (
-    "RequestView.from_scope + Metering.begin",
+    "RequestView.from_scope + MeteredCall()",
     "MeteredCall.request_body",
     "MeteredCall.response_start",
     "MeteredCall.feed (the one body chunk)",
@@ -58,10 +58,11 @@ MARKER = "os_getppid"
 
 def _steps(meter: Any, scope: dict[str, Any], body: bytes, response: bytes, k: int, n: int) -> None:
     from llm_metrics_middleware._metering.call import COMPLETED
+    from llm_metrics_middleware._metering.metered_call import MeteredCall
     from llm_metrics_middleware._metering.request import RequestView
 
     for _ in range(n):
-        call = meter.begin(RequestView.from_scope(dict(scope)))  # type: ignore[arg-type]
+        call = MeteredCall(meter, RequestView.from_scope(dict(scope)))  # type: ignore[arg-type]
         if k > 1:
             call.request_body(body)
         if k > 2:
