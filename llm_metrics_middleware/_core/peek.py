@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fastjson import loads
+from .fastjson import first, loads
 from .jsonscan import JSONObject, JSONScanner, string_bytes
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
@@ -90,9 +90,16 @@ class BodyPeek:
         self._first = self._small = None
         self._fields = {}
         self.final = True  # whatever follows, these are the fields (set before any reader runs)
+        if not data or data.isspace():
+            return
         try:
-            value = loads(data) if data and not data.isspace() else None
-        except (ValueError, RecursionError):
+            value = first(data)
+        except ValueError:  # loads decides (orjson refuses some bodies json.loads reads)
+            try:
+                value = loads(data)
+            except (ValueError, RecursionError):
+                return
+        except RecursionError:
             return
         if type(value) is not dict:
             return

@@ -162,7 +162,9 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
         reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
+    if reasoning:  # most calls report none: no call to weigh it
+        completion = _with_outside_reasoning(prompt, completion, total, reasoning)
+    return prompt, completion, total, cached, reasoning, None, None
 
 
 def _with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
-from .fastjson import loads
+from .fastjson import first, loads
 from .providers.objects import counts_from_object, model_from_object
 from .usage import Invalid, usage_of
 
@@ -34,8 +34,13 @@ def extract_whole_json(
     value = None
     if data[:3] != _BOM:
         try:
-            value = loads(data)
-        except (ValueError, RecursionError):
+            value = first(data)
+        except ValueError:  # loads decides (orjson refuses some bodies json.loads reads)
+            try:
+                value = loads(data)
+            except (ValueError, RecursionError):
+                value = None
+        except RecursionError:
             value = None
     if type(value) is dict:
         try:

@@ -147,7 +147,11 @@ class CallTotals:
         key = (call.status, call.outcome, call.usage_source)
         trace_id = call.trace_id if self.exemplars else None
         now = time.time() if trace_id is not None else 0.0
-        with self.lock:
+        # acquire/release around try/finally, not ``with``: the same lock held the same way,
+        # at half the cost of the context-manager protocol on the request path.
+        lock = self.lock
+        lock.acquire()
+        try:
             series = self.series.get(dims)
             if series is None:
                 series = self._new_series(dims)
@@ -189,6 +193,8 @@ class CallTotals:
                         buckets = series.first_chunk = [0] * (len(self.first_chunk_bounds) + 1)
                     buckets[bisect_left(self.first_chunk_bounds, first)] += 1
                     series.first_chunk_sum += first
+        finally:
+            lock.release()
 
     def add_error(self, kind: str) -> None:
         with self.lock:

@@ -300,6 +300,10 @@ class MeteredCall:
         if self.finished:
             return
         self.finished = True
+        # A finished call reads nothing more; and self.feed may be one of our own bound
+        # methods (_first_body, _more_json): a reference cycle that would leave the call,
+        # its request view and its parsed body to the cyclic garbage collector.
+        self.feed = _ignore
         try:
             self._finish(outcome)
         except Exception as exc:

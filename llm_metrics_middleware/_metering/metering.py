@@ -12,12 +12,12 @@ from __future__ import annotations
 import collections
 import os
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 from .._core.estimate import TokenCounter, offline_tiktoken
 from .._core.providers import Route, UsagePointers, route_of
 from .._core.providers.facts import ALWAYS_REPORTS, NO_TEXT_OPERATIONS, USAGE_HEADER_NAMES
-from .._core.providers.routes import CLAIMED, claimed
+from .._core.providers.routes import CLAIMED, claim_reads_headers, claimed
 from .call import CallRecord, ErrorKind, Exporter, Sink
 from .dimensions import BoundSchema, CallContext, Dimension, Source, build_schema
 from .failures import FailureLog
@@ -35,13 +35,29 @@ __all__ = [
     "route_of_call",
 ]
 
-#: Request paths whose route entry a Metering keeps (see Metering.route_entry); clients
-#: choose paths, so the cache is emptied when it fills.
+#: Request paths (and, for claimed paths, path and host) whose route entry a Metering
+#: keeps (see Metering.route_entry); clients choose both, so a cache is emptied when it fills.
 ROUTE_CACHE_SIZE = 1024
+_K = TypeVar("_K")
 
 #: Default cap on distinct dimension-value combinations per middleware (the default
 #: cardinality limit of the OpenTelemetry SDK, well under Azure Monitor's 50,000).
 DEFAULT_MAX_SERIES = 2000
+
+
+def _keep(cache: dict[_K, tuple[Route, bool, bool]], key: _K, entry: tuple[Route, bool, bool]) -> None:
+    if len(cache) >= ROUTE_CACHE_SIZE:
+        cache.clear()
+    cache[key] = entry
+
+
+def _host_of(view: RequestView) -> str | bytes | None:
+    """The request's ``Host`` as it came (a cache key: the claim itself reads it properly)."""
+    environ = view.environ
+    if environ is not None:
+        host = environ.get("HTTP_HOST")
+        return host if isinstance(host, str) else None
+    return view.header_bytes(b"host")
 
 
 def route_of_call(view: RequestView) -> Route:
@@ -119,6 +135,8 @@ class Metering:
         self.pricing = build_pricing(pricing, lambda model: self.count_error("unpriced_model"))
         #: Request path -> its route entry (see :meth:`route_entry`).
         self.routes: dict[str, tuple[Route, bool, bool]] = {}
+        #: (request path, Host) -> its route entry, for paths another provider may claim.
+        self.claimed_routes: dict[tuple[str, str | bytes | None], tuple[Route, bool, bool]] = {}
         self._record_fns: list[Callable[[CallRecord], None]] | None = None
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
@@ -207,29 +225,36 @@ class Metering:
         ``want_text``: count the response's text for an estimate, because its usage may be
         missing (estimates on, a provider whose streams may lack it, an operation that
         generates text). All three depend on the path and this Metering's options only,
-        so each is worked out once per path instead of on every request; a path another
-        provider may claim by host or headers (Azure's ``/openai/v1/...``) is routed on
-        every call and not kept.
+        so each is worked out once per path instead of on every request. A path another
+        provider may claim (OpenAI's ``/v1/...``, which Azure and Bedrock serve too)
+        depends on the ``Host`` as well: it is kept in :attr:`claimed_routes` by path and
+        host, unless the claim also reads other headers on that path (Azure's
+        ``/openai/v1/...`` with an ``api-key``), in which case it is routed on every call.
         """
         path = view.path
         route = route_of(path)
-        cache = route.provider not in CLAIMED
-        if not cache:
-            route = route_of_call(view)
+        if route.provider not in CLAIMED:
+            entry = self._entry(route, path)
+            _keep(self.routes, path, entry)
+            return entry
+        if claim_reads_headers(route, path):
+            return self._entry(route_of_call(view), path)
+        key = (path, _host_of(view))
+        kept = self.claimed_routes.get(key)
+        if kept is None:
+            kept = self._entry(route_of_call(view), path)
+            _keep(self.claimed_routes, key, kept)
+        return kept
+
+    def _entry(self, route: Route, path: str) -> tuple[Route, bool, bool]:
         # A provider= override names the provider; else the route's table row says
         # (Gemini's own API always reports usage, its OpenAI-compatible one may not).
         always_reports = self.provider in ALWAYS_REPORTS if self.provider else route.streams_report_usage
-        entry = (
+        return (
             route,
             self.paths.meters(path, route.operation is not None),
             self.estimate and not always_reports and route.operation not in NO_TEXT_OPERATIONS,
         )
-        if cache:
-            routes = self.routes
-            if len(routes) >= ROUTE_CACHE_SIZE:
-                routes.clear()
-            routes[path] = entry
-        return entry
 
     def count_error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1

@@ -142,6 +142,21 @@ _CLAIMS = _claims()
 #: Providers whose routes another provider may claim (only their requests look further).
 CLAIMED = frozenset(_CLAIMS)
 
+#: Provider routed -> the path parts under which a claim of its routes reads headers
+#: besides ``Host`` (Azure's ``api-key`` under ``/openai/``).
+_HEADER_CLAIMS = {of: tuple(under for _, _, headers, under in claims if headers) for of, claims in _CLAIMS.items()}
+
+
+def claim_reads_headers(route: Route, path: str) -> bool:
+    """Whether :func:`claimed` may read headers other than ``Host`` for this route and path.
+
+    When it does not, the claim depends on the path and the ``Host`` alone, so a caller can
+    keep its answer by those two."""
+    for under in _HEADER_CLAIMS.get(route.provider or "", ()):  # noqa: SIM110 (a loop: no generator per call)
+        if under in path:
+            return True
+    return False
+
 
 def claimed(route: Route, path: str, header: Callable[[str], str | None]) -> Route:
     """``route``, or the same call as the provider that claims it (:class:`~.table.Claim`):
