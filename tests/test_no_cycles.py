@@ -12,9 +12,12 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from llm_metrics_middleware import LLMMetricsMiddleware, LLMMetricsWSGIMiddleware, PrometheusExporter
 from llm_metrics_middleware._core.extractor import UsageExtractor, body_format
 
+from .drive import chunk_app, run_wsgi, wsgi_chunk_app
 from .wire.cases import CASES, WireCase
 
 
@@ -41,3 +44,44 @@ def test_reading_a_recorded_body_leaves_no_cycle(case: WireCase, collector_off: 
     for want_text in (False, True):
         _read(case, want_text)
     assert gc.collect() == 0, f"{case.id}: objects in reference cycles were left to the garbage collector"
+
+
+_CALL_CASES = [c for c in CASES if c.id in ("openai-chat-json", "openai-chat-stream-include-usage", "openai-chat-stream-no-usage")]
+
+
+def _asgi_call(app: object, case: WireCase) -> None:
+    """One call through an ASGI app, driven without an event loop (nothing in it waits)."""
+    received = [{"type": "http.request", "body": case.request_body, "more_body": False}]
+
+    async def receive() -> dict[str, object]:
+        return received.pop(0) if received else {"type": "http.disconnect"}
+
+    async def send(message: object) -> None:
+        return None
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": case.method, "scheme": "http",
+             "path": case.path, "raw_path": case.path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    coroutine = app(scope, receive, send)  # type: ignore[operator]
+    with pytest.raises(StopIteration):
+        coroutine.send(None)
+
+
+@pytest.mark.parametrize("case", _CALL_CASES, ids=[c.id for c in _CALL_CASES])
+def test_a_call_through_either_middleware_leaves_no_cycle(case: WireCase, collector_off: None) -> None:
+    body = case.body
+    chunks = [body[i : i + 97] for i in range(0, len(body), 97)]
+    headers = [("content-type", case.content_type)]
+    asgi = LLMMetricsMiddleware(chunk_app(200, headers, chunks), exporters=[PrometheusExporter(CollectorRegistry())],
+                                dimensions=["API ID", "User ID", "Model"])
+    wsgi = LLMMetricsWSGIMiddleware(wsgi_chunk_app("200 OK", headers, chunks),
+                                    exporters=[PrometheusExporter(CollectorRegistry())], dimensions=["API ID", "User ID", "Model"])
+    for _ in range(3):  # the first calls fill the caches (routes, series)
+        _asgi_call(asgi, case)
+        run_wsgi(wsgi, path=case.path, body=case.request_body)
+    gc.collect()
+    for _ in range(5):
+        _asgi_call(asgi, case)
+        run_wsgi(wsgi, path=case.path, body=case.request_body)
+    assert gc.collect() == 0, f"{case.id}: a call left objects in reference cycles to the garbage collector"

@@ -50,7 +50,10 @@ class _TeeInput:
         if shown < 0 or end <= shown:
             return
         self._shown = end
-        self._sink(data if start >= shown else data[shown - start :])
+        try:
+            self._sink(data if start >= shown else data[shown - start :])
+        except Exception:  # a bug in the peek must not reach the app: stop showing it bytes
+            self._shown = -1
 
     def read(self, *args: Any) -> bytes:
         data: bytes = self._stream.read(*args)
@@ -225,7 +228,10 @@ class LLMMetricsWSGIMiddleware(MiddlewareBase["WSGIApplication"]):
 
         call = MeteredCall(self.metering, RequestView.from_environ(environ))
         if call.peek is not None and environ.get("wsgi.input") is not None:
-            environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.request_body)
+            # The peek itself is the sink, not the call: the environ holds the tee, and the
+            # call holds the environ (its view), so a sink bound to the call would make a
+            # reference cycle of every request, left to the garbage collector.
+            environ["wsgi.input"] = _TeeInput(environ["wsgi.input"], call.peek.feed)
         extra_headers: list[tuple[str, str]] = []
         if self.metering.limits is not None:
             passed, refusal = wsgi_check(self.metering, call, environ, start_response)
