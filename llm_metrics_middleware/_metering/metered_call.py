@@ -92,6 +92,10 @@ _FORMATS: dict[str | None, BodyFormat] = {}
 _FORMATS_SIZE = 64
 
 
+#: The formats of a streamed body (a JSON body may be one too: see _finish).
+_STREAM_FORMATS = frozenset((SSE, EVENTSTREAM))
+
+
 def _format_of(content_type: str | None) -> BodyFormat:
     fmt = body_format(content_type)
     if len(_FORMATS) >= _FORMATS_SIZE:
@@ -326,27 +330,34 @@ class MeteredCall:
                 extraction = extract_whole_json(
                     whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
                 )
-        usage = extraction.usage if extraction is not None else None
+        # What the extraction said, read once (most calls have one: a deferred JSON body
+        # or an extractor), instead of asking ``extraction is not None`` at every use.
+        if extraction is not None:
+            usage = extraction.usage
+            error = extraction.error
+            response_model = extraction.model
+        else:
+            usage = error = response_model = None
         if not self.metered or self.counted_elsewhere:
             return
-        if self.header_counts is not None and self.status < 400:
+        status = self.status
+        if self.header_counts is not None and status < 400:
             usage = _with_header_counts(usage, self.header_counts)
         if usage is not None and route.hidden_output_in_total:
             usage = with_hidden_output(usage)
         # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
         # path include_paths= allows.
         if route.operation is None and usage is None:
-            if extraction is not None and extraction.error is not None and self.metering.custom is not None:
-                metering.count_error(body_error(extraction.error))
+            if error is not None and metering.custom is not None:
+                metering.count_error(body_error(error))
             return
-        if extraction is not None and extraction.error is not None:
-            metering.count_error(body_error(extraction.error))
-            logger.debug(
-                "llm-metrics: body of %s %s not read: %s", self.call_view.method, self.call_view.path, extraction.error
-            )
-        body = self.call_view.body
+        call_view = self.call_view
+        if error is not None:
+            metering.count_error(body_error(error))
+            logger.debug("llm-metrics: body of %s %s not read: %s", call_view.method, call_view.path, error)
+        body = call_view.body
         source: UsageSource = NO_USAGE
-        if self.status >= 400:
+        if status >= 400:
             usage = None
         elif usage is not None:
             source = REPORTED
@@ -356,19 +367,18 @@ class MeteredCall:
             and extraction.text_tokens > 0
             and metering.estimate
         ):
-            prompt = min(tokens_from_bytes(self.call_view.prompt_bytes), MAX_TOKENS)
+            prompt = min(tokens_from_bytes(call_view.prompt_bytes), MAX_TOKENS)
             completion = min(extraction.text_tokens, MAX_TOKENS)
             usage = make_usage(prompt, completion, prompt + completion, estimated=True)
             source = ESTIMATED
         request_model = body.get("model")
         if request_model.__class__ is not str or not request_model:
             request_model = route.model
-        response_model = extraction.model if extraction is not None else None
         provider = (
             metering.provider
             or route.provider
             or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(self.call_view)
+            or _provider_from_headers(call_view)
         )
         # Strings from the request or response: made encodable before any exporter sees them
         # (an ASCII str, the usual case, is kept without the call).
@@ -387,12 +397,17 @@ class MeteredCall:
         if overflowed:
             metering.count_error("series_overflow")
         fmt = self.fmt
-        streamed = fmt in (SSE, EVENTSTREAM) or (
+        streamed = fmt in _STREAM_FORMATS or (
             fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
         )
         started = self.started
         first_chunk = self.first_chunk
         trace = self.trace
+        trace_id: str | None = None
+        span_id: str | None = None
+        if trace is not None:
+            trace_id, span_id = trace
+        origin = self.origin
         # Positional: CallRecord's field order (a keyword call costs a third more).
         metering.deliver(
             CallRecord(
@@ -403,16 +418,16 @@ class MeteredCall:
                 operation,
                 request_model,
                 response_model,
-                self.status,
+                status,
                 outcome,
                 streamed,
                 time.perf_counter() - started,
                 (first_chunk - started) if streamed and first_chunk else None,
-                extraction.error if extraction is not None else None,
-                self.origin,
-                self.view if self.origin == "incoming" or self.incoming is not None else None,
+                error,
+                origin,
+                self.view if origin == "incoming" or self.incoming is not None else None,
                 None,
-                trace[0] if trace is not None else None,
-                trace[1] if trace is not None else None,
+                trace_id,
+                span_id,
             )
         )

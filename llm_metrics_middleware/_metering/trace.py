@@ -11,7 +11,11 @@ Why ``sys.modules`` and not an import: a current span can exist only if somethin
 ``opentelemetry.trace`` (the API that creates and activates spans lives there), so an app
 that does not trace pays one dictionary lookup per call and we never import OpenTelemetry
 ourselves (a tenth of a second at start, for nothing). Once the module is seen, its
-``get_current_span`` is kept.
+``get_current_span`` is kept, and, when OpenTelemetry's own context functions are in
+place (the default runtime context, nothing patched over them), so is the context variable
+they read: the usual answer (no span is current) is then one variable and one dictionary
+lookup, not the four Python calls ``get_current_span`` makes to say so. A span that is
+there is still asked for through ``get_current_span``.
 
 Only a valid, sampled span context is taken: an exemplar that points to a trace no backend
 kept sends the user to nothing.
@@ -31,6 +35,31 @@ _get_current_span: Callable[[], Any] | None = None
 #: The API's "no span" object, which get_current_span returns when none is current: the
 #: usual answer, told without asking it for its context (two calls fewer per look-up).
 _invalid_span: Any = None
+#: The current OpenTelemetry context (its context variable's ``get``) and the key of its
+#: span, when get_current_span reads them the way we know; else None (ask get_current_span).
+_current_context: Callable[[], Any] | None = None
+_span_key: str = ""
+
+
+def _direct_lookup() -> tuple[Callable[[], Any], str] | None:
+    """The context variable and span key get_current_span reads, when nothing is patched
+    over OpenTelemetry's own functions and its runtime context is the default one."""
+    try:
+        trace = sys.modules["opentelemetry.trace"]
+        propagation = sys.modules["opentelemetry.trace.propagation"]
+        context = sys.modules["opentelemetry.context"]
+        runtime_types = sys.modules["opentelemetry.context.contextvars_context"]
+        runtime = context._RUNTIME_CONTEXT
+        if (
+            trace.get_current_span is propagation.get_current_span
+            and propagation.get_value is context.get_value
+            and context.get_current.__module__ == "opentelemetry.context"
+            and type(runtime) is runtime_types.ContextVarsRuntimeContext
+        ):
+            return runtime._current_context.get, propagation._SPAN_KEY
+    except Exception:  # an OpenTelemetry laid out otherwise: ask it
+        pass
+    return None
 
 
 def current_trace() -> TraceIds | None:
@@ -38,7 +67,14 @@ def current_trace() -> TraceIds | None:
 
     Never raises: a broken or unexpected OpenTelemetry gives None.
     """
-    global _get_current_span, _invalid_span
+    global _get_current_span, _invalid_span, _current_context, _span_key
+    current_context = _current_context
+    if current_context is not None:
+        try:
+            if current_context().get(_span_key) is None:
+                return None  # what get_current_span would say: INVALID_SPAN
+        except Exception:
+            return None
     get_span = _get_current_span
     if get_span is None:
         module = sys.modules.get("opentelemetry.trace")
@@ -49,6 +85,9 @@ def current_trace() -> TraceIds | None:
             return None
         _invalid_span = getattr(module, "INVALID_SPAN", None)
         _get_current_span = get_span
+        direct = _direct_lookup()
+        if direct is not None:
+            _current_context, _span_key = direct
     try:
         span = get_span()
         if span is _invalid_span:
