@@ -53,3 +53,16 @@ def test_make_usage_builds_the_same_frozen_usage() -> None:
     assert [f.name for f in dataclasses.fields(Usage)] == list(vars(fast))  # every field, in order
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.prompt_tokens = 1  # type: ignore[misc]
+
+
+def test_usage_of_builds_the_same_frozen_usage() -> None:
+    """usage_of fills the Usage itself (make_usage's body, inline): the same object."""
+    import dataclasses
+
+    from llm_metrics_middleware._core.usage import Usage, usage_of
+
+    fast = usage_of((10, 4, 20, 3, 2, 5, 1))
+    assert fast == Usage(10, 4, 20, 3, 2, False, 5, 1) and hash(fast) == hash(Usage(10, 4, 20, 3, 2, False, 5, 1))
+    assert [f.name for f in dataclasses.fields(Usage)] == list(vars(fast))  # every field, in order
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.total_tokens = 1  # type: ignore[misc]

@@ -137,6 +137,9 @@ class Metering:
         self.routes: dict[str, tuple[Route, bool, bool]] = {}
         #: (request path, Host) -> its route entry, for paths another provider may claim.
         self.claimed_routes: dict[tuple[str, str | bytes | None], tuple[Route, bool, bool]] = {}
+        #: Paths another provider may claim by ``Host`` alone: routed once, then looked up
+        #: in :attr:`claimed_routes` straight away (a set: path -> nothing else to know).
+        self.claimed_paths: set[str] = set()
         self._record_fns: list[Callable[[CallRecord], None]] | None = None
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
@@ -232,13 +235,17 @@ class Metering:
         ``/openai/v1/...`` with an ``api-key``), in which case it is routed on every call.
         """
         path = view.path
-        route = route_of(path)
-        if route.provider not in CLAIMED:
-            entry = self._entry(route, path)
-            _keep(self.routes, path, entry)
-            return entry
-        if claim_reads_headers(route, path):
-            return self._entry(route_of_call(view), path)
+        if path not in self.claimed_paths:
+            route = route_of(path)
+            if route.provider not in CLAIMED:
+                entry = self._entry(route, path)
+                _keep(self.routes, path, entry)
+                return entry
+            if claim_reads_headers(route, path):
+                return self._entry(route_of_call(view), path)
+            if len(self.claimed_paths) >= ROUTE_CACHE_SIZE:  # clients choose paths: bounded
+                self.claimed_paths.clear()
+            self.claimed_paths.add(path)
         key = (path, _host_of(view))
         kept = self.claimed_routes.get(key)
         if kept is None:
