@@ -8,7 +8,9 @@ whole heap of the host app.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -66,6 +68,16 @@ def _asgi_call(app: object, case: WireCase) -> None:
     coroutine = app(scope, receive, send)  # type: ignore[operator]
     with pytest.raises(StopIteration):
         coroutine.send(None)
+
+
+def _with_a_long_prompt(case: WireCase) -> WireCase:
+    """The case with a request body past the peek's small-body limit (read by its scanner)."""
+    request = json.loads(case.request_body)
+    request["messages"] = [*request["messages"], {"role": "user", "content": "many words " * 3000}]
+    return dataclasses.replace(case, id=case.id + "-long-prompt", request_body=json.dumps(request).encode())
+
+
+_CALL_CASES += [_with_a_long_prompt(c) for c in _CALL_CASES[:1]]
 
 
 @pytest.mark.parametrize("case", _CALL_CASES, ids=[c.id for c in _CALL_CASES])
