@@ -8,7 +8,9 @@ whole heap of the host app.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -68,6 +70,16 @@ def _asgi_call(app: object, case: WireCase) -> None:
         coroutine.send(None)
 
 
+def _with_a_long_prompt(case: WireCase) -> WireCase:
+    """The case with a request body past the peek's small-body limit (read by its scanner)."""
+    request = json.loads(case.request_body)
+    request["messages"] = [*request["messages"], {"role": "user", "content": "many words " * 3000}]
+    return dataclasses.replace(case, id=case.id + "-long-prompt", request_body=json.dumps(request).encode())
+
+
+_CALL_CASES += [_with_a_long_prompt(c) for c in _CALL_CASES[:1]]
+
+
 @pytest.mark.parametrize("case", _CALL_CASES, ids=[c.id for c in _CALL_CASES])
 def test_a_call_through_either_middleware_leaves_no_cycle(case: WireCase, collector_off: None) -> None:
     body = case.body
@@ -85,3 +97,30 @@ def test_a_call_through_either_middleware_leaves_no_cycle(case: WireCase, collec
         _asgi_call(asgi, case)
         run_wsgi(wsgi, path=case.path, body=case.request_body)
     assert gc.collect() == 0, f"{case.id}: a call left objects in reference cycles to the garbage collector"
+
+
+_LARGE_BODIES = {
+    # Over the 16 KB a body or an event is read whole below: read by the incremental scanner.
+    "json-embeddings": (
+        "application/json",
+        json.dumps({"object": "list", "data": [{"object": "embedding", "embedding": [0.1] * 20000, "index": 0}],
+                    "model": "m", "usage": {"prompt_tokens": 5, "total_tokens": 5}}).encode(),
+    ),
+    "sse-large-event": (
+        "text/event-stream",
+        b"data: " + json.dumps({"choices": [{"delta": {"content": "x " * 20000}}], "usage": None}).encode() + b"\n\n"
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_LARGE_BODIES))
+def test_reading_a_large_body_leaves_no_cycle(name: str, collector_off: None) -> None:
+    content_type, body = _LARGE_BODIES[name]
+    for want_text in (False, True):
+        extractor = UsageExtractor(body_format(content_type), want_text=want_text)
+        for i in range(0, len(body), 4096):
+            extractor.feed(body[i : i + 4096])
+        assert extractor.close().usage is not None
+    del extractor
+    assert gc.collect() == 0, f"{name}: objects in reference cycles were left to the garbage collector"

@@ -83,6 +83,12 @@ class BodyPeek:
             self._fields = obj
         self.done = True
         self.final = True
+        scanner = self._scanner
+        if scanner is not None:
+            # Read to its end: keep the count, not the scanner, whose callback is this
+            # method (a reference cycle per large request, left to the garbage collector).
+            self._prompt_bytes = scanner.text_bytes
+            self._scanner = None
 
     def _parse_small(self) -> None:
         data: bytes | bytearray = self._small if self._small is not None else (self._first or b"")
