@@ -111,3 +111,21 @@ def test_api_id_under_a_mount_asgi_and_wsgi() -> None:
 
     run_wsgi(mounted, path="/llm/v1/chat/completions", body=request_json(model="m"))
     assert wsgi_exporter.dimensions(wsgi_exporter.calls[0]) == {"API ID": "/llm/v1"}
+
+
+def test_values_seen_clean_are_kept_and_others_still_sanitised() -> None:
+    """schema.values remembers strings that needed no sanitising (_CLEAN); that must never
+    let a value through that needs it, on the first call or any later one."""
+    from llm_metrics_middleware._metering import dimensions
+    from llm_metrics_middleware._metering.request import RequestView
+
+    values = iter(["gpt-4o", "gpt-4o", "gpt\x00-4o", "x" * 300, "", "gpt-4o"])
+    schema = build_schema("llm", [Dimension("m", lambda r: next(values))])
+    view = RequestView("POST", "/v1/chat/completions", "", "")
+    ctx = dimensions.CallContext()
+    got = [schema.values(view, ctx)[0] for _ in range(6)]
+    assert got[:2] == ["gpt-4o", "gpt-4o"] and got[5] == "gpt-4o"
+    assert got[2] == "gpt-4o"  # the control character removed, as sanitize does
+    assert got[3] == dimensions.sanitize("x" * 300) and len(got[3]) == dimensions.MAX_VALUE_LENGTH
+    assert got[4] == "unknown"
+    assert "gpt-4o" in dimensions._CLEAN and "gpt\x00-4o" not in dimensions._CLEAN and "x" * 300 not in dimensions._CLEAN

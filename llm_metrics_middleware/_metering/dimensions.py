@@ -253,6 +253,12 @@ def default_location() -> str | None:
     return None
 
 
+#: Label values seen to need no sanitising (a pure property of the string, so shared by
+#: every schema); emptied when full.
+_CLEAN: set[str] = set()
+_CLEAN_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class BoundDimension:
     name: str
@@ -282,6 +288,7 @@ class BoundSchema(Schema):
         (with its traceback), not once per request."""
         out: list[str] = []
         append = out.append
+        clean = _CLEAN
         for source in self._sources:
             try:
                 value = source(request, ctx)
@@ -289,11 +296,19 @@ class BoundSchema(Schema):
                 self._failed_source(source, count_error)
                 value = None
             # The usual value (a short printable str) is kept as it is, without a regex;
-            # isprintable() is False for every character _CONTROL removes.
-            if value.__class__ is str and 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
-                append(value)
-            else:
-                append(sanitize(value))
+            # isprintable() is False for every character _CONTROL removes. A value seen to
+            # pass already (the same few models, paths, users: _CLEAN) skips the checks.
+            if value.__class__ is str:
+                if value in clean:
+                    append(value)
+                    continue
+                if 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
+                    if len(clean) >= _CLEAN_SIZE:  # values come from requests: bounded
+                        clean.clear()
+                    clean.add(value)
+                    append(value)
+                    continue
+            append(sanitize(value))
         return tuple(out)
 
     def _failed_source(self, source: Source, count_error: Callable[[ErrorKind], None] | None) -> None:
