@@ -45,5 +45,20 @@ else:
 #: decides: ``first(d)`` if it returns, else ``loads(d)``, is ``loads(d)``.
 first: Any = _orjson_loads if orjson is not None else _loads_stdlib
 
+def value_or_none(data: bytes | bytearray) -> Any:
+    """The JSON value of a small whole body, or None when it is not JSON (nested past the
+    parsers' limit included): ``first``, then ``loads`` on its refusal, in one place for
+    the request peek and the whole-body reading of a response."""
+    try:
+        return first(data)
+    except ValueError:  # loads decides (orjson refuses some bodies json.loads reads)
+        try:
+            return loads(data)
+        except (ValueError, RecursionError):
+            return None
+    except RecursionError:
+        return None
+
+
 #: Which parser ``loads`` uses: ``"orjson"`` or ``"json"`` (for bench reports).
 BACKEND = "orjson" if orjson is not None else "json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .fastjson import first, loads
+from .fastjson import value_or_none
 from .jsonscan import JSONObject, JSONScanner, string_bytes
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
@@ -98,15 +98,7 @@ class BodyPeek:
         self.final = True  # whatever follows, these are the fields (set before any reader runs)
         if not data or data.isspace():
             return
-        try:
-            value = first(data)
-        except ValueError:  # loads decides (orjson refuses some bodies json.loads reads)
-            try:
-                value = loads(data)
-            except (ValueError, RecursionError):
-                return
-        except RecursionError:
-            return
+        value = value_or_none(data)
         if type(value) is not dict:
             return
         # The same sparse object the scanner builds from _BODY_PATHS, without its loops.

@@ -382,16 +382,4 @@ def usage_of(counts: Counts) -> Usage | None:
         reasoning = completion
     whole = prompt + completion
     total = total if total is not None and total >= whole else whole
-    # make_usage's body, inline: this runs once per call with usage, and the call to it
-    # cost a tenth of this function (tests/test_fastjson.py checks both build one Usage).
-    usage = _new(Usage)
-    d = usage.__dict__
-    d["prompt_tokens"] = prompt
-    d["completion_tokens"] = completion
-    d["total_tokens"] = total
-    d["cached_tokens"] = cached
-    d["reasoning_tokens"] = reasoning
-    d["estimated"] = False
-    d["cache_write_tokens"] = written
-    d["cache_write_1h_tokens"] = written_1h
-    return usage
+    return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)

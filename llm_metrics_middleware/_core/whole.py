@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
-from .fastjson import first, loads
+from .fastjson import value_or_none
 from .providers.objects import counts_from_object, model_from_object
 from .usage import Invalid, usage_of
 
@@ -31,17 +31,7 @@ def extract_whole_json(
     parse, a usage object with absurd counts, no usage when the text is to be measured for
     an estimate) goes the general way, which decides and names the error.
     """
-    value = None
-    if data[:3] != _BOM:
-        try:
-            value = first(data)
-        except ValueError:  # loads decides (orjson refuses some bodies json.loads reads)
-            try:
-                value = loads(data)
-            except (ValueError, RecursionError):
-                value = None
-        except RecursionError:
-            value = None
+    value = value_or_none(data) if data[:3] != _BOM else None
     if type(value) is dict:
         try:
             found = counts_from_object(value)
