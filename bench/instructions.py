@@ -75,7 +75,7 @@ def _steps(meter: Any, scope: dict[str, Any], body: bytes, response: bytes, k: i
 
 def _child(variants: list[str], requests: int) -> None:
     """Set every app up and warm it, then ``requests`` requests per variant, a marker between."""
-    from drivers import asgi_json_app, asgi_scope, wsgi_environ, wsgi_json_app
+    from drivers import asgi_json_app, asgi_scope, serve_wsgi, wsgi_environ, wsgi_json_app
     from variants import instrumentator_asgi, otel_asgi, ours_asgi, ours_wsgi
     from workloads import COMPLETION_BODY, request_body
 
@@ -101,31 +101,13 @@ def _child(variants: list[str], requests: int) -> None:
         for _ in range(n):
             await app(dict(scope), receive, send)
 
-    def drive_wsgi(app: Any, n: int) -> None:  # the same for WSGI
-        import io
-
-        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-            return None
-
-        for _ in range(n):
-            env = dict(environ)
-            env["wsgi.input"] = io.BytesIO(body)
-            iterable = app(env, start_response)
-            try:
-                for _chunk in iterable:
-                    pass
-            finally:
-                close = getattr(iterable, "close", None)
-                if close is not None:
-                    close()
-
     def run(variant: str, n: int) -> None:
         if variant.startswith("step"):
             _steps(meter, scope, body, COMPLETION_BODY, int(variant[4:]), n)
         elif variant in asgi_apps:
             loop.run_until_complete(drive_asgi(asgi_apps[variant], n))
         else:
-            drive_wsgi(wsgi_apps[variant], n)
+            serve_wsgi(wsgi_apps[variant], environ, body, n)
 
     loop = asyncio.new_event_loop()
     for variant in variants:
