@@ -11,23 +11,12 @@ from the URL.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import aiohttp
-import httpx
 import pytest
-import requests
 
-from llm_metrics_middleware import (
-    instrument_aiohttp,
-    instrument_httpx,
-    instrument_requests,
-    uninstrument_aiohttp,
-    uninstrument_httpx,
-    uninstrument_requests,
-)
 from llm_metrics_middleware.testing import InMemoryExporter
+from tests.clients import CLIENT_IDS, CLIENTS, Client
 from tests.outgoing_apps import RECORDED, Upstream
 from tests.servers import uvicorn_server
 
@@ -52,9 +41,8 @@ def proxy() -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def clean_instrumentation() -> Iterator[None]:
     yield
-    uninstrument_httpx()
-    uninstrument_requests()
-    uninstrument_aiohttp()
+    for client in CLIENTS:
+        client.uninstrument()
 
 
 def _headers(case_id: str) -> dict[str, str]:
@@ -70,51 +58,19 @@ def _check(exporter: InMemoryExporter, case_id: str, provider: str) -> None:
         case.prompt_tokens, case.completion_tokens)
 
 
-def _send_httpx(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
-    with httpx.Client(proxy=proxy, timeout=20) as client:
-        return client.post(url, content=body, headers=headers).content
-
-
-def _send_requests(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
-    with requests.Session() as session:
-        return session.post(url, data=body, headers=headers, proxies={"http": proxy}, timeout=20).content
-
-
-def _send_aiohttp(proxy: str, url: str, body: bytes, headers: dict[str, str]) -> bytes:
-    async def run() -> bytes:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session, session.post(
-            url, data=body, headers=headers, proxy=proxy,
-        ) as response:
-            return await response.read()
-
-    return asyncio.run(asyncio.wait_for(run(), 30))
-
-
-#: (proxy, url, body, headers) -> the response body the client read.
-Send = Callable[[str, str, bytes, dict[str, str]], bytes]
-#: (name, instrument, send): each client is instrumented, then sends the recorded request
-#: through the proxy.
-CLIENTS: list[tuple[str, Callable[..., None], Send]] = [
-    ("httpx", instrument_httpx, _send_httpx),
-    ("requests", instrument_requests, _send_requests),
-    ("aiohttp", instrument_aiohttp, _send_aiohttp),
-]
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("host,path,case_id,provider", CALLS, ids=IDS)
-@pytest.mark.parametrize("client", CLIENTS, ids=[name for name, _, _ in CLIENTS])
+@pytest.mark.parametrize("client", CLIENTS, ids=CLIENT_IDS)
 def test_client(
     proxy: str,
-    client: tuple[str, Callable[..., None], Send],
+    client: Client,
     host: str,
     path: str,
     case_id: str,
     provider: str,
 ) -> None:
-    _, instrument, send = client
     exporter = InMemoryExporter()
-    instrument(exporters=[exporter], dimensions=DIMS)
-    body = send(proxy, f"http://{host}{path}", RECORDED[case_id].request_body, _headers(case_id))
+    client.instrument(exporters=[exporter], dimensions=DIMS)
+    body = client.send(f"http://{host}{path}", RECORDED[case_id].request_body, _headers(case_id), proxy)
     assert body == RECORDED[case_id].body
     _check(exporter, case_id, provider)

@@ -3,26 +3,17 @@ when present, through both middlewares and every outgoing client."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-import aiohttp
-import httpx
 import pytest
-import requests
 
 from llm_metrics_middleware import (
     LLMMetricsMiddleware,
     LLMMetricsWSGIMiddleware,
-    instrument_aiohttp,
-    instrument_httpx,
-    instrument_requests,
-    uninstrument_aiohttp,
-    uninstrument_httpx,
-    uninstrument_requests,
 )
 from llm_metrics_middleware.testing import InMemoryExporter
 
+from .clients import CLIENT_IDS, CLIENTS, Client
 from .drive import chunk_app, run_asgi, run_wsgi, wsgi_chunk_app
 from .servers import uvicorn_server
 
@@ -71,39 +62,11 @@ def test_an_error_status_counts_no_tokens_whatever_the_headers() -> None:
     assert call.usage is None
 
 
-def _send_httpx(url: str) -> bytes:
-    with httpx.Client(timeout=20) as client:
-        return client.post(url, content=b"{}", headers={"content-type": "application/json"}).content
-
-
-def _send_requests(url: str) -> bytes:
-    with requests.Session() as session:
-        return session.post(url, data=b"{}", headers={"content-type": "application/json"}, timeout=20).content
-
-
-def _send_aiohttp(url: str) -> bytes:
-    async def run() -> bytes:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session, session.post(
-            url, data=b"{}", headers={"content-type": "application/json"},
-        ) as response:
-            return await response.read()
-
-    return asyncio.run(asyncio.wait_for(run(), 30))
-
-
-CLIENTS = [
-    ("httpx", instrument_httpx, uninstrument_httpx, _send_httpx),
-    ("requests", instrument_requests, uninstrument_requests, _send_requests),
-    ("aiohttp", instrument_aiohttp, uninstrument_aiohttp, _send_aiohttp),
-]
-
-
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("client", CLIENTS, ids=[c[0] for c in CLIENTS])
-def test_an_outgoing_call_reads_the_headers_too(client: tuple[str, Any, Any, Any]) -> None:
+@pytest.mark.parametrize("client", CLIENTS, ids=CLIENT_IDS)
+def test_an_outgoing_call_reads_the_headers_too(client: Client) -> None:
     # Over real HTTP (uvicorn on 127.0.0.1): the headers, in any case, win over the body,
     # whichever client library read them.
-    _, instrument, uninstrument, send = client
     headers = [("Content-Type", "application/json"), ("X-Amzn-Bedrock-Input-Token-Count", "20"),
                ("x-amzn-bedrock-output-token-count", "30"), ("X-Amzn-Bedrock-Cache-Read-Input-Token-Count", "5")]
     exporter = InMemoryExporter()
@@ -114,11 +77,11 @@ def test_an_outgoing_call_reads_the_headers_too(client: tuple[str, Any, Any, Any
             await answer(scope, receive, send)
 
     with uvicorn_server(app) as url:
-        instrument(exporters=[exporter])
+        client.instrument(exporters=[exporter])
         try:
-            assert send(url + PATH) == BODY
+            assert client.send(url + PATH, b"{}", {"content-type": "application/json"}, None) == BODY
         finally:
-            uninstrument()
+            client.uninstrument()
     [call] = exporter.calls
     assert call.origin == "outgoing" and call.usage is not None and call.usage_source == "reported"
     assert (call.usage.prompt_tokens, call.usage.completion_tokens, call.usage.total_tokens, call.usage.cached_tokens) == (25, 30, 55, 5)
