@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from llm_metrics_middleware._core import extractor
 from llm_metrics_middleware._core.extractor import SSE, UsageExtractor
 from llm_metrics_middleware._core.providers.facts import TEXT_FIELD
 
@@ -32,6 +33,13 @@ def text_tokens(chunks: list[bytes]) -> int:
     return x.close().text_tokens
 
 
+@pytest.fixture(params=[True, False], ids=["identity", "lengths"])
+def both_shape_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The template test as CPython runs it (identity of what removeprefix/removesuffix
+    return) and as other implementations do (lengths): both must reject the same chunks."""
+    monkeypatch.setattr(extractor, "_RETURNS_SELF", request.param)
+
+
 def chat_chunk(text: str, extra: str = "") -> bytes:
     obj = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]}
@@ -45,7 +53,7 @@ def test_recorded_streams_count_what_the_regex_counts(name: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["plain", "", 'with \\"quote\\"', "new\\nline", "ends with \\\\", "é ü", "\\u00e9"])
-def test_chunks_that_differ_from_the_template_fall_back_to_the_regex(text: str) -> None:
+def test_chunks_that_differ_from_the_template_fall_back_to_the_regex(text: str, both_shape_tests: None) -> None:
     raw = [chat_chunk(f"word{i}") for i in range(20)]
     # The JSON text of a string is what the regex sees: build the chunk from raw bytes.
     raw.insert(10, raw[0].replace(b'"word0"', b'"' + text.encode() + b'"'))
@@ -58,7 +66,7 @@ def test_chunks_that_differ_from_the_template_fall_back_to_the_regex(text: str) 
     assert result.text_tokens == -(-regex_text_bytes(raw) // 4)
 
 
-def test_a_second_text_field_in_a_templated_chunk_is_counted() -> None:
+def test_a_second_text_field_in_a_templated_chunk_is_counted(both_shape_tests: None) -> None:
     chunks = [chat_chunk(f"w{i}") for i in range(10)]
     chunks.append(chunks[0].replace(b'"content":"w0"', b'"content":"ab","reasoning_content":"cdef"'))
     assert text_tokens(chunks) == -(-regex_text_bytes(chunks) // 4)
@@ -105,7 +113,7 @@ def test_include_usage_stream_without_its_usage_chunk_is_still_estimated() -> No
         'x \\',  # the quote after the text is escaped: not the template's tail
     ],
 )
-def test_a_chunk_with_the_template_around_something_else_is_read(inside: str) -> None:
+def test_a_chunk_with_the_template_around_something_else_is_read(inside: str, both_shape_tests: None) -> None:
     chunks = [usage_null_chunk(f"w{i}") for i in range(20)]
     odd = chunks[0].replace(b'"w0"', b'"' + inside.encode() + b'"')
     chunks[10:10] = [odd] * 40  # enough of them that a miscount shows in the tokens
@@ -115,6 +123,35 @@ def test_a_chunk_with_the_template_around_something_else_is_read(inside: str) ->
     # Not skimmed as the template: counted as the regex counts it (the escaped quote makes
     # the string run on into the tail, so the regex sees other text there).
     assert x.close().text_tokens == -(-regex_text_bytes(chunks) // 4)
+
+
+class _Bytes(bytes):
+    pass
+
+
+@pytest.mark.parametrize("kind", [bytearray, _Bytes])
+def test_chunks_of_another_bytes_type_are_read_not_skimmed(kind: type[bytes], both_shape_tests: None) -> None:
+    # removeprefix/removesuffix always return a new object on these: the identity test
+    # must not take that for a head and a tail (a chunk without quotes would be "text").
+    chunks = [usage_null_chunk(f"w{i}") for i in range(20)]
+    odd = [kind(b"data: no quotes here\n\n")] * 40 + [kind(chunks[0]), kind(chunks[0].replace(b'"w0"', b'"a","b":"c"'))]
+    x = UsageExtractor(SSE, want_text=True)
+    for c in chunks + odd:
+        x.feed(c)
+    assert x.close().text_tokens == -(-regex_text_bytes(chunks + [bytes(c) for c in odd]) // 4)
+
+
+def test_the_template_shape_is_not_confused_by_empty_or_short_chunks(both_shape_tests: None) -> None:
+    chunks = [usage_null_chunk(f"w{i}") for i in range(20)]
+    head, _, tail = chunks[0].partition(b"w0")
+    # Whole events (a split one is read across chunks, which the per-chunk regex is not):
+    # empty text; the tail alone; head and tail overlapping by a byte; an escaped
+    # backslash before the closing quote; an empty chunk.
+    odd = [head + tail, tail, head[:-1] + tail, head + tail[1:], b"", head + b"\\\\" + tail]
+    x = UsageExtractor(SSE, want_text=True)
+    for c in chunks + odd + chunks:
+        x.feed(c)
+    assert x.close().text_tokens == -(-regex_text_bytes(chunks + odd + chunks) // 4)
 
 
 def test_chunks_that_are_not_bytes_never_raise_on_the_skim_path() -> None:

@@ -15,6 +15,7 @@ compressed body passes through its decoder (:mod:`.decoders`) first.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 
 from .decoders import ContentDecoder
@@ -30,6 +31,10 @@ from .usage import Usage
 _BOM = b"\xef\xbb\xbf"
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
+
+#: bytes.removeprefix/removesuffix return the bytes object itself when they remove nothing
+#: (CPython's implementation; the documentation only promises equal bytes): see feed.
+_RETURNS_SELF = sys.implementation.name == "cpython"
 
 #: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
 _KEY_AFTER = re.compile(rb'"\s*:').match
@@ -101,8 +106,7 @@ class UsageExtractor:
     """
 
     __slots__ = (
-        "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_start", "_tpl_tail",
-        "_tpl_tail_len", "_tpl_text", "_tpl_bytes", "_tries",
+        "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_tail", "_tpl_frame", "_tpl_text", "_tpl_bytes", "_tries",
     )
 
     def __init__(
@@ -131,9 +135,8 @@ class UsageExtractor:
         # time a chunk may be skimmed), else None, so that feed tests one attribute.
         self._tpl_head: bytes | None = None
         self._tpl_learnt: bytes | None = None
-        self._tpl_start = 0
         self._tpl_tail = b""
-        self._tpl_tail_len = 0
+        self._tpl_frame = 0  # len(head) + len(tail)
         # Where a template chunk's text goes: counted here as bytes (the default), or
         # handed to a tokenizer's meter.
         self._tpl_text = text if token_counter is not None else None
@@ -152,17 +155,28 @@ class UsageExtractor:
                 # neither usage nor other text, and its text is the bytes in between
                 # (escapes as written, as the regex counts them). A few C calls instead of
                 # three regex scans, and no call of ours: the bytes are summed here.
-                if chunk.startswith(head) and chunk.endswith(self._tpl_tail):
-                    # The tail starts with the string's closing quote: it must be the first
-                    # quote after the head (an empty string's "previous byte" is the head's
-                    # opening quote, never a backslash).
-                    end = len(chunk) - self._tpl_tail_len
-                    if chunk.find(b'"', self._tpl_start) == end and chunk[end - 1] != 0x5C:
-                        if self._tpl_text is None:
-                            self._tpl_bytes += end - self._tpl_start
-                        else:
-                            self._tpl_text.add_span(chunk, self._tpl_start, end)
-                        return
+                # removeprefix/removesuffix take one argument (METH_O), where startswith,
+                # endswith and find parse an argument tuple: about half the instructions.
+                # On exact bytes CPython returns the object itself when nothing is removed
+                # and a new one when something is (head and tail are never empty), so two
+                # identity tests say that both were there; elsewhere the lengths do.
+                # ``34 in`` (an int) is a memchr; a bytes needle would go through a raised
+                # and cleared TypeError first.
+                rest = chunk.removeprefix(head)
+                between = rest.removesuffix(self._tpl_tail)
+                if (
+                    chunk.__class__ is bytes
+                    and rest is not chunk
+                    and between is not rest
+                    and (_RETURNS_SELF or len(between) + self._tpl_frame == len(chunk))
+                    and 34 not in between  # no quote: the tail's quote closes the string
+                    and (92 not in between or between[-1:] != b"\\")  # ... and is not escaped
+                ):
+                    if self._tpl_text is None:
+                        self._tpl_bytes += len(between)
+                    else:
+                        self._tpl_text.add_json_string(between)
+                    return
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
                 pass
         reader = self._reader
@@ -231,9 +245,8 @@ class UsageExtractor:
         if _KEY_AFTER(tail) is not None:
             return  # the string was a key's value followed by another key: no template
         self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
-        self._tpl_start = match.start(1)
         self._tpl_tail = tail
-        self._tpl_tail_len = len(tail)
+        self._tpl_frame = match.start(1) + len(tail)
 
     def _without_bom(self, chunk: bytes) -> bytes:
         head = (self._head or b"") + chunk
