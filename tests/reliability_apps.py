@@ -33,7 +33,9 @@ def simulated() -> Any:
     )
 
 ONE = b'{"id":"c1","object":"chat.completion","model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
-_FILE = os.path.join(tempfile.gettempdir(), f"llm-metrics-test-{os.getpid()}.json")
+#: The file the ``/file`` path sends: in the directory the test gives (its tmp_path), so that
+#: no run leaves files behind in the system's temporary directory.
+_FILE = os.path.join(os.environ.get("LLM_METRICS_TEST_DIR") or tempfile.gettempdir(), f"llm-metrics-test-{os.getpid()}.json")
 
 
 def _files(environ: Any, start_response: Any) -> Iterable[bytes]:

@@ -176,7 +176,8 @@ def test_zerocopysend_completes_the_call(tmp_path: Path) -> None:
 def test_waitress_keeps_content_length_of_a_list_and_a_file_wrapper(app: str, tmp_path: Path) -> None:
     port = free_port()
     command = [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", "--call", f"tests.reliability_apps:{app}"]
-    with server_process(command, port=port, log_path=tmp_path / "waitress.log", env=python_env()) as server, \
+    env = python_env(LLM_METRICS_TEST_DIR=str(tmp_path))
+    with server_process(command, port=port, log_path=tmp_path / "waitress.log", env=env) as server, \
             httpx.Client(base_url=server.url, timeout=10) as client:
         for path in ("/v1/chat/completions", "/file/v1/chat/completions"):
             response = client.post(path, json={"model": "m"})
