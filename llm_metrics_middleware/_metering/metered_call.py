@@ -396,7 +396,7 @@ class MeteredCall:
         ctx.provider = provider
         ctx.operation = operation
         ctx.model = response_model or request_model
-        values = schema.values(self.view, ctx, metering.count_error)
+        values = schema.values_of(self.view, ctx, metering.count_error)
         if self.overrides:
             values = schema.override(values, self.overrides)
         dims, overflowed = metering.limiter.admit(values)
