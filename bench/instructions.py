@@ -16,6 +16,7 @@ child runs with a fixed ``PYTHONHASHSEED``. Figures move by well under 1 % betwe
     python bench/instructions.py                  # ASGI: bare, ours, instrumentator, otel (~1 min)
     python bench/instructions.py --wsgi           # also WSGI: bare and ours
     python bench/instructions.py --steps          # also each step of a MeteredCall, driven by hand
+    python bench/instructions.py --streams        # also SSE streams: per stream and per chunk
     python bench/instructions.py --keep DIR       # keep the callgrind files (callgrind_annotate)
 
 Prints Markdown: instructions per request, added over bare, and ours added divided by the
@@ -52,6 +53,19 @@ STEPS = (
     "MeteredCall.feed (the one body chunk)",
     "MeteredCall.finish (extraction, dimensions, delivery)",
 )
+#: ``--streams``: OpenAI chat streams with include_usage through the ASGI middleware, of
+#: the uvicorn section's length (64 content chunks, 68 events) and of 1,000 chunks; the two
+#: give the added cost per stream (what a short stream pays once) and per chunk.
+STREAM_CHUNKS = {"stream68": 64, "stream1000": 1000}
+#: Streams are long: each of these variants runs one stream per this many requests.
+STREAM_DIVISOR = {"stream68": 20, "stream1000": 200}
+
+
+def _runs(variant: str, requests: int) -> int:
+    """How many times the child runs ``variant`` (a request, or a whole stream)."""
+    return max(1, requests // STREAM_DIVISOR.get(variant.split("-")[0], 1))
+
+
 #: The C function whose every call makes callgrind dump its counts (``os.getppid``).
 MARKER = "os_getppid"
 
@@ -75,9 +89,9 @@ def _steps(meter: Any, scope: dict[str, Any], body: bytes, response: bytes, k: i
 
 def _child(variants: list[str], requests: int) -> None:
     """Set every app up and warm it, then ``requests`` requests per variant, a marker between."""
-    from drivers import asgi_json_app, asgi_scope, serve_wsgi, wsgi_environ, wsgi_json_app
+    from drivers import asgi_json_app, asgi_scope, asgi_stream_app, serve_wsgi, wsgi_environ, wsgi_json_app
     from variants import instrumentator_asgi, otel_asgi, ours_asgi, ours_wsgi
-    from workloads import COMPLETION_BODY, request_body
+    from workloads import COMPLETION_BODY, chat_chunks, request_body
 
     body = request_body()
     scope = asgi_scope(CHAT_PATH, body)
@@ -90,9 +104,19 @@ def _child(variants: list[str], requests: int) -> None:
     wsgi_apps: dict[str, Any] = {"wsgi-bare": wsgi_base, "wsgi-ours": ours_wsgi(wsgi_base)[0]}
     meter = asgi_apps["ours"].metering
     request = {"type": "http.request", "body": body, "more_body": False}
+    stream_body = request_body(stream=True, include_usage=True, max_tokens=64)
+    stream_scope = asgi_scope(CHAT_PATH, stream_body)
+    stream_request = {"type": "http.request", "body": stream_body, "more_body": False}
+    for name, chunks_n in STREAM_CHUNKS.items():
+        if any(v.startswith(name + "-") for v in variants):
+            stream_app = asgi_stream_app(chat_chunks(chunks_n, include_usage=True)[0])
+            asgi_apps[name + "-bare"], asgi_apps[name + "-ours"] = stream_app, ours_asgi(stream_app)[0]
 
     async def receive() -> dict[str, Any]:
         return request
+
+    async def stream_receive() -> dict[str, Any]:
+        return stream_request
 
     async def send(message: Any) -> None:
         pass
@@ -101,9 +125,15 @@ def _child(variants: list[str], requests: int) -> None:
         for _ in range(n):
             await app(dict(scope), receive, send)
 
+    async def drive_streams(app: Any, n: int) -> None:
+        for _ in range(n):
+            await app(dict(stream_scope), stream_receive, send)
+
     def run(variant: str, n: int) -> None:
         if variant.startswith("step"):
             _steps(meter, scope, body, COMPLETION_BODY, int(variant[4:]), n)
+        elif variant.startswith("stream"):
+            loop.run_until_complete(drive_streams(asgi_apps[variant], _runs(variant, n)))
         elif variant in asgi_apps:
             loop.run_until_complete(drive_asgi(asgi_apps[variant], n))
         else:
@@ -143,7 +173,7 @@ def _measure(variants: list[str], requests: int, out_dir: str) -> dict[str, floa
             found = _TOTALS.search(f.read())
         if found is None:
             raise SystemExit(f"no totals in {out}.{k}")
-        per[variant] = int(found.group(1)) / requests
+        per[variant] = int(found.group(1)) / _runs(variant, requests)
     return per
 
 
@@ -152,6 +182,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per variant (default 2000)")
     parser.add_argument("--wsgi", action="store_true", help="also measure WSGI (bare and ours)")
     parser.add_argument("--steps", action="store_true", help="also each step of a MeteredCall, driven by hand")
+    parser.add_argument("--streams", action="store_true", help="also SSE streams of 68 events and 1,000 chunks")
     parser.add_argument("--keep", metavar="DIR", help="keep the callgrind output files in DIR")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,7 +193,8 @@ def main() -> int:
         parser.error("needs valgrind on the PATH (Debian: apt-get install valgrind)")
     n = args.requests
     steps = [f"step{k}" for k in range(1, len(STEPS) + 1)] if args.steps else []
-    variants = [*ASGI_VARIANTS, *(WSGI_VARIANTS if args.wsgi else ()), *steps]
+    streams = [f"{name}-{kind}" for name in STREAM_CHUNKS for kind in ("bare", "ours")] if args.streams else []
+    variants = [*ASGI_VARIANTS, *(WSGI_VARIANTS if args.wsgi else ()), *steps, *streams]
     out_dir = args.keep or tempfile.mkdtemp(prefix="llm-callgrind-")
     os.makedirs(out_dir, exist_ok=True)
     log(f"callgrind: {len(variants)} variants x {n:,} requests in one child")
@@ -190,6 +222,17 @@ def main() -> int:
             print(f"| {label} | {per[step] - previous:,.0f} |")
             previous = per[step]
         print(f"| ASGI glue (ours added minus the steps) | {added['ours'] - previous:,.0f} |")
+    if streams:
+        short, long = (per[f"{name}-ours"] - per[f"{name}-bare"] for name in STREAM_CHUNKS)
+        short_n, long_n = STREAM_CHUNKS.values()
+        per_chunk = (long - short) / (long_n - short_n)
+        print("\n| OpenAI chat stream with include_usage, through ASGI | bare / stream | ours / stream | added / stream |"
+              "\n| --- | ---: | ---: | ---: |")
+        for name, chunks_n in STREAM_CHUNKS.items():
+            b, o = per[f"{name}-bare"], per[f"{name}-ours"]
+            print(f"| {chunks_n:,} content chunks ({chunks_n + 4:,} events) | {b:,.0f} | {o:,.0f} | {o - b:,.0f} |")
+        print(f"\nAdded per chunk (the difference of the two, per extra chunk): {per_chunk:,.0f} instructions; "
+              f"once per stream (the 68-event stream's added, less 68 of those): {short - (short_n + 4) * per_chunk:,.0f}.")
     verdict = "pass" if ratio <= TARGET_JSON_RATIO else "FAIL"
     print(f"\nASGI: ours added / instrumentator added = {ratio:.3f} (target <= {TARGET_JSON_RATIO}: {verdict})")
     return 0
