@@ -129,3 +129,39 @@ def test_values_seen_clean_are_kept_and_others_still_sanitised() -> None:
     assert got[3] == dimensions.sanitize("x" * 300) and len(got[3]) == dimensions.MAX_VALUE_LENGTH
     assert got[4] == "unknown"
     assert "gpt-4o" in dimensions._CLEAN and "gpt\x00-4o" not in dimensions._CLEAN and "x" * 300 not in dimensions._CLEAN
+
+
+def test_compiled_values_are_each_source_sanitised() -> None:
+    """schema.values is written per schema (built-ins that read only the call context
+    inline); it must give what calling each dimension's own source and sanitising gives,
+    and a source that raises gives "unknown" and is counted."""
+    from llm_metrics_middleware._metering import dimensions
+    from llm_metrics_middleware._metering.request import RequestView
+
+    def broken(request: object) -> str:
+        raise RuntimeError("boom")
+
+    schema = build_schema(
+        "llm",
+        [*dimensions.DEFAULT_NAMES, "Model", "Provider", Dimension("tier", "gold"),
+         Dimension("team", lambda r: r.headers.get("x-team")), Dimension("bad", broken)],
+        location="eu\x00west", gateway_id="gw",
+    )
+    assert [d.inline for d in schema.dimensions if d.inline] == ["ctx.operation or request.path", "ctx.model", "ctx.provider"]
+    view = RequestView.from_scope({  # type: ignore[arg-type]
+        "type": "http", "method": "POST", "path": "/v1/chat/completions", "query_string": b"", "root_path": "",
+        "headers": [(b"x-team", b"t" * 300), (b"x-user-id", b"u\x01"), (b"authorization", b"Bearer k")],
+    })
+    for ctx in (dimensions.CallContext("openai", "chat.completions", "gpt-4o"), dimensions.CallContext()):
+        errors: list[str] = []
+        got = schema.values(view, ctx, errors.append)
+        expected = []
+        for dim in schema.dimensions:
+            try:
+                value = dim.source(view, ctx)
+            except RuntimeError:
+                value = None
+            expected.append(dimensions.sanitize(value))
+        assert got == tuple(expected) and got[-1] == "unknown" and got[-3] == "gold"
+        assert got[1] == (ctx.operation or view.path) and got[7] == dimensions.sanitize(ctx.model)
+        assert errors == ["dimension"]

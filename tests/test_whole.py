@@ -34,6 +34,28 @@ AWKWARD = [
     b'{"usage": {"prompt_tokens": 1e400}}',
     b'{"a": NaN, "usage": {"prompt_tokens": 3, "completion_tokens": 4}}',
     b'{"model": "\\ud800", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}',
+    # The plain chat path's edges: each must answer as read_chat + usage_of do.
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7.0}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": null}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 2}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 50000000, "completion_tokens": 50000000, "total_tokens": 50000000}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 50000001}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 99999999999999999999999}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_cache_hit_tokens": 2}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7, "prompt_cache_hit_tokens": -2}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,'
+    b' "prompt_tokens_details": {"cached_tokens": 9}, "completion_tokens_details": {"reasoning_tokens": 9}}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,'
+    b' "prompt_tokens_details": {"cached_tokens": true}, "completion_tokens_details": {"reasoning_tokens": 1.5}}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9,'
+    b' "prompt_tokens_details": null, "completion_tokens_details": {"reasoning_tokens": 2}}}',
+    b'{"model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 9,'
+    b' "completion_tokens_details": {"reasoning_tokens": 2}}, "usage": {"prompt_tokens": 1, "completion_tokens": 1}}',
+    b'{"model": "", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}',
+    b'{"model": "m", "modelVersion": "v", "usage": {"prompt_tokens": false, "completion_tokens": 4, "total_tokens": 7}}',
+    b'{"type": "response.failed", "model": "m", "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}',
+    b'{"model": "m", "usage": {"completion_tokens": 4, "input_tokens": 3, "total_tokens": 7}}',
     b"not json",
     b'{"unterminated": ',
     b"[1, 2, 3]",

@@ -142,19 +142,19 @@ class CallTotals:
 
     def add(self, call: CallRecord) -> None:
         """Count one call: the whole cost of a call on the request path."""
-        dims = call.dimensions
         usage = call.usage
-        key = (call.status, call.outcome, call.usage_source)
-        trace_id = call.trace_id if self.exemplars else None
-        now = time.time() if trace_id is not None else 0.0
+        trace_id = call.trace_id
+        if trace_id is not None and not self.exemplars:
+            trace_id = None
         # acquire/release around try/finally, not ``with``: the same lock held the same way,
         # at half the cost of the context-manager protocol on the request path.
         lock = self.lock
         lock.acquire()
         try:
-            series = self.series.get(dims)
+            series = self.series.get(call.dimensions)
             if series is None:
-                series = self._new_series(dims)
+                series = self._new_series(call.dimensions)
+            now = time.time() if trace_id is not None else 0.0
             if usage is not None:
                 series.usage_calls += 1
                 series.prompt += usage.prompt_tokens
@@ -176,6 +176,7 @@ class CallTotals:
             cost = call.cost_usd
             if cost is not None:
                 series.cost = cost if series.cost is None else series.cost + cost
+            key = (call.status, call.outcome, call.usage_source)
             requests = series.requests
             requests[key] = requests.get(key, 0) + 1
             bounds = self.duration_bounds

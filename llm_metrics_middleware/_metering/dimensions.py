@@ -264,6 +264,53 @@ class BoundDimension:
     name: str
     label: str
     source: Source
+    #: For a built-in source that only reads the call context (Model, Provider, Operation
+    #: ID): the same as a Python expression of ``request`` and ``ctx``, which
+    #: :func:`_compile_values` writes in place of the call.
+    inline: str | None = None
+
+
+#: The built-in sources that :func:`_compile_values` inlines, as expressions (they cannot
+#: raise: ``ctx`` is a CallContext, ``request.path`` always set).
+_INLINE = {"Operation ID": "ctx.operation or request.path", "Model": "ctx.model", "Provider": "ctx.provider"}
+
+
+def _checked(value: object) -> str:
+    """A value not known clean: kept (and remembered) when it needs no sanitising
+    (isprintable() is False for every character _CONTROL removes), else sanitised."""
+    if value.__class__ is str and 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
+        if len(_CLEAN) >= _CLEAN_SIZE:  # values come from requests: bounded
+            _CLEAN.clear()
+        _CLEAN.add(value)
+        return value
+    return sanitize(value)
+
+
+def _compile_values(schema: BoundSchema) -> Callable[[RequestView, CallContext, Callable[[ErrorKind], None] | None], tuple[str, ...]]:
+    """The schema's ``values`` as one function written for its dimensions, as dataclasses
+    writes ``__init__``: each source called (a context-only built-in's expression inline)
+    and its value checked, without a loop, a list or a call per built-in. A source that
+    raises gives ``None`` ("unknown"), counted and logged once by ``_failed_source``; a
+    value seen clean already (the same few models, paths, users: :data:`_CLEAN`) skips
+    the checks."""
+    namespace: dict[str, object] = {"clean": _CLEAN, "checked": _checked, "failed": schema._failed_source}
+    lines = ["def values(request, ctx, count_error=None):"]
+    for i, dim in enumerate(schema.dimensions):
+        if dim.inline is not None:
+            lines.append(f"    v{i} = {dim.inline}")
+        else:
+            namespace[f"s{i}"] = dim.source
+            lines += [
+                "    try:",
+                f"        v{i} = s{i}(request, ctx)",
+                "    except Exception:",
+                f"        failed(s{i}, count_error)",
+                f"        v{i} = None",
+            ]
+        lines += [f"    if v{i}.__class__ is not str or v{i} not in clean:", f"        v{i} = checked(v{i})"]
+    lines.append(f"    return ({''.join(f'v{i}, ' for i in range(len(schema.dimensions)))})")
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own text, from the dimension indices
+    return namespace["values"]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,43 +320,23 @@ class BoundSchema(Schema):
     dimensions: tuple[BoundDimension, ...]
     #: Dimensions whose failure was logged (once each, not per request).
     _failed: set[str] = field(default_factory=set, compare=False, repr=False)
-    #: Each dimension's source, in order: what :meth:`values` calls.
-    _sources: tuple[Source, ...] = field(default=(), compare=False, repr=False)
+    #: What :meth:`values` does, written for these dimensions (see :func:`_compile_values`).
+    values_of: Callable[[RequestView, CallContext, Callable[[ErrorKind], None] | None], tuple[str, ...]] = field(
+        default=lambda request, ctx, count_error=None: (), compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         Schema.__post_init__(self)
-        object.__setattr__(self, "_sources", tuple(dim.source for dim in self.dimensions))
+        object.__setattr__(self, "values_of", _compile_values(self))
 
     def values(
         self, request: RequestView, ctx: CallContext, count_error: Callable[[ErrorKind], None] | None = None
     ) -> tuple[str, ...]:
         """The dimension values of one call. A value callable that raises exports
         ``"unknown"``, is counted as ``kind="dimension"`` and logged once per dimension
-        (with its traceback), not once per request."""
-        out: list[str] = []
-        append = out.append
-        clean = _CLEAN
-        for source in self._sources:
-            try:
-                value = source(request, ctx)
-            except Exception:
-                self._failed_source(source, count_error)
-                value = None
-            # The usual value (a short printable str) is kept as it is, without a regex;
-            # isprintable() is False for every character _CONTROL removes. A value seen to
-            # pass already (the same few models, paths, users: _CLEAN) skips the checks.
-            if value.__class__ is str:
-                if value in clean:
-                    append(value)
-                    continue
-                if 0 < len(value) <= MAX_VALUE_LENGTH and value.isprintable():
-                    if len(clean) >= _CLEAN_SIZE:  # values come from requests: bounded
-                        clean.clear()
-                    clean.add(value)
-                    append(value)
-                    continue
-            append(sanitize(value))
-        return tuple(out)
+        (with its traceback), not once per request. The request path calls
+        :attr:`values_of` itself (the same function, one call fewer)."""
+        return self.values_of(request, ctx, count_error)
 
     def _failed_source(self, source: Source, count_error: Callable[[ErrorKind], None] | None) -> None:
         name = next(dim.name for dim in self.dimensions if dim.source is source)
@@ -416,7 +443,7 @@ def build_schema(
                 f"dimensions {seen_labels[label]!r} and {dim.name!r} both become label {label!r}; rename one"
             )
         seen_labels[label] = dim.name
-        bound.append(BoundDimension(dim.name, label, source))
+        bound.append(BoundDimension(dim.name, label, source, _INLINE.get(dim.name) if dim.value is None else None))
     return BoundSchema(
         namespace, tuple(d.name for d in bound), tuple(d.label for d in bound), dimensions=tuple(bound)
     )
