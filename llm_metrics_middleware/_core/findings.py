@@ -49,14 +49,6 @@ class TextMeter:
             text = raw.decode("utf-8", "replace")
         self._add_text(text)
 
-    def add_span(self, data: bytes, start: int, end: int) -> None:
-        """The JSON string body at ``data[start:end]`` (escapes included), without slicing
-        when only its length is counted."""
-        if self._counter is None:
-            self.bytes += end - start
-        else:
-            self.add_json_string(data[start:end])
-
     def add_bytes(self, n: int) -> None:
         self._measured += n
 
