@@ -10,31 +10,15 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from llm_metrics_middleware._metering.call import COMPLETED, CallRecord, Schema
+from llm_metrics_middleware._metering.call import COMPLETED, CallRecord
 from llm_metrics_middleware._metering.metered_call import MeteredCall
 from llm_metrics_middleware._metering.metering import Metering
 from llm_metrics_middleware._metering.request import RequestView
-
-
-class _Keep:
-    def __init__(self) -> None:
-        self.calls: list[CallRecord] = []
-
-    def bind(self, schema: Schema) -> _Keep:
-        return self
-
-    def record(self, call: CallRecord) -> None:
-        self.calls.append(call)
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
-
-    def shutdown(self) -> None:
-        pass
+from llm_metrics_middleware.testing import InMemoryExporter
 
 
 def test_a_delivered_record_has_every_field() -> None:
-    keep = _Keep()
+    keep = InMemoryExporter()
     metering = Metering(exporters=[keep], dimensions=["User ID", "Model"])
     body = json.dumps({"model": "gpt-4o-mini", "user": "u1", "messages": []}).encode()
     scope = {
