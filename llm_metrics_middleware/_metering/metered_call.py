@@ -89,7 +89,7 @@ def _ignore(chunk: bytes) -> None:
 
 #: Response Content-Type -> body format, so the media type is parsed once per value, not per
 #: response. The app chooses the header (a proxy passes its upstream's), so it is bounded.
-_FORMATS: dict[str | None, BodyFormat] = {}
+_FORMATS: dict[str | bytes | None, BodyFormat] = {}
 _FORMATS_SIZE = 64
 
 
@@ -97,8 +97,8 @@ _FORMATS_SIZE = 64
 _STREAM_FORMATS = frozenset((SSE, EVENTSTREAM))
 
 
-def _format_of(content_type: str | None) -> BodyFormat:
-    fmt = body_format(content_type)
+def _format_of(content_type: str | bytes | None) -> BodyFormat:
+    fmt = body_format(content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type)
     if len(_FORMATS) >= _FORMATS_SIZE:
         _FORMATS.clear()
     _FORMATS[content_type] = fmt
@@ -204,12 +204,14 @@ class MeteredCall:
     def response_start(
         self,
         status: int,
-        content_type: str | None,
+        content_type: str | bytes | None,
         content_encoding: str | None,
         usage_headers: Mapping[str, str] | None = None,
     ) -> None:
         """``usage_headers``: the response headers named in ``facts.USAGE_HEADER_NAMES``
-        (lower-case names), which some providers report usage in (Bedrock)."""
+        (lower-case names), which some providers report usage in (Bedrock).
+        ``content_type`` as the driver has it: a str, or the raw bytes of an ASGI header
+        (looked up as they are, decoded only the first time a value is met)."""
         try:
             self.status = status
             if self.trace is None:  # a span the app started itself is current now
