@@ -93,7 +93,7 @@ _FORMATS: dict[str | bytes | None, BodyFormat] = {}
 _FORMATS_SIZE = 64
 
 
-#: The formats of a streamed body (a JSON body may be one too: see _finish).
+#: The formats of a streamed body (a JSON body may be one too: see finish).
 _STREAM_FORMATS = frozenset((SSE, EVENTSTREAM))
 
 
@@ -311,131 +311,143 @@ class MeteredCall:
         # methods (_first_body, _more_json): a reference cycle that would leave the call,
         # its request view and its parsed body to the cyclic garbage collector.
         self.feed = _ignore
+        # One method, not a guard around a helper: a Python call fewer per call.
         try:
-            self._finish(outcome)
+            metering = self.metering
+            route = self.route
+            extractor = self.extractor
+            extraction: Extraction | None = None
+            if extractor is not None:
+                extraction = extractor.close(ended=outcome == COMPLETED)
+            elif self.deferred:
+                whole = self.whole
+                if whole is None:  # no body bytes at all
+                    extraction = Extraction(None, None, None, JSON, 0, None)
+                else:
+                    self.whole = None
+                    extraction = extract_whole_json(
+                        whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
+                    )
+            # What the extraction said, read once (most calls have one: a deferred JSON body
+            # or an extractor), instead of asking ``extraction is not None`` at every use.
+            if extraction is not None:
+                usage = extraction.usage
+                error = extraction.error
+                response_model = extraction.model
+            else:
+                usage = error = response_model = None
+            if not self.metered or self.counted_elsewhere:
+                return
+            status = self.status
+            if self.header_counts is not None and status < 400:
+                usage = _with_header_counts(usage, self.header_counts)
+            if usage is not None and route.hidden_output_in_total:
+                usage = with_hidden_output(usage)
+            # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
+            # path include_paths= allows.
+            if route.operation is None and usage is None:
+                if error is not None and metering.custom is not None:
+                    metering.count_error(body_error(error))
+                return
+            call_view = self.call_view
+            if error is not None:
+                metering.count_error(body_error(error))
+                logger.debug("llm-metrics: body of %s %s not read: %s", call_view.method, call_view.path, error)
+            body = call_view._body  # kept by the view once final (see RequestView.body)
+            if body is None:
+                body = call_view.body
+            source: UsageSource = NO_USAGE
+            if status >= 400:
+                usage = None
+            elif usage is not None:
+                source = REPORTED
+            elif (
+                self.want_text
+                and extraction is not None
+                and extraction.text_tokens > 0
+                and metering.estimate
+            ):
+                prompt = min(tokens_from_bytes(call_view.prompt_bytes), MAX_TOKENS)
+                completion = min(extraction.text_tokens, MAX_TOKENS)
+                usage = make_usage(prompt, completion, prompt + completion, estimated=True)
+                source = ESTIMATED
+            request_model = body.get("model")
+            if request_model.__class__ is not str or not request_model:
+                request_model = route.model
+            provider = (
+                metering.provider
+                or route.provider
+                or (extraction.provider if extraction is not None else None)
+                or _provider_from_headers(call_view)
+            )
+            # Strings from the request or response: made encodable before any exporter sees them
+            # (an ASCII str, the usual case, is kept without the call).
+            if request_model is not None and not (request_model.__class__ is str and request_model.isascii()):
+                request_model = safe_text(request_model)
+            if response_model is not None and not (response_model.__class__ is str and response_model.isascii()):
+                response_model = safe_text(response_model)
+            if provider is not None and not (provider.__class__ is str and provider.isascii()):
+                provider = safe_text(provider)
+            operation = route.operation
+            schema = metering.schema
+            # CallContext's three fields set directly: its generated __init__ is a Python call.
+            ctx = _new(CallContext)
+            ctx.provider = provider
+            ctx.operation = operation
+            ctx.model = response_model or request_model
+            values = schema.values_of(self.view, ctx, metering.count_error)
+            if self.overrides:
+                values = schema.override(values, self.overrides)
+            limiter = metering.limiter
+            if values in limiter._seen:  # admitted before: SeriesLimiter.admit's first test
+                dims = values
+            else:
+                dims, overflowed = limiter.admit(values)
+                if overflowed:
+                    metering.count_error("series_overflow")
+            fmt = self.fmt
+            streamed = fmt in _STREAM_FORMATS or (
+                fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
+            )
+            started = self.started
+            first_chunk = self.first_chunk
+            trace = self.trace
+            trace_id: str | None = None
+            span_id: str | None = None
+            if trace is not None:
+                trace_id, span_id = trace
+            origin = self.origin
+            # Every field of the slotted CallRecord set directly, in its order: the generated
+            # __init__ is one more Python call with eighteen arguments (tests/test_call_record.py
+            # checks that a delivered record has every field).
+            record = _new(CallRecord)
+            record.dimensions = dims
+            record.usage = usage
+            record.usage_source = source
+            record.provider = provider
+            record.operation = operation
+            record.request_model = request_model
+            record.response_model = response_model
+            record.status = status
+            record.outcome = outcome
+            record.streamed = streamed
+            record.duration_s = time.perf_counter() - started
+            record.time_to_first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
+            record.parse_error = error
+            record.origin = origin
+            record.request = self.view if origin == "incoming" or self.incoming is not None else None
+            record.cost_usd = None
+            record.trace_id = trace_id
+            record.span_id = span_id
+            records = metering.direct_records
+            if records is None:
+                metering.deliver(record)
+            else:  # Metering.deliver with nothing to do but hand the record to the sinks
+                for record_fn in records:
+                    try:
+                        record_fn(record)
+                    except Exception as exc:
+                        metering._record_failed(records.index(record_fn), exc)
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "meter a call", exc)
             self.metering.count_error("internal")
-
-    def _finish(self, outcome: Outcome) -> None:
-        metering = self.metering
-        route = self.route
-        extractor = self.extractor
-        extraction: Extraction | None = None
-        if extractor is not None:
-            extraction = extractor.close(ended=outcome == COMPLETED)
-        elif self.deferred:
-            whole = self.whole
-            if whole is None:  # no body bytes at all
-                extraction = Extraction(None, None, None, JSON, 0, None)
-            else:
-                self.whole = None
-                extraction = extract_whole_json(
-                    whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
-                )
-        # What the extraction said, read once (most calls have one: a deferred JSON body
-        # or an extractor), instead of asking ``extraction is not None`` at every use.
-        if extraction is not None:
-            usage = extraction.usage
-            error = extraction.error
-            response_model = extraction.model
-        else:
-            usage = error = response_model = None
-        if not self.metered or self.counted_elsewhere:
-            return
-        status = self.status
-        if self.header_counts is not None and status < 400:
-            usage = _with_header_counts(usage, self.header_counts)
-        if usage is not None and route.hidden_output_in_total:
-            usage = with_hidden_output(usage)
-        # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
-        # path include_paths= allows.
-        if route.operation is None and usage is None:
-            if error is not None and metering.custom is not None:
-                metering.count_error(body_error(error))
-            return
-        call_view = self.call_view
-        if error is not None:
-            metering.count_error(body_error(error))
-            logger.debug("llm-metrics: body of %s %s not read: %s", call_view.method, call_view.path, error)
-        body = call_view.body
-        source: UsageSource = NO_USAGE
-        if status >= 400:
-            usage = None
-        elif usage is not None:
-            source = REPORTED
-        elif (
-            self.want_text
-            and extraction is not None
-            and extraction.text_tokens > 0
-            and metering.estimate
-        ):
-            prompt = min(tokens_from_bytes(call_view.prompt_bytes), MAX_TOKENS)
-            completion = min(extraction.text_tokens, MAX_TOKENS)
-            usage = make_usage(prompt, completion, prompt + completion, estimated=True)
-            source = ESTIMATED
-        request_model = body.get("model")
-        if request_model.__class__ is not str or not request_model:
-            request_model = route.model
-        provider = (
-            metering.provider
-            or route.provider
-            or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(call_view)
-        )
-        # Strings from the request or response: made encodable before any exporter sees them
-        # (an ASCII str, the usual case, is kept without the call).
-        if request_model is not None and not (request_model.__class__ is str and request_model.isascii()):
-            request_model = safe_text(request_model)
-        if response_model is not None and not (response_model.__class__ is str and response_model.isascii()):
-            response_model = safe_text(response_model)
-        if provider is not None and not (provider.__class__ is str and provider.isascii()):
-            provider = safe_text(provider)
-        operation = route.operation
-        schema = metering.schema
-        # CallContext's three fields set directly: its generated __init__ is a Python call.
-        ctx = _new(CallContext)
-        ctx.provider = provider
-        ctx.operation = operation
-        ctx.model = response_model or request_model
-        values = schema.values_of(self.view, ctx, metering.count_error)
-        if self.overrides:
-            values = schema.override(values, self.overrides)
-        dims, overflowed = metering.limiter.admit(values)
-        if overflowed:
-            metering.count_error("series_overflow")
-        fmt = self.fmt
-        streamed = fmt in _STREAM_FORMATS or (
-            fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
-        )
-        started = self.started
-        first_chunk = self.first_chunk
-        trace = self.trace
-        trace_id: str | None = None
-        span_id: str | None = None
-        if trace is not None:
-            trace_id, span_id = trace
-        origin = self.origin
-        # Every field of the slotted CallRecord set directly, in its order: the generated
-        # __init__ is one more Python call with eighteen arguments (tests/test_call_record.py
-        # checks that a delivered record has every field).
-        record = _new(CallRecord)
-        record.dimensions = dims
-        record.usage = usage
-        record.usage_source = source
-        record.provider = provider
-        record.operation = operation
-        record.request_model = request_model
-        record.response_model = response_model
-        record.status = status
-        record.outcome = outcome
-        record.streamed = streamed
-        record.duration_s = time.perf_counter() - started
-        record.time_to_first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
-        record.parse_error = error
-        record.origin = origin
-        record.request = self.view if origin == "incoming" or self.incoming is not None else None
-        record.cost_usd = None
-        record.trace_id = trace_id
-        record.span_id = span_id
-        metering.deliver(record)
