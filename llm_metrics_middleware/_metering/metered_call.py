@@ -61,17 +61,9 @@ def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
     (the provider's billing counts); the body may add what they lack (cached, reasoning)."""
     acc = UsageAccumulator()
     if usage is not None:
-        acc.update(
-            (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
-                usage.cached_tokens,
-                usage.reasoning_tokens,
-                usage.cache_write_tokens,
-                usage.cache_write_1h_tokens,
-            )
-        )
+        u = usage
+        acc.update((u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens,
+                    u.cache_write_tokens, u.cache_write_1h_tokens))
     acc.update(counts)
     return acc.result()
 
