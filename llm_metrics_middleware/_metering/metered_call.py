@@ -173,10 +173,11 @@ class MeteredCall:
         self.deferred = False
         self.whole: bytes | None = None
         self.token_counter: TokenCounter | None = None
-        #: What the drivers call with every response body chunk: first the method that
-        #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
-        #: no-op), so a streamed chunk costs one Python call here, not two.
-        self.feed: Callable[[bytes], None] = self._first_body
+        #: What the drivers call with every response body chunk: a no-op until
+        #: response_start decides to read the body, then the method that notes the time of
+        #: the first chunk, then the extractor's own ``feed``, so a streamed chunk costs one
+        #: Python call here, not two.
+        self.feed: Callable[[bytes], None] = _ignore
         #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
         #: an outgoing call made when no span is current (a WSGI body, iterated after the
         #: tracing middleware detached its span), the span of the request it belongs to.
@@ -233,9 +234,10 @@ class MeteredCall:
             if fmt == JSON and decompressor is None and metering.custom is None:
                 # Read when it ends: most such bodies come whole, in one message or block,
                 # and extract_whole_json reads them with one parse; a body that comes in
-                # more pieces gets its extractor at the second (see _more_json).
+                # more pieces gets its extractor at the second (see _json_body).
                 self.deferred = True
                 self.token_counter = token_counter
+                self.feed = self._json_body
                 return
             self.extractor = UsageExtractor(
                 fmt,
@@ -251,6 +253,7 @@ class MeteredCall:
                 decompressor=decompressor,
                 operation=self.route.operation,
             )
+            self.feed = self._first_body
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)
             self.metering.count_error("internal")
@@ -260,21 +263,33 @@ class MeteredCall:
         self.feed(chunk)
 
     def _first_body(self, chunk: bytes) -> None:
+        """The first chunk of a body read as it comes: its time, then the extractor's own
+        ``feed`` from the next chunk on."""
         if not chunk:
             return
         self.first_chunk = time.perf_counter()
         extractor = self.extractor
-        if extractor is None:
-            if not self.deferred:
-                self.feed = _ignore
-            elif len(chunk) <= readers.SMALL_BODY:
-                self.whole = chunk
-                self.feed = self._more_json
-            else:
-                self._json_extractor().feed(chunk)
-        else:
+        if extractor is not None:
             self.feed = extractor.feed
             extractor.feed(chunk)
+
+    def _json_body(self, chunk: bytes) -> None:
+        """A deferred JSON body's chunks: the first kept whole (the usual, only one), a
+        second one hands both to an extractor."""
+        if not chunk:
+            return
+        whole = self.whole
+        if whole is None:  # the first chunk (a second one finds it kept)
+            self.first_chunk = time.perf_counter()
+            if len(chunk) <= readers.SMALL_BODY:
+                self.whole = chunk
+            else:
+                self._json_extractor().feed(chunk)
+            return
+        self.whole = None
+        extractor = self._json_extractor()
+        extractor.feed(whole)
+        extractor.feed(chunk)
 
     def _json_extractor(self) -> UsageExtractor:
         """The extractor of a deferred JSON body that did not come whole."""
@@ -285,22 +300,12 @@ class MeteredCall:
         self.feed = extractor.feed
         return extractor
 
-    def _more_json(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        whole = self.whole
-        self.whole = None
-        extractor = self._json_extractor()
-        if whole is not None:
-            extractor.feed(whole)
-        extractor.feed(chunk)
-
     def finish(self, outcome: Outcome) -> None:
         if self.finished:
             return
         self.finished = True
         # A finished call reads nothing more; and self.feed may be one of our own bound
-        # methods (_first_body, _more_json): a reference cycle that would leave the call,
+        # methods (_first_body, _json_body): a reference cycle that would leave the call,
         # its request view and its parsed body to the cyclic garbage collector.
         self.feed = _ignore
         # One method, not a guard around a helper: a Python call fewer per call.
