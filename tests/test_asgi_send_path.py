@@ -276,3 +276,33 @@ def test_the_short_path_adds_no_coroutine_of_its_own() -> None:
     same = [r is s for r, s in zip(returned, seen, strict=True)]
     assert same == [False, False, True, True, True, False]
     assert facts(exporter.calls[0]) == ("completed", "reported", (9, 2, 11), True)
+
+
+def _long_stream(words: int, big_every: int = 0) -> list[bytes]:
+    """An OpenAI chat stream of ``words`` text events (every ``big_every``-th one a few KB),
+    then usage and [DONE]."""
+    head = b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"'
+    tail = b'"}}],"usage":null}\n\n'
+    events = [EVENTS[0]]
+    for i in range(words):
+        text = b"word%d " % i
+        if big_every and i % big_every == big_every - 1:
+            text *= 600
+        events.append(head + text + tail)
+    usage = b'{"prompt_tokens":9,"completion_tokens":%d,"total_tokens":%d}' % (words, 9 + words)
+    events.append(b'data: {"id":"c1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[],"usage":' + usage + b"}\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+@pytest.mark.parametrize("big_every", [0, 7])
+def test_the_short_path_counts_what_the_awaited_path_counts(big_every: int) -> None:
+    # A server whose send returns a future takes the awaited path for every message: the
+    # reference. Whatever message's send fails, the short path counts the same.
+    events = _long_stream(40, big_every)
+    for fail_at in [None, *range(2, len(events) + 2)]:
+        short, _ = run(streaming_app(events), Server("coroutine", fail_at))
+        awaited, _ = run(streaming_app(events), Server("future", fail_at))
+        assert facts(short) == facts(awaited), fail_at
+        if fail_at is None:
+            assert facts(short) == ("completed", "reported", (9, 40, 49), True)
