@@ -53,8 +53,12 @@ def _ignore(chunk: bytes) -> None:
     """The body of a response that is not read."""
 
 
-class MeteredCall:
-    """Per-request state. Every method is safe to call: none raises."""
+class MeteredCall(CallContext):
+    """Per-request state. Every method is safe to call: none raises.
+
+    Its :class:`CallContext` fields (provider, operation, model) are set when it finishes,
+    for the dimension sources, and read by nothing before.
+    """
 
     __slots__ = (
         "metering",
@@ -343,12 +347,11 @@ class MeteredCall:
                 provider = safe_text(provider)
             operation = route.operation
             schema = metering.schema
-            # CallContext's three fields set directly: its generated __init__ is a Python call.
-            ctx = _new(CallContext)
-            ctx.provider = provider
-            ctx.operation = operation
-            ctx.model = response_model or request_model
-            values = schema.values_of(self.view, ctx, metering.count_error)
+            # The call is its own CallContext: its three fields set now, no object built.
+            self.provider = provider
+            self.operation = operation
+            self.model = response_model or request_model
+            values = schema.values_of(self.view, self, metering.count_error)
             if self.overrides:
                 values = schema.override(values, self.overrides)
             limiter = metering.limiter
