@@ -57,7 +57,10 @@ def _host_of(view: RequestView) -> str | bytes | None:
     if environ is not None:
         host = environ.get("HTTP_HOST")
         return host if isinstance(host, str) else None
-    return view.header_bytes(b"host")
+    for key, value in view._raw_headers or ():  # RequestView.header_bytes, without the call
+        if key == b"host":
+            return value if value.__class__ is bytes else bytes(value)
+    return None
 
 
 def route_of_call(view: RequestView) -> Route:
