@@ -159,7 +159,7 @@ def extract_whole_json(
     parse, a usage object with absurd counts, no usage when the text is to be measured for
     an estimate) goes the general way, which decides and names the error.
     """
-    if _decode_chat is not None:
+    if _decode_chat is not None and b'"prompt_tokens"' in data:  # else it would be decoded for nothing
         plain = _typed_chat(data)
         if plain is not None:
             return plain
