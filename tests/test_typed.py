@@ -155,39 +155,48 @@ def _peeked(body: bytes) -> tuple[Any, ...]:
     return fields, view.final, view.prompt_bytes, view.fields
 
 
-def _full_peek(body: bytes) -> tuple[Any, ...]:
+def _peek_both(body: bytes) -> tuple[Any, Any]:
+    """The peek of ``body`` with the typed path and without it, from the same stack depth
+    (the recursion limit json.loads meets is the stack's)."""
+    typed_on = _peeked(body)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(peek, "request_fields", lambda data: None)
-        return _peeked(body)
+        full = _peeked(body)
+    return typed_on, full
 
 
 def _read(body: bytes, want_text: bool, counter: Any) -> Any:
     return extract_whole_json(body, want_text=want_text, token_counter=counter, operation="chat.completions")
 
 
-def _full_read(body: bytes, want_text: bool, counter: Any) -> Any:
+def _read_both(body: bytes, want_text: bool = False, counter: Any = None) -> tuple[Any, Any]:
+    """The whole-body reading of ``body`` with the typed path and without it."""
+    typed_on = _read(body, want_text, counter)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(whole, "_decode_chat", None)
-        return _read(body, want_text, counter)
+        full = _read(body, want_text, counter)
+    return typed_on, full
 
 
 def _same_request(body: bytes) -> bool:
     """The peek agrees with and without the typed path; True when the typed path answered."""
+    typed_on, full = _peek_both(body)
+    assert typed_on == full
     answered = typed.request_fields(body)
-    assert _peeked(body) == _full_peek(body)
     if answered is not None:
-        assert answered == _full_peek(body)[0]
+        assert answered == full[0]
     return answered is not None
 
 
 def _same_response(body: bytes) -> bool:
     """The whole-body reading agrees with and without the typed path; True when it answered."""
-    answered = whole._typed_chat(body) if whole._decode_chat is not None else None
     for want_text in (False, True):
         for counter in (None, len):
-            assert _read(body, want_text, counter) == _full_read(body, want_text, counter)
+            typed_on, full = _read_both(body, want_text, counter)
+            assert typed_on == full
+    answered = whole._typed_chat(body) if whole._decode_chat is not None else None
     if answered is not None:
-        assert answered == _full_read(body, False, None)
+        assert answered == _read_both(body)[1]
     return answered is not None
 
 
@@ -238,6 +247,46 @@ def test_a_long_body_is_typed_only_while_the_recursion_limit_binds_first(monkeyp
     monkeypatch.setattr(sys, "getrecursionlimit", lambda: 5000)
     assert typed.request_fields(body) is None
     assert typed.request_fields(body[:2000] + b'"}') == {"model": "m"}
+
+
+def _objects(n: int, inner: str) -> str:
+    return '{"a":' * n + inner + "}" * n
+
+
+#: Bodies nested ``n`` deep around a number orjson refuses, so that json.loads decides.
+_DEEP_SHAPES = [
+    lambda n: '{"model":"m","x":' + _nest(n, "1e400") + "}",
+    lambda n: '{"model":"m","x":' + _objects(n, "1e400") + "}",
+    lambda n: '{"x":' + _nest(n, "-1e400") + ',"model":"m"}',
+    lambda n: '{"model":"m","metadata":{"user_id":"u","x":' + _nest(n, "1e400") + "}}",
+]
+
+
+def _at_stack_depth(frames: int, check: Any) -> Any:
+    return _at_stack_depth(frames - 1, check) if frames else check()
+
+
+@needs_typed
+@pytest.mark.parametrize("frames", [0, 150])
+def test_the_nesting_limit_is_json_loads_at_any_stack_depth(frames: int) -> None:
+    """Where orjson refuses a body (a number beyond a double's range), json.loads decides,
+    and refuses it nested past the recursion limit: the typed path must refuse it too,
+    wherever the stack stands (the limit is the stack's). Every depth around the limit."""
+
+    def check() -> list[tuple[int, int]]:
+        wrong = []
+        for i, shape in enumerate(_DEEP_SHAPES):
+            for n in range(1000 - frames - 90, 1000 - frames + 10):
+                body = shape(n).encode()
+                typed_on, full = _peek_both(body)
+                if typed_on != full:
+                    wrong.append((i, n))
+                typed_on, full = _read_both(body.replace(b'"model":"m"', b'"model":"m",' + _USAGE.encode(), 1))
+                if typed_on != full:
+                    wrong.append((i, -n))
+        return wrong
+
+    assert _at_stack_depth(frames, check) == []
 
 
 _SEEDS = [
