@@ -51,7 +51,7 @@ _SHALLOW = 2 * 1024
 _LIMIT_FIRST = sys.version_info < (3, 12)
 
 
-def _deeper(frames: int) -> Callable[[Callable[[bytes | bytearray], Any], bytes | bytearray], Any]:
+def _deeper(frames: int, decode: Callable[[bytes | bytearray], Any]) -> Callable[[bytes | bytearray], Any]:
     """A function calling ``decode(data)`` ``frames`` Python frames below itself.
 
     msgspec and json's scanner stop at the interpreter's recursion limit, and the fallback's
@@ -59,25 +59,17 @@ def _deeper(frames: int) -> Callable[[Callable[[bytes | bytearray], Any], bytes 
     json.loads, decode, raw_decode); before 3.12 each frame takes a level of the same
     budget. Decoding as deep makes msgspec refuse whatever json.loads would refuse there
     (which matters for a body orjson refuses too: a number beyond a double's range, nested
-    almost to the limit). Closures, not a recursive function: a frame costs a third less
-    without the counter.
+    almost to the limit). Plain functions, written out: a frame costs a third more as a
+    closure, and half again as a recursive function with a counter.
     """
-
-    def call(decode: Callable[[bytes | bytearray], Any], data: bytes | bytearray) -> Any:
-        return decode(data)
-
-    for _ in range(frames):
-        call = (lambda inner: lambda decode, data: inner(decode, data))(call)
+    lines = ["def frame_0(data):", "    return decode(data)"]
+    for i in range(1, frames + 1):
+        lines += [f"def frame_{i}(data):", f"    return frame_{i - 1}(data)"]
+    namespace: dict[str, Any] = {"decode": decode}
+    exec("\n".join(lines), namespace)
+    call: Callable[[bytes | bytearray], Any] = namespace[f"frame_{frames}"]
     return call
 
-
-#: The peek's full parse refuses a body nested past json.loads's limit (its fields are
-#: none): the request is decoded seven frames down, with request_fields' own (six are
-#: exact, seven leave a level to spare; tests/test_typed.py scans the limit at two stack
-#: depths and fails with five). A response needs none:
-#: where the full parse refuses a valid body, the incremental extractor reads it, and says
-#: what the whole-body reading says (tests/test_whole.py).
-_request_deeper = _deeper(6)
 
 _TOP_FIELDS = tuple(path[0] for path in REQUEST_FIELDS if len(path) == 1)
 _PARENTS = tuple(dict.fromkeys(path[0] for path in REQUEST_FIELDS if len(path) == 2))
@@ -154,7 +146,13 @@ if ENABLED:
         [(name, _Scalar, _UNSET) for name in _TOP_FIELDS]
         + [(parent, Union[_PARENT_STRUCTS[parent], None, _UnsetType], _UNSET) for parent in _PARENTS],
     )
-    _decode_request = msgspec.json.Decoder(_Request).decode
+    # The peek's full parse refuses a body nested past json.loads's limit (its fields are
+    # none): the request is decoded seven frames down, with request_fields' own (six are
+    # exact, seven leave a level to spare; tests/test_typed.py scans the limit at two stack
+    # depths and fails with five). A response needs none: where the full parse refuses a
+    # valid body, the incremental extractor reads it and says what the whole-body reading
+    # says (tests/test_whole.py), which the typed reading says too.
+    _decode_request = _deeper(6, msgspec.json.Decoder(_Request).decode)
     _build_fields = _fields_builder(_PARENT_STRUCTS)
 
 
@@ -164,7 +162,7 @@ def request_fields(data: bytes | bytearray) -> JSONObject | None:
     if not ENABLED or ((len(data) > _SHALLOW or not data.isascii()) and _unsure(data)):
         return None
     try:
-        request = _request_deeper(_decode_request, data)
+        request = _decode_request(data)
     except (ValueError, RecursionError):  # msgspec.DecodeError (ValidationError too) is a ValueError
         return None
     return _build_fields(request)

@@ -23,6 +23,7 @@ from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
 from .fastjson import first, value_or_none
 from .providers.objects import MODEL_PATHS, UNBILLED_OBJECTS, USAGE_CONTAINERS, counts_from_object, model_from_object
+from .providers.table import PROVIDERS
 from .typed import chat_decoder
 from .usage import MAX_TOKENS, Invalid, Usage, read_chat, usage_of
 
@@ -44,6 +45,15 @@ _decode_chat = (
     chat_decoder(_CHAT_UNBILLED[0])
     if _CHAT_FIRST and _CHAT_UNBILLED is not None and not _CHAT_MARKERS.isdisjoint(("prompt_tokens", "completion_tokens"))
     else None
+)
+#: The operations of the providers whose usage is read that way first: only their bodies
+#: are worth the typed decode (one of another shape would be decoded for nothing, and a
+#: substring test for its counts costs a third of the decode).
+_CHAT_OPERATIONS = frozenset(
+    op.name
+    for p in PROVIDERS
+    if p.usage and p.usage[0][0] == ("usage",) and p.usage[0][1][0].read is read_chat
+    for op in p.operations
 )
 if _decode_chat is not None:
     from .typed import UNSET as _UNSET
@@ -159,7 +169,7 @@ def extract_whole_json(
     parse, a usage object with absurd counts, no usage when the text is to be measured for
     an estimate) goes the general way, which decides and names the error.
     """
-    if _decode_chat is not None and b'"prompt_tokens"' in data:  # else it would be decoded for nothing
+    if _decode_chat is not None and (operation is None or operation in _CHAT_OPERATIONS):
         plain = _typed_chat(data)
         if plain is not None:
             return plain
