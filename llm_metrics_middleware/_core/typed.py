@@ -23,10 +23,13 @@ not, and what it could represent differently, is routed there:
   the parser that decides; both fall back (the Struct takes neither). A number outside a
   double's range is refused by msgspec in a kept field and skipped elsewhere; orjson
   refuses it, and json.loads reads it (as infinity): that body's fields are the same, the
-  one case orjson does not decide. Only nested within a few levels of the interpreter's
-  recursion limit as well could json.loads refuse it where msgspec did not.
+  one case orjson does not decide. Nested almost to the interpreter's recursion limit as
+  well, json.loads refuses it: the request is decoded as deep (see ``_deeper``).
 * Everything msgspec refuses (``NaN``, lone surrogates, a byte order mark, a top-level
   array or scalar, a wanted field of a type the Struct does not take) falls back.
+
+The prompt's size (for an estimate, or a limit's cost) needs the messages: when a call asks
+for it, the peek gives the same bytes to the full parse then (most calls never ask).
 """
 
 from __future__ import annotations
