@@ -18,11 +18,14 @@ misses per request, with cachegrind's rough cycle estimate (Ir + 10 × L1 misses
 misses). Our instructions run between the server's, each chunk after about 100,000 of
 uvicorn's: a wrapped request's extra misses are the part of its cost that a tight
 in-process loop, where everything stays cached, does not show. ``--connections`` sets how
-many streams are in flight at once (section 5 has 50).
+many streams are in flight at once (section 5 has 50). ``--branch-sim`` simulates branch
+prediction as well (conditional and indirect branches, and how many were mispredicted; the
+interpreter's dispatch of each bytecode is an indirect branch).
 
     python bench/uvicorn_instructions.py            # about 4 minutes
     python bench/uvicorn_instructions.py --requests 100 400
     python bench/uvicorn_instructions.py --cache-sim --connections 50 --requests 100 400
+    python bench/uvicorn_instructions.py --branch-sim --connections 50 --requests 100 300
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ _TOTALS = re.compile(rb"^(?:totals|summary):\s*([\d ]+)$", re.MULTILINE)
 #: miss about 100 (its documentation's weights; real figures vary by machine).
 _L1_EVENTS = ("I1mr", "D1mr", "D1mw")
 _LL_EVENTS = ("ILmr", "DLmr", "DLmw")
+_BRANCH_EVENTS = ("Bc", "Bcm", "Bi", "Bim")
 
 
 def _send(port: int, requests: int) -> None:
@@ -71,13 +75,13 @@ def _send(port: int, requests: int) -> None:
                     break
 
 
-def _count(variant: str, requests: int, out_dir: str, connections: int, cache_sim: bool) -> dict[str, int]:
-    """The events (instructions ``Ir``, and the cache misses with ``cache_sim``) the server
-    executed from start to exit, serving ``requests`` requests over ``connections``."""
+def _count(variant: str, requests: int, out_dir: str, connections: int, sim: list[str]) -> dict[str, int]:
+    """The events (instructions ``Ir``, and the cache misses or branches the ``sim`` options
+    ask for) the server executed from start to exit, serving ``requests`` requests over
+    ``connections``."""
     port = free_port()
     out = os.path.join(out_dir, f"{variant}.{requests}.out")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    sim = ["--cache-sim=yes"] if cache_sim else []
     proc = subprocess.Popen(
         ["valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out}", sys.executable, str(BENCH),
          "--serve", variant, str(port)],
@@ -129,7 +133,10 @@ def main() -> int:
                         help=f"streams in flight at once (default {CONNECTIONS}; section 5 has 50)")
     parser.add_argument("--cache-sim", action="store_true",
                         help="also simulate the caches and print misses per request (about twice as slow)")
+    parser.add_argument("--branch-sim", action="store_true",
+                        help="also simulate branch prediction and print mispredictions per request")
     args = parser.parse_args()
+    sim = (["--cache-sim=yes"] if args.cache_sim else []) + (["--branch-sim=yes"] if args.branch_sim else [])
     if shutil.which("valgrind") is None:
         parser.error("needs valgrind on the PATH (Debian: apt-get install valgrind)")
     few, more = args.requests
@@ -140,7 +147,7 @@ def main() -> int:
     try:
         for variant in ("bare", "ours"):
             log(f"callgrind: uvicorn {variant}, {few} then {more} requests over {args.connections} connections")
-            low, high = (_count(variant, n, out_dir, args.connections, args.cache_sim) for n in (few, more))
+            low, high = (_count(variant, n, out_dir, args.connections, sim) for n in (few, more))
             per[variant] = {event: (high[event] - low[event]) / (more - few) for event in high}
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -167,6 +174,14 @@ def main() -> int:
         print(f"\nbare ÷ wrapped estimated cycles: {bare['cycles'] / ours['cycles']:.3f}; cycles per "
               f"instruction, bare {bare['cycles'] / bare['Ir']:.2f}, ours added "
               f"{(ours['cycles'] - bare['cycles']) / added_ir:.2f}")
+    if args.branch_sim:
+        added_ir = ours["Ir"] - bare["Ir"]
+        print("\n| Branches per request | bare | wrapped | added | per 1,000 instructions: bare / ours added |\n"
+              "| --- | ---: | ---: | ---: | ---: |")
+        for event in _BRANCH_EVENTS:
+            added = ours[event] - bare[event]
+            print(f"| {event} | {bare[event]:,.0f} | {ours[event]:,.0f} | {added:,.0f} | "
+                  f"{1000 * bare[event] / bare['Ir']:.2f} / {1000 * added / added_ir:.2f} |")
     return 0
 
 
