@@ -107,6 +107,7 @@ class UsageExtractor:
 
     __slots__ = (
         "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_tail", "_tpl_frame", "_tpl_text", "_tpl_bytes", "_tries",
+        "_put_off",
     )
 
     def __init__(
@@ -142,6 +143,10 @@ class UsageExtractor:
         self._tpl_text = text if token_counter is not None else None
         self._tpl_bytes = 0
         self._tries = TEMPLATE_TRIES
+        # The first chunk that misses a learnt template has its text measure put off (see
+        # Findings.pending): usually a stream's last ones (the finish, the usage), seen
+        # once. A second miss is read at once, and may teach the template of a new shape.
+        self._put_off = False
 
     def feed(self, chunk: bytes) -> None:
         head = self._tpl_head
@@ -181,31 +186,39 @@ class UsageExtractor:
                 pass
         reader = self._reader
         skim = reader.skim
+        hinted = False
         if skim is not None and skim.at_boundary:
             try:
                 # The SSE fast path (see SSEReader): whole events that cannot hold usage.
-                if (
-                    chunk[-2:] == b"\n\n"
-                    and _usage_hint(chunk) is None
-                    and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
-                ):
-                    found = self._found
-                    text = found.text
-                    if text is not None:
-                        count = 0
-                        last = None
-                        for m in found.text_fields(chunk):
-                            text.add_json_string(m.group(1))
-                            count += 1
-                            last = m
-                        if count == 1 and last is not None:
-                            self._learn(chunk, last)
-                    elif self._tries > 0:
-                        self._tries -= 1
-                        matches = list(found.text_fields(chunk))
-                        if len(matches) == 1:
-                            self._learn(chunk, matches[0])
-                    return
+                if chunk[-2:] == b"\n\n":
+                    if 34 not in chunk:
+                        return  # no quote: no text and no usage ([DONE], a comment, a ping)
+                    if _usage_hint(chunk) is not None or _usage_marker(chunk) is not None:
+                        # Usage may be here (the marker: Ollama's top-level counts): the
+                        # reader parses the event without looking for the hint again.
+                        hinted = True
+                    else:
+                        found = self._found
+                        text = found.text
+                        if self._put_off and len(chunk) <= found.pending_room:
+                            self._put_off = False
+                            found.pending_room -= len(chunk)
+                            found.pending.append(chunk)
+                        elif text is not None:
+                            count = 0
+                            last = None
+                            for m in found.text_fields(chunk):
+                                text.add_json_string(m.group(1))
+                                count += 1
+                                last = m
+                            if count == 1 and last is not None:
+                                self._learn(chunk, last)
+                        elif self._tries > 0:
+                            self._tries -= 1
+                            matches = list(found.text_fields(chunk))
+                            if len(matches) == 1:
+                                self._learn(chunk, matches[0])
+                        return
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
                 pass
         decoder = self._decoder
@@ -213,7 +226,7 @@ class UsageExtractor:
             if self._head is not None:
                 chunk = self._without_bom(chunk)
             try:
-                self._reader = reader.feed(chunk)
+                self._reader = skim.feed(chunk, True) if hinted and skim is not None else reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
                 self._stop()
             if self._tpl_learnt is not None:
@@ -247,6 +260,7 @@ class UsageExtractor:
         self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
         self._tpl_tail = tail
         self._tpl_frame = match.start(1) + len(tail)
+        self._put_off = True
 
     def _without_bom(self, chunk: bytes) -> bytes:
         head = (self._head or b"") + chunk
@@ -260,10 +274,12 @@ class UsageExtractor:
         self._found.error = "malformed"
         self._reader = Stopped()
 
-    def close(self, *, ended: bool = True) -> Extraction:
+    def close(self, *, ended: bool = True, estimate_only: bool = False) -> Extraction:
         """What the body said. ``ended=False``: the body was cut short (the client left,
         the app failed), so a compressed stream that stops midway is expected, not bad:
-        what was decoded so far is read."""
+        what was decoded so far is read. ``estimate_only``: the caller reads
+        ``text_tokens`` only to estimate a body that reported no usage, so one that did
+        says 0 and the text whose measure was put off is never measured."""
         found = self._found
         reader = self._reader
         decoder = self._decoder
@@ -278,7 +294,13 @@ class UsageExtractor:
         except Exception:
             found.fail("malformed")
         text_tokens = 0
-        if found.text is not None:
+        usage = found.acc.result()
+        if found.text is not None and not (estimate_only and usage is not None):
+            if found.pending:
+                try:
+                    found.measure_pending()
+                except Exception:
+                    found.pending.clear()
             if self._tpl_bytes:
                 found.text.add_bytes(self._tpl_bytes)
                 self._tpl_bytes = 0
@@ -287,7 +309,7 @@ class UsageExtractor:
             except Exception:
                 text_tokens = 0
         return Extraction(
-            usage=found.acc.result(),
+            usage=usage,
             model=found.model,
             provider=found.provider,
             format=reader.format,
