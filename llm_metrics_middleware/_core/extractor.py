@@ -29,6 +29,7 @@ from .usage import Usage
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _BOM = b"\xef\xbb\xbf"
+_new = object.__new__
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
 
@@ -223,8 +224,12 @@ class UsageExtractor:
                 pass
         decoder = self._decoder
         if decoder is None:
-            if self._head is not None:
-                chunk = self._without_bom(chunk)
+            bom = self._head
+            if bom is not None:
+                if bom or not chunk or chunk[0] == 0xEF:
+                    chunk = self._without_bom(chunk)
+                else:
+                    self._head = None  # its first byte rules a mark out: the chunk as it is
             try:
                 self._reader = skim.feed(chunk, True) if hinted and skim is not None else reader.feed(chunk)
             except Exception:  # a bug must not reach the app: stop reading this body
@@ -308,11 +313,14 @@ class UsageExtractor:
                 text_tokens = found.text.result()
             except Exception:
                 text_tokens = 0
-        return Extraction(
-            usage=usage,
-            model=found.model,
-            provider=found.provider,
-            format=reader.format,
-            text_tokens=text_tokens,
-            error=found.error,
-        )
+        # Every field of the slotted Extraction set directly: its generated __init__ is a
+        # call through the type with keywords, once per call (tests/test_extractor.py
+        # checks that every field is set).
+        extraction = _new(Extraction)
+        extraction.usage = usage
+        extraction.model = found.model
+        extraction.provider = found.provider
+        extraction.format = reader.format
+        extraction.text_tokens = text_tokens
+        extraction.error = found.error
+        return extraction

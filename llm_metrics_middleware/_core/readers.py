@@ -18,6 +18,7 @@ import json
 from typing import Final, Literal, Protocol, get_args
 
 from .eventstream import EventStreamDecoder
+from .fastjson import first as _first
 from .fastjson import loads
 from .findings import Findings
 from .jsonscan import JSONScanner
@@ -299,7 +300,10 @@ class SSEReader:
             if data == b"[DONE]":
                 return
             try:
-                obj = loads(data)
+                try:
+                    obj = _first(data)  # orjson itself when installed: one call fewer
+                except ValueError:
+                    obj = loads(data)  # which decides what orjson refused
             except ValueError:
                 found.fail("malformed")
                 return
