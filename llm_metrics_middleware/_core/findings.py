@@ -182,7 +182,8 @@ class Findings:
         """A counter of an SSE event's text, for one too large to keep and match whole."""
         return TextFieldCounter(self.stream_text.names)
 
-    def on_object(self, obj: JSONObject | dict[str, Any]) -> None:
+    def on_object(self, obj: JSONObject | dict[str, Any], hinted: bool = False) -> None:
+        """``hinted``: its bytes hold a usage key with an object (see counts_from_object)."""
         try:
             custom = self.custom
             if custom is not None:
@@ -192,7 +193,7 @@ class Findings:
                     self.provider = "custom"
                 if self.model is None:
                     self.model = custom.model_of(obj)
-            found = counts_from_object(obj)
+            found = counts_from_object(obj, not hinted)
             if found is not None:
                 counts, provider = found
                 self.acc.update(counts)

@@ -316,7 +316,7 @@ class SSEReader:
                     found.fail("malformed")
                 return
             if isinstance(obj, dict):
-                found.on_object(obj)
+                found.on_object(obj, hinted)
             elif isinstance(obj, list):  # a batch of objects in one event
                 for item in obj:
                     if isinstance(item, dict):

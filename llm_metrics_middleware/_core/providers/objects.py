@@ -70,12 +70,14 @@ def _read_keys() -> tuple[frozenset[str], frozenset[str]] | None:
 _READ_KEYS = _read_keys()
 
 
-def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
+def counts_from_object(obj: Mapping[str, Any], rule_out: bool = True) -> tuple[Counts, str] | None:
     """The usage in one JSON object and the provider its shape names, or None.
 
     Raises :class:`~.usage.Invalid` when a usage object holds values we refuse to count.
+    ``rule_out=False``: the caller found a usage key with an object in the object's bytes
+    already (the SSE hint), so the first test below would only add to the cost.
     """
-    if _READ_KEYS is not None:
+    if rule_out and _READ_KEYS is not None:
         # Most objects of a stream hold no usage container (OpenAI's chunks carry
         # ``"usage": null``): the keys that could lead to one are picked out in C, and
         # unless one of them is a top-level marker or holds an object, the loop below
