@@ -187,51 +187,52 @@ class UsageExtractor:
                 pass
         reader = self._reader
         skim = reader.skim
-        hinted = False
         if skim is not None and skim.at_boundary:
             try:
                 # The SSE fast path (see SSEReader): whole events that cannot hold usage.
-                if chunk[-2:] == b"\n\n":
-                    if 34 not in chunk:
-                        return  # no quote: no text and no usage ([DONE], a comment, a ping)
-                    if _usage_hint(chunk) is not None or _usage_marker(chunk) is not None:
-                        # Usage may be here (the marker: Ollama's top-level counts): the
-                        # reader parses the event without looking for the hint again.
-                        hinted = True
-                    else:
-                        found = self._found
-                        text = found.text
-                        if self._put_off and len(chunk) <= found.pending_room:
-                            self._put_off = False
-                            found.pending_room -= len(chunk)
-                            found.pending.append(chunk)
-                        elif text is not None:
-                            count = 0
-                            last = None
-                            for m in found.text_fields(chunk):
-                                text.add_json_string(m.group(1))
-                                count += 1
-                                last = m
-                            if count == 1 and last is not None:
-                                self._learn(chunk, last)
-                        elif self._tries > 0:
-                            self._tries -= 1
-                            matches = list(found.text_fields(chunk))
-                            if len(matches) == 1:
-                                self._learn(chunk, matches[0])
-                        return
+                if chunk[-2:] != b"\n\n":
+                    skim = None
+                elif 34 not in chunk:
+                    return  # no quote: no text and no usage ([DONE], a comment, a ping)
+                elif _usage_hint(chunk) is None and _usage_marker(chunk) is None:  # the marker: Ollama's counts
+                    found = self._found
+                    text = found.text
+                    if self._put_off and len(chunk) <= found.pending_room:
+                        self._put_off = False
+                        found.pending_room -= len(chunk)
+                        found.pending.append(chunk)
+                    elif text is not None:
+                        count = 0
+                        last = None
+                        for m in found.text_fields(chunk):
+                            text.add_json_string(m.group(1))
+                            count += 1
+                            last = m
+                        if count == 1 and last is not None:
+                            self._learn(chunk, last)
+                    elif self._tries > 0:
+                        self._tries -= 1
+                        matches = list(found.text_fields(chunk))
+                        if len(matches) == 1:
+                            self._learn(chunk, matches[0])
+                    return
+                # Else usage may be here: ``skim`` stays set, and the reader parses the
+                # event without looking for the hint again. (No flag of its own: every
+                # local of this method costs every chunk's call, the template's included.)
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
-                pass
+                skim = None
+        else:
+            skim = None
         decoder = self._decoder
         if decoder is None:
-            bom = self._head
-            if bom is not None:
-                if bom or not chunk or chunk[0] == 0xEF:
+            head = self._head  # (the template's local, reused for the same reason)
+            if head is not None:
+                if head or not chunk or chunk[0] == 0xEF:
                     chunk = self._without_bom(chunk)
                 else:
                     self._head = None  # its first byte rules a mark out: the chunk as it is
             try:
-                self._reader = skim.feed(chunk, True) if hinted and skim is not None else reader.feed(chunk)
+                self._reader = reader.feed(chunk) if skim is None else skim.feed(chunk, True)
             except Exception:  # a bug must not reach the app: stop reading this body
                 self._stop()
             if self._tpl_learnt is not None:
