@@ -275,7 +275,7 @@ class MeteredCall(CallContext):
             extractor = self.extractor
             extraction: Extraction | None = None
             if extractor is not None:
-                extraction = extractor.close(ended=outcome == COMPLETED)
+                extraction = extractor.close(ended=outcome == COMPLETED, estimate_only=True)
             elif self.deferred:
                 whole = self.whole
                 if whole is None:  # no body bytes at all
