@@ -23,21 +23,18 @@ A value nobody supplied is exported as ``"unknown"``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import re
 import socket
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Union
 
-from .._core.providers.facts import KEY_HEADERS, KEY_QUERY
 from .call import ErrorKind, Schema
 from .names import LABEL, safe_name
 from .request import RequestView
+from .subscription import SubscriptionHasher
 
 logger = logging.getLogger("llm_metrics_middleware")
 
@@ -116,13 +113,23 @@ def sanitize(value: object) -> str:
     return text or UNKNOWN
 
 
-@dataclass(slots=True)
 class CallContext:
-    """What the middleware learnt about the call, for the built-in sources."""
+    """What the middleware learnt about the call, for the built-in sources.
 
-    provider: str | None = None
-    operation: str | None = None
-    model: str | None = None
+    A plain slotted class, not a dataclass, so that :class:`~.metered_call.MeteredCall`
+    can be one: a finishing call sets its own three fields and is handed to the sources
+    itself, instead of building a context object per call.
+    """
+
+    __slots__ = ("provider", "operation", "model")
+
+    def __init__(self, provider: str | None = None, operation: str | None = None, model: str | None = None) -> None:
+        self.provider = provider
+        self.operation = operation
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"CallContext(provider={self.provider!r}, operation={self.operation!r}, model={self.model!r})"
 
 
 Source = Callable[[RequestView, CallContext], str | None]
@@ -166,10 +173,14 @@ def _product_id(request: RequestView, ctx: CallContext) -> str | None:
 
 
 def _user_id(request: RequestView, ctx: CallContext) -> str | None:
-    user = request.user
-    if user:
-        return user
-    body = request.body
+    scope = request.scope
+    if scope is None or "user" in scope:  # else no authenticated user: RequestView.user is None
+        user = request.user
+        if user:
+            return user
+    body = request._body  # kept by the view once final: the property only when not
+    if body is None:
+        body = request.body
     value = body.get("user")
     if isinstance(value, str) and value:
         return value
@@ -179,70 +190,6 @@ def _user_id(request: RequestView, ctx: CallContext) -> str | None:
         if isinstance(value, str) and value:
             return value
     return request.headers.get("X-User-Id")
-
-
-def _api_key(request: RequestView) -> str | None:
-    headers = request.headers
-    for name in KEY_HEADERS:
-        value = headers.get(name)
-        if value:
-            if name == "Authorization":
-                scheme, _, token = value.partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    continue
-                return token.strip()
-            return value.strip()
-    for name in KEY_QUERY:  # Gemini's ?key=
-        key = request.query.get(name)
-        if key:
-            return key
-    return None
-
-
-class SubscriptionHasher:
-    """Subscription ID from the API key: HMAC-SHA256 under a secret, 16 hex digits.
-
-    Keyed so that a leaked metric label cannot be matched against a list of keys. The
-    secret comes from ``LLM_METRICS_SUBSCRIPTION_SECRET``; without it a random secret is
-    used, one per process as the README says: every middleware of the process shares it
-    (so two sub-apps give one key the same ID), and a forked worker draws its own. That
-    keeps keys safe but makes IDs differ between processes and restarts (a warning says so
-    once per process).
-    """
-
-    def __init__(self, secret: bytes | str | None = None) -> None:
-        if secret is None:
-            env = os.environ.get("LLM_METRICS_SUBSCRIPTION_SECRET")
-            secret = env if env else None
-        self._secret: bytes | None = None if secret is None else (secret.encode() if isinstance(secret, str) else secret)
-
-    def __call__(self, request: RequestView, ctx: CallContext) -> str | None:
-        key = _api_key(request)
-        if key is None:
-            return None
-        secret = self._secret if self._secret is not None else _process_secret()
-        return hmac.new(secret, key.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
-
-
-_PROCESS_SECRET: list[bytes] = []  # drawn at the first hash in this process, emptied in a forked child
-_SECRET_LOCK = threading.Lock()
-
-
-def _process_secret() -> bytes:
-    if not _PROCESS_SECRET:
-        with _SECRET_LOCK:
-            if not _PROCESS_SECRET:
-                _PROCESS_SECRET.append(os.urandom(32))
-                logger.warning(
-                    "Subscription ID is hashed with a random per-process secret; set "
-                    "LLM_METRICS_SUBSCRIPTION_SECRET (or subscription_secret=) for IDs that are "
-                    "stable across processes and restarts"
-                )
-    return _PROCESS_SECRET[0]
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_PROCESS_SECRET.clear)
 
 
 def default_location() -> str | None:
@@ -288,16 +235,22 @@ def _checked(value: object) -> str:
 
 def _compile_values(schema: BoundSchema) -> Callable[[RequestView, CallContext, Callable[[ErrorKind], None] | None], tuple[str, ...]]:
     """The schema's ``values`` as one function written for its dimensions, as dataclasses
-    writes ``__init__``: each source called (a context-only built-in's expression inline)
-    and its value checked, without a loop, a list or a call per built-in. A source that
-    raises gives ``None`` ("unknown"), counted and logged once by ``_failed_source``; a
-    value seen clean already (the same few models, paths, users: :data:`_CLEAN`) skips
-    the checks."""
-    namespace: dict[str, object] = {"clean": _CLEAN, "checked": _checked, "failed": schema._failed_source}
+    writes ``__init__``: each source called (a context-only built-in's expression inline,
+    the API ID's cache read first) and its value checked, without a loop, a list or a call
+    per built-in. A source that raises gives ``None`` ("unknown"), counted and logged once
+    by ``_failed_source``; a value seen clean already (the same few models, paths, users:
+    :data:`_CLEAN`) skips the checks."""
+    namespace: dict[str, object] = {
+        "clean": _CLEAN, "checked": _checked, "failed": schema._failed_source, "api_ids": _API_IDS, "api_id": _api_id,
+    }
     lines = ["def values(request, ctx, count_error=None):"]
     for i, dim in enumerate(schema.dimensions):
         if dim.inline is not None:
             lines.append(f"    v{i} = {dim.inline}")
+        elif dim.source is _api_id:
+            # Its cache read in place of the call (the source runs for a path not met yet);
+            # neither raises: root_path and path are always str.
+            lines.append(f"    v{i} = api_ids.get((request.root_path, request.path)) or api_id(request, ctx)")
         else:
             namespace[f"s{i}"] = dim.source
             lines += [

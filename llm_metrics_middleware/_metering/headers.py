@@ -13,9 +13,29 @@ from collections.abc import Iterable, Mapping
 
 from .._core.providers.facts import USAGE_HEADER_NAMES
 
-__all__ = ["response_headers", "usage_headers_of"]
+__all__ = ["RESPONSE_HEADER_KINDS", "header_kind", "response_headers", "usage_headers_of"]
 
 _USAGE_HEADERS_RAW = frozenset(name.encode("latin-1") for name in USAGE_HEADER_NAMES)
+
+#: Raw response header name, as the app spells it -> what it is to us: 0 nothing, 1
+#: Content-Type, 2 Content-Encoding, 3 a usage-reporting header. Filled as names are met
+#: (:func:`header_kind`), so the ASGI driver tells a header's kind with one look-up and
+#: lower-cases no name it has seen before. The app chooses its header names (a proxy
+#: passes its upstream's), so the table is bounded: emptied when full.
+RESPONSE_HEADER_KINDS: dict[bytes, int] = {b"content-type": 1, b"content-encoding": 2}
+RESPONSE_HEADER_KINDS.update((name, 3) for name in _USAGE_HEADERS_RAW)
+_KINDS_SIZE = 512
+_KNOWN_KINDS = dict(RESPONSE_HEADER_KINDS)
+
+
+def header_kind(name: bytes) -> int:
+    """The kind of a header name not yet in :data:`RESPONSE_HEADER_KINDS`; kept there."""
+    kind = _KNOWN_KINDS.get(name.lower(), 0)
+    if len(RESPONSE_HEADER_KINDS) >= _KINDS_SIZE:
+        RESPONSE_HEADER_KINDS.clear()
+        RESPONSE_HEADER_KINDS.update(_KNOWN_KINDS)
+    RESPONSE_HEADER_KINDS[bytes(name)] = kind
+    return kind
 
 
 def response_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None, dict[str, str] | None]:

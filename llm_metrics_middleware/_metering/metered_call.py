@@ -17,16 +17,15 @@ from typing import TYPE_CHECKING
 from .._core import readers
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, tokens_from_bytes
-from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, Extraction, UsageExtractor, body_format
+from .._core.extractor import JSON, NONE, BodyFormat, Extraction, UsageExtractor
 from .._core.peek import BodyPeek
 from .._core.providers import Route
 from .._core.providers.facts import (
     STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     counts_from_headers,
-    provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
+from .._core.usage import MAX_TOKENS, Counts, make_usage, with_hidden_output
 from .._core.whole import extract_whole_json
 from .call import (
     COMPLETED,
@@ -34,13 +33,12 @@ from .call import (
     NO_USAGE,
     REPORTED,
     CallRecord,
-    ErrorKind,
     Origin,
     Outcome,
     UsageSource,
-    is_error_kind,
 )
 from .dimensions import CallContext, safe_text
+from .reading import FORMATS, STREAM_FORMATS, body_error, format_of, provider_by_headers, with_header_counts
 from .request import RequestView
 from .trace import TraceIds, current_trace
 
@@ -51,62 +49,16 @@ logger = logging.getLogger("llm_metrics_middleware")
 _new = object.__new__
 
 
-def _provider_from_headers(view: RequestView) -> str | None:
-    """Headers only one provider's clients send, for paths we do not recognise."""
-    return provider_from_headers(view.headers, view.query)
-
-
-def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
-    """The body's usage with the headers' counts over it: the headers are authoritative
-    (the provider's billing counts); the body may add what they lack (cached, reasoning)."""
-    acc = UsageAccumulator()
-    if usage is not None:
-        acc.update(
-            (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens,
-                usage.cached_tokens,
-                usage.reasoning_tokens,
-                usage.cache_write_tokens,
-                usage.cache_write_1h_tokens,
-            )
-        )
-    acc.update(counts)
-    return acc.result()
-
-
-def body_error(error: str) -> ErrorKind:
-    """The ``kind`` label for why the core could not read a body. The label set stays closed
-    even if the core ever names a reason not in :data:`ErrorKind` (a bug that
-    ``tests/test_vocabulary.py`` catches first): that one is counted as ``internal``."""
-    return error if is_error_kind(error) else "internal"
-
-
 def _ignore(chunk: bytes) -> None:
     """The body of a response that is not read."""
 
 
-#: Response Content-Type -> body format, so the media type is parsed once per value, not per
-#: response. The app chooses the header (a proxy passes its upstream's), so it is bounded.
-_FORMATS: dict[str | None, BodyFormat] = {}
-_FORMATS_SIZE = 64
+class MeteredCall(CallContext):
+    """Per-request state. Every method is safe to call: none raises.
 
-
-#: The formats of a streamed body (a JSON body may be one too: see _finish).
-_STREAM_FORMATS = frozenset((SSE, EVENTSTREAM))
-
-
-def _format_of(content_type: str | None) -> BodyFormat:
-    fmt = body_format(content_type)
-    if len(_FORMATS) >= _FORMATS_SIZE:
-        _FORMATS.clear()
-    _FORMATS[content_type] = fmt
-    return fmt
-
-
-class MeteredCall:
-    """Per-request state. Every method is safe to call: none raises."""
+    Its :class:`CallContext` fields (provider, operation, model) are set when it finishes,
+    for the dimension sources, and read by nothing before.
+    """
 
     __slots__ = (
         "metering",
@@ -181,10 +133,11 @@ class MeteredCall:
         self.deferred = False
         self.whole: bytes | None = None
         self.token_counter: TokenCounter | None = None
-        #: What the drivers call with every response body chunk: first the method that
-        #: notes the time of the first chunk, then the extractor's own ``feed`` (or a
-        #: no-op), so a streamed chunk costs one Python call here, not two.
-        self.feed: Callable[[bytes], None] = self._first_body
+        #: What the drivers call with every response body chunk: a no-op until
+        #: response_start decides to read the body, then the method that notes the time of
+        #: the first chunk, then the extractor's own ``feed``, so a streamed chunk costs one
+        #: Python call here, not two.
+        self.feed: Callable[[bytes], None] = _ignore
         #: The OpenTelemetry span current when the call started (see :mod:`.trace`); for
         #: an outgoing call made when no span is current (a WSGI body, iterated after the
         #: tracing middleware detached its span), the span of the request it belongs to.
@@ -204,12 +157,14 @@ class MeteredCall:
     def response_start(
         self,
         status: int,
-        content_type: str | None,
+        content_type: str | bytes | None,
         content_encoding: str | None,
         usage_headers: Mapping[str, str] | None = None,
     ) -> None:
         """``usage_headers``: the response headers named in ``facts.USAGE_HEADER_NAMES``
-        (lower-case names), which some providers report usage in (Bedrock)."""
+        (lower-case names), which some providers report usage in (Bedrock).
+        ``content_type`` as the driver has it: a str, or the raw bytes of an ASGI header
+        (looked up as they are, decoded only the first time a value is met)."""
         try:
             self.status = status
             if self.trace is None:  # a span the app started itself is current now
@@ -225,9 +180,9 @@ class MeteredCall:
                 decompressor = decompressor_for(content_encoding)
                 if decompressor is None:
                     return  # an encoding we cannot read: pass it on unread
-            fmt = _FORMATS.get(content_type)
+            fmt = FORMATS.get(content_type)
             if fmt is None:
-                fmt = _format_of(content_type)
+                fmt = format_of(content_type)
             if fmt == NONE:
                 return
             metering = self.metering
@@ -239,9 +194,10 @@ class MeteredCall:
             if fmt == JSON and decompressor is None and metering.custom is None:
                 # Read when it ends: most such bodies come whole, in one message or block,
                 # and extract_whole_json reads them with one parse; a body that comes in
-                # more pieces gets its extractor at the second (see _more_json).
+                # more pieces gets its extractor at the second (see _json_body).
                 self.deferred = True
                 self.token_counter = token_counter
+                self.feed = self._json_body
                 return
             self.extractor = UsageExtractor(
                 fmt,
@@ -257,6 +213,7 @@ class MeteredCall:
                 decompressor=decompressor,
                 operation=self.route.operation,
             )
+            self.feed = self._first_body
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "start reading a response (it is not counted)", exc)
             self.metering.count_error("internal")
@@ -266,21 +223,33 @@ class MeteredCall:
         self.feed(chunk)
 
     def _first_body(self, chunk: bytes) -> None:
+        """The first chunk of a body read as it comes: its time, then the extractor's own
+        ``feed`` from the next chunk on."""
         if not chunk:
             return
         self.first_chunk = time.perf_counter()
         extractor = self.extractor
-        if extractor is None:
-            if not self.deferred:
-                self.feed = _ignore
-            elif len(chunk) <= readers.SMALL_BODY:
-                self.whole = chunk
-                self.feed = self._more_json
-            else:
-                self._json_extractor().feed(chunk)
-        else:
+        if extractor is not None:
             self.feed = extractor.feed
             extractor.feed(chunk)
+
+    def _json_body(self, chunk: bytes) -> None:
+        """A deferred JSON body's chunks: the first kept whole (the usual, only one), a
+        second one hands both to an extractor."""
+        if not chunk:
+            return
+        whole = self.whole
+        if whole is None:  # the first chunk (a second one finds it kept)
+            self.first_chunk = time.perf_counter()
+            if len(chunk) <= readers.SMALL_BODY:
+                self.whole = chunk
+            else:
+                self._json_extractor().feed(chunk)
+            return
+        self.whole = None
+        extractor = self._json_extractor()
+        extractor.feed(whole)
+        extractor.feed(chunk)
 
     def _json_extractor(self) -> UsageExtractor:
         """The extractor of a deferred JSON body that did not come whole."""
@@ -291,149 +260,160 @@ class MeteredCall:
         self.feed = extractor.feed
         return extractor
 
-    def _more_json(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        whole = self.whole
-        self.whole = None
-        extractor = self._json_extractor()
-        if whole is not None:
-            extractor.feed(whole)
-        extractor.feed(chunk)
-
     def finish(self, outcome: Outcome) -> None:
         if self.finished:
             return
         self.finished = True
         # A finished call reads nothing more; and self.feed may be one of our own bound
-        # methods (_first_body, _more_json): a reference cycle that would leave the call,
+        # methods (_first_body, _json_body): a reference cycle that would leave the call,
         # its request view and its parsed body to the cyclic garbage collector.
         self.feed = _ignore
+        # One method, not a guard around a helper: a Python call fewer per call.
         try:
-            self._finish(outcome)
+            metering = self.metering
+            route = self.route
+            extractor = self.extractor
+            extraction: Extraction | None = None
+            if extractor is not None:
+                extraction = extractor.close(ended=outcome == COMPLETED, estimate_only=True)
+            elif self.deferred:
+                whole = self.whole
+                if whole is None:  # no body bytes at all
+                    extraction = Extraction(None, None, None, JSON, 0, None)
+                else:
+                    self.whole = None
+                    extraction = extract_whole_json(
+                        whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
+                    )
+            # What the extraction said, read once (most calls have one: a deferred JSON body
+            # or an extractor), instead of asking ``extraction is not None`` at every use.
+            if extraction is not None:
+                usage = extraction.usage
+                error = extraction.error
+                response_model = extraction.model
+            else:
+                usage = error = response_model = None
+            if not self.metered or self.counted_elsewhere:
+                return
+            status = self.status
+            if self.header_counts is not None and status < 400:
+                usage = with_header_counts(usage, self.header_counts)
+            if usage is not None and route.hidden_output_in_total:
+                usage = with_hidden_output(usage)
+            # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
+            # path include_paths= allows.
+            if route.operation is None and usage is None:
+                if error is not None and metering.custom is not None:
+                    metering.count_error(body_error(error))
+                return
+            call_view = self.call_view
+            if error is not None:
+                metering.count_error(body_error(error))
+                logger.debug("llm-metrics: body of %s %s not read: %s", call_view.method, call_view.path, error)
+            body = call_view._body  # kept by the view once final (see RequestView.body)
+            if body is None:
+                body = call_view.body
+            source: UsageSource = NO_USAGE
+            if status >= 400:
+                usage = None
+            elif usage is not None:
+                source = REPORTED
+            elif (
+                self.want_text
+                and extraction is not None
+                and extraction.text_tokens > 0
+                and metering.estimate
+            ):
+                prompt = min(tokens_from_bytes(call_view.prompt_bytes), MAX_TOKENS)
+                completion = min(extraction.text_tokens, MAX_TOKENS)
+                usage = make_usage(prompt, completion, prompt + completion, estimated=True)
+                source = ESTIMATED
+            request_model = body.get("model")
+            if request_model.__class__ is not str or not request_model:
+                request_model = route.model
+            provider = (
+                metering.provider
+                or route.provider
+                or (extraction.provider if extraction is not None else None)
+                or provider_by_headers(call_view)
+            )
+            # Strings from the request or response: made encodable before any exporter sees them
+            # (an ASCII str, the usual case, is kept without the call).
+            if request_model is not None and not (request_model.__class__ is str and request_model.isascii()):
+                request_model = safe_text(request_model)
+            if response_model is not None and not (response_model.__class__ is str and response_model.isascii()):
+                response_model = safe_text(response_model)
+            if provider is not None and not (provider.__class__ is str and provider.isascii()):
+                provider = safe_text(provider)
+            operation = route.operation
+            schema = metering.schema
+            # The call is its own CallContext: its three fields set now, no object built.
+            self.provider = provider
+            self.operation = operation
+            self.model = response_model or request_model
+            values = schema.values_of(self.view, self, metering.count_error)
+            if self.overrides:
+                values = schema.override(values, self.overrides)
+            limiter = metering.limiter
+            if values in limiter._seen:  # admitted before: SeriesLimiter.admit's first test
+                dims = values
+            else:
+                dims, overflowed = limiter.admit(values)
+                if overflowed:
+                    metering.count_error("series_overflow")
+            fmt = self.fmt
+            streamed = fmt in STREAM_FORMATS or (
+                fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
+            )
+            started = self.started
+            first_chunk = self.first_chunk
+            trace = self.trace
+            trace_id: str | None = None
+            span_id: str | None = None
+            if trace is not None:
+                trace_id, span_id = trace
+            duration = time.perf_counter() - started
+            first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
+            fields = metering.direct_fields
+            if fields is not None:  # sinks that only add to sums: no record (Metering.direct_fields)
+                for record_fields in fields:
+                    try:
+                        record_fields(dims, usage, status, outcome, source, duration, first_chunk_s, None, trace_id, span_id)
+                    except Exception as exc:
+                        metering._record_failed(fields.index(record_fields), exc)
+                return
+            origin = self.origin
+            # Every field of the slotted CallRecord set directly, in its order: the generated
+            # __init__ is one more Python call with eighteen arguments (tests/test_call_record.py
+            # checks that a delivered record has every field).
+            record = _new(CallRecord)
+            record.dimensions = dims
+            record.usage = usage
+            record.usage_source = source
+            record.provider = provider
+            record.operation = operation
+            record.request_model = request_model
+            record.response_model = response_model
+            record.status = status
+            record.outcome = outcome
+            record.streamed = streamed
+            record.duration_s = duration
+            record.time_to_first_chunk_s = first_chunk_s
+            record.parse_error = error
+            record.origin = origin
+            record.request = self.view if origin == "incoming" or self.incoming is not None else None
+            record.cost_usd = None
+            record.trace_id = trace_id
+            record.span_id = span_id
+            records = metering.direct_records
+            if records is None:
+                metering.deliver(record)
+            else:  # Metering.deliver with nothing to do but hand the record to the sinks
+                for record_fn in records:
+                    try:
+                        record_fn(record)
+                    except Exception as exc:
+                        metering._record_failed(records.index(record_fn), exc)
         except Exception as exc:
             self.metering.failures.failed("llm-metrics", "meter a call", exc)
             self.metering.count_error("internal")
-
-    def _finish(self, outcome: Outcome) -> None:
-        metering = self.metering
-        route = self.route
-        extractor = self.extractor
-        extraction: Extraction | None = None
-        if extractor is not None:
-            extraction = extractor.close(ended=outcome == COMPLETED, estimate_only=True)
-        elif self.deferred:
-            whole = self.whole
-            if whole is None:  # no body bytes at all
-                extraction = Extraction(None, None, None, JSON, 0, None)
-            else:
-                self.whole = None
-                extraction = extract_whole_json(
-                    whole, want_text=self.want_text, token_counter=self.token_counter, operation=route.operation
-                )
-        # What the extraction said, read once (most calls have one: a deferred JSON body
-        # or an extractor), instead of asking ``extraction is not None`` at every use.
-        if extraction is not None:
-            usage = extraction.usage
-            error = extraction.error
-            response_model = extraction.model
-        else:
-            usage = error = response_model = None
-        if not self.metered or self.counted_elsewhere:
-            return
-        status = self.status
-        if self.header_counts is not None and status < 400:
-            usage = _with_header_counts(usage, self.header_counts)
-        if usage is not None and route.hidden_output_in_total:
-            usage = with_hidden_output(usage)
-        # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
-        # path include_paths= allows.
-        if route.operation is None and usage is None:
-            if error is not None and metering.custom is not None:
-                metering.count_error(body_error(error))
-            return
-        call_view = self.call_view
-        if error is not None:
-            metering.count_error(body_error(error))
-            logger.debug("llm-metrics: body of %s %s not read: %s", call_view.method, call_view.path, error)
-        body = call_view.body
-        source: UsageSource = NO_USAGE
-        if status >= 400:
-            usage = None
-        elif usage is not None:
-            source = REPORTED
-        elif (
-            self.want_text
-            and extraction is not None
-            and extraction.text_tokens > 0
-            and metering.estimate
-        ):
-            prompt = min(tokens_from_bytes(call_view.prompt_bytes), MAX_TOKENS)
-            completion = min(extraction.text_tokens, MAX_TOKENS)
-            usage = make_usage(prompt, completion, prompt + completion, estimated=True)
-            source = ESTIMATED
-        request_model = body.get("model")
-        if request_model.__class__ is not str or not request_model:
-            request_model = route.model
-        provider = (
-            metering.provider
-            or route.provider
-            or (extraction.provider if extraction is not None else None)
-            or _provider_from_headers(call_view)
-        )
-        # Strings from the request or response: made encodable before any exporter sees them
-        # (an ASCII str, the usual case, is kept without the call).
-        if request_model is not None and not (request_model.__class__ is str and request_model.isascii()):
-            request_model = safe_text(request_model)
-        if response_model is not None and not (response_model.__class__ is str and response_model.isascii()):
-            response_model = safe_text(response_model)
-        if provider is not None and not (provider.__class__ is str and provider.isascii()):
-            provider = safe_text(provider)
-        operation = route.operation
-        schema = metering.schema
-        # CallContext's three fields set directly: its generated __init__ is a Python call.
-        ctx = _new(CallContext)
-        ctx.provider = provider
-        ctx.operation = operation
-        ctx.model = response_model or request_model
-        values = schema.values_of(self.view, ctx, metering.count_error)
-        if self.overrides:
-            values = schema.override(values, self.overrides)
-        dims, overflowed = metering.limiter.admit(values)
-        if overflowed:
-            metering.count_error("series_overflow")
-        fmt = self.fmt
-        streamed = fmt in _STREAM_FORMATS or (
-            fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
-        )
-        started = self.started
-        first_chunk = self.first_chunk
-        trace = self.trace
-        trace_id: str | None = None
-        span_id: str | None = None
-        if trace is not None:
-            trace_id, span_id = trace
-        origin = self.origin
-        # Every field of the slotted CallRecord set directly, in its order: the generated
-        # __init__ is one more Python call with eighteen arguments (tests/test_call_record.py
-        # checks that a delivered record has every field).
-        record = _new(CallRecord)
-        record.dimensions = dims
-        record.usage = usage
-        record.usage_source = source
-        record.provider = provider
-        record.operation = operation
-        record.request_model = request_model
-        record.response_model = response_model
-        record.status = status
-        record.outcome = outcome
-        record.streamed = streamed
-        record.duration_s = time.perf_counter() - started
-        record.time_to_first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
-        record.parse_error = error
-        record.origin = origin
-        record.request = self.view if origin == "incoming" or self.incoming is not None else None
-        record.cost_usd = None
-        record.trace_id = trace_id
-        record.span_id = span_id
-        metering.deliver(record)
