@@ -130,3 +130,17 @@ def test_streams_without_model_stop_being_parsed_but_usage_is_still_found(monkey
         x.feed(piece)
     assert x.close().usage.total_tokens == 5
     assert len(calls) <= 20
+
+
+def test_close_sets_every_field_of_the_extraction() -> None:
+    # close() fills the slotted Extraction field by field, without its __init__.
+    import dataclasses
+
+    from llm_metrics_middleware._core.extractor import Extraction
+
+    x = UsageExtractor(SSE, want_text=True)
+    x.feed(b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n')
+    result = x.close()
+    assert all(hasattr(result, f.name) for f in dataclasses.fields(Extraction))
+    assert result == Extraction(result.usage, "m", "openai", SSE, result.text_tokens, None)
+    assert result.usage is not None and result.usage.total_tokens == 3

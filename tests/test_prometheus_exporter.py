@@ -21,6 +21,7 @@ from llm_metrics_middleware._metering.dimensions import Dimension, build_schema
 
 from .drive import chunk_app, request_json, run_asgi
 from .test_asgi_middleware import OPENAI_STREAM
+from .wire.cases import CASES, WireCase
 
 FOUR = ["API ID", "Operation ID", "User ID", "Model"]
 COMPLETION = json.dumps({
@@ -254,3 +255,36 @@ def test_multiprocess_mode_sums_workers_exactly_and_lazily(tmp_path: Path) -> No
     assert not [k for k in samples if k.startswith(("llm_reasoning", "llm_estimated", "llm_cost"))]
     assert samples["llm_request_duration_seconds_bucket" + json.dumps({"le": "0.5", "tier": "x"})] == 300
     assert samples["llm_request_duration_seconds_bucket" + json.dumps({"le": "0.25", "tier": "x"})] == 0
+
+
+_FIELD_CASES = [c for c in CASES if c.id in (
+    "openai-chat-json", "openai-chat-json-o3-mini-reasoning", "openai-chat-stream-include-usage",
+    "openai-chat-stream-no-usage", "anthropic-messages-json-cache", "anthropic-messages-stream-thinking",
+)]
+
+
+@pytest.mark.parametrize("case", _FIELD_CASES, ids=[c.id for c in _FIELD_CASES])
+def test_a_call_adds_the_same_sums_whether_it_hands_over_its_fields_or_a_record(case: WireCase) -> None:
+    """A finishing call gives the aggregate the fields of its record and builds none when
+    every sink only sums (Metering.direct_fields); the sums must be those of the record."""
+
+    def sums(direct: bool) -> list[tuple[Any, ...]]:
+        chunks = [case.body[i : i + 97] for i in range(0, len(case.body), 97)]
+        app = LLMMetricsMiddleware(chunk_app(200, [("content-type", case.content_type)], chunks),
+                                   exporters=[PrometheusExporter(CollectorRegistry())], dimensions=FOUR)
+        for _ in range(3):
+            run_asgi(app, path=case.path, body=case.request_body)
+            if not direct:
+                app.metering.direct_fields = None  # the record path, as with any other sink
+        assert (app.metering.direct_fields is not None) is direct
+        totals = app.metering.sinks[0].record.__self__  # type: ignore[attr-defined]
+        return sorted(
+            (s.dims, s.usage_calls, s.prompt, s.completion, s.total, s.cached, s.reasoning, s.estimated_calls,
+             s.est_prompt, s.est_completion, s.cost, sorted(s.requests.items()), sum(s.duration),
+             sum(s.first_chunk or ()))
+            for s in totals.snapshot()[0]
+        )
+
+    with_fields = sums(direct=True)
+    assert with_fields and with_fields[0][1] == 3
+    assert with_fields == sums(direct=False)

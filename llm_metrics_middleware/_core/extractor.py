@@ -29,6 +29,7 @@ from .usage import Usage
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _BOM = b"\xef\xbb\xbf"
+_new = object.__new__
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
 
@@ -107,6 +108,7 @@ class UsageExtractor:
 
     __slots__ = (
         "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_tail", "_tpl_frame", "_tpl_text", "_tpl_bytes", "_tries",
+        "_put_off",
     )
 
     def __init__(
@@ -142,6 +144,10 @@ class UsageExtractor:
         self._tpl_text = text if token_counter is not None else None
         self._tpl_bytes = 0
         self._tries = TEMPLATE_TRIES
+        # The first chunk that misses a learnt template has its text measure put off (see
+        # Findings.pending): usually a stream's last ones (the finish, the usage), seen
+        # once. A second miss is read at once, and may teach the template of a new shape.
+        self._put_off = False
 
     def feed(self, chunk: bytes) -> None:
         head = self._tpl_head
@@ -184,14 +190,18 @@ class UsageExtractor:
         if skim is not None and skim.at_boundary:
             try:
                 # The SSE fast path (see SSEReader): whole events that cannot hold usage.
-                if (
-                    chunk[-2:] == b"\n\n"
-                    and _usage_hint(chunk) is None
-                    and _usage_marker(chunk) is None  # top-level counts (Ollama's) in SSE
-                ):
+                if chunk[-2:] != b"\n\n":
+                    skim = None
+                elif 34 not in chunk:
+                    return  # no quote: no text and no usage ([DONE], a comment, a ping)
+                elif _usage_hint(chunk) is None and _usage_marker(chunk) is None:  # the marker: Ollama's counts
                     found = self._found
                     text = found.text
-                    if text is not None:
+                    if self._put_off and len(chunk) <= found.pending_room:
+                        self._put_off = False
+                        found.pending_room -= len(chunk)
+                        found.pending.append(chunk)
+                    elif text is not None:
                         count = 0
                         last = None
                         for m in found.text_fields(chunk):
@@ -206,14 +216,23 @@ class UsageExtractor:
                         if len(matches) == 1:
                             self._learn(chunk, matches[0])
                     return
+                # Else usage may be here: ``skim`` stays set, and the reader parses the
+                # event without looking for the hint again. (No flag of its own: every
+                # local of this method costs every chunk's call, the template's included.)
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
-                pass
+                skim = None
+        else:
+            skim = None
         decoder = self._decoder
         if decoder is None:
-            if self._head is not None:
-                chunk = self._without_bom(chunk)
+            head = self._head  # (the template's local, reused for the same reason)
+            if head is not None:
+                if head or not chunk or chunk[0] == 0xEF:
+                    chunk = self._without_bom(chunk)
+                else:
+                    self._head = None  # its first byte rules a mark out: the chunk as it is
             try:
-                self._reader = reader.feed(chunk)
+                self._reader = reader.feed(chunk) if skim is None else skim.feed(chunk, True)
             except Exception:  # a bug must not reach the app: stop reading this body
                 self._stop()
             if self._tpl_learnt is not None:
@@ -247,6 +266,7 @@ class UsageExtractor:
         self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
         self._tpl_tail = tail
         self._tpl_frame = match.start(1) + len(tail)
+        self._put_off = True
 
     def _without_bom(self, chunk: bytes) -> bytes:
         head = (self._head or b"") + chunk
@@ -260,10 +280,12 @@ class UsageExtractor:
         self._found.error = "malformed"
         self._reader = Stopped()
 
-    def close(self, *, ended: bool = True) -> Extraction:
+    def close(self, *, ended: bool = True, estimate_only: bool = False) -> Extraction:
         """What the body said. ``ended=False``: the body was cut short (the client left,
         the app failed), so a compressed stream that stops midway is expected, not bad:
-        what was decoded so far is read."""
+        what was decoded so far is read. ``estimate_only``: the caller reads
+        ``text_tokens`` only to estimate a body that reported no usage, so one that did
+        says 0 and the text whose measure was put off is never measured."""
         found = self._found
         reader = self._reader
         decoder = self._decoder
@@ -278,7 +300,13 @@ class UsageExtractor:
         except Exception:
             found.fail("malformed")
         text_tokens = 0
-        if found.text is not None:
+        usage = found.acc.result()
+        if found.text is not None and not (estimate_only and usage is not None):
+            if found.pending:
+                try:
+                    found.measure_pending()
+                except Exception:
+                    found.pending.clear()
             if self._tpl_bytes:
                 found.text.add_bytes(self._tpl_bytes)
                 self._tpl_bytes = 0
@@ -286,11 +314,14 @@ class UsageExtractor:
                 text_tokens = found.text.result()
             except Exception:
                 text_tokens = 0
-        return Extraction(
-            usage=found.acc.result(),
-            model=found.model,
-            provider=found.provider,
-            format=reader.format,
-            text_tokens=text_tokens,
-            error=found.error,
-        )
+        # Every field of the slotted Extraction set directly: its generated __init__ is a
+        # call through the type with keywords, once per call (tests/test_extractor.py
+        # checks that every field is set).
+        extraction = _new(Extraction)
+        extraction.usage = usage
+        extraction.model = found.model
+        extraction.provider = found.provider
+        extraction.format = reader.format
+        extraction.text_tokens = text_tokens
+        extraction.error = found.error
+        return extraction

@@ -20,6 +20,9 @@ from .providers.pointers import UsagePointers
 from .textfields import TextFieldCounter
 from .usage import Invalid, UsageAccumulator
 
+#: Bytes of SSE events whose text measure a body may put off (see Findings.pending).
+PENDING_TEXT = 8 * 1024
+
 
 class TextMeter:
     """Counts generated text without keeping it: bytes/4, or a tokenizer on small batches."""
@@ -52,6 +55,11 @@ class TextMeter:
     def add_bytes(self, n: int) -> None:
         self._measured += n
 
+    @property
+    def counts_bytes(self) -> bool:
+        """Text is counted in bytes (no tokenizer): the order it is measured in does not matter."""
+        return self._counter is None
+
     def _add_text(self, text: str) -> None:
         self._pending.append(text)
         self.bytes += len(text)
@@ -83,7 +91,7 @@ class Findings:
 
     __slots__ = (
         "acc", "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_fields",
-        "stream_text",
+        "stream_text", "pending", "pending_room",
     )
 
     def __init__(
@@ -115,6 +123,28 @@ class Findings:
         #: The text strings of SSE event data (group 1), for this operation's chunks.
         self.text_fields = stream_text.field.finditer
         self.stream_text = stream_text
+        #: SSE events (or chunks of them) whose text is measured only when asked
+        #: (:meth:`measure_pending`): the few events of a stream that are not skimmed by
+        #: its template (its first, its last ones, the one with the usage) each cost a
+        #: text regex scan, and a caller that wants the text only for an estimate never
+        #: asks for it when the body reported usage. Only text counted in bytes (order
+        #: does not matter to a sum; a tokenizer's batches are kept in order), and only
+        #: :attr:`pending_room` bytes of it: memory stays bounded, the rest is measured
+        #: as it comes.
+        self.pending: list[bytes] = []
+        self.pending_room = PENDING_TEXT if text is not None and text.counts_bytes else 0
+
+    def measure_pending(self) -> None:
+        """Measure the text of the :attr:`pending` events, as it would have been measured
+        when they came (the same regex on the same bytes)."""
+        text = self.text
+        if text is None:
+            return
+        fields = self.text_fields
+        for data in self.pending:
+            for m in fields(data):
+                text.add_json_string(m.group(1))
+        self.pending.clear()
 
     @property
     def paths(self) -> Sequence[Path]:
@@ -152,7 +182,8 @@ class Findings:
         """A counter of an SSE event's text, for one too large to keep and match whole."""
         return TextFieldCounter(self.stream_text.names)
 
-    def on_object(self, obj: JSONObject | dict[str, Any]) -> None:
+    def on_object(self, obj: JSONObject | dict[str, Any], hinted: bool = False) -> None:
+        """``hinted``: its bytes hold a usage key with an object (see counts_from_object)."""
         try:
             custom = self.custom
             if custom is not None:
@@ -162,7 +193,7 @@ class Findings:
                     self.provider = "custom"
                 if self.model is None:
                     self.model = custom.model_of(obj)
-            found = counts_from_object(obj)
+            found = counts_from_object(obj, not hinted)
             if found is not None:
                 counts, provider = found
                 self.acc.update(counts)

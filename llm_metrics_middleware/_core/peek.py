@@ -14,6 +14,7 @@ from .fastjson import first, value_or_none
 from .jsonscan import JSONObject, JSONScanner, string_bytes
 from .providers.facts import PROMPT_ROOTS as _PROMPT_ROOTS
 from .providers.facts import REQUEST_FIELDS as _BODY_PATHS
+from .typed import request_fields
 
 # The fields, split for the json.loads path: top-level ones, and (parent, key) pairs.
 _TOP_FIELDS = tuple(path[0] for path in _BODY_PATHS if len(path) == 1)
@@ -33,7 +34,7 @@ _SCALARS = frozenset((str, int, float, bool))
 class BodyPeek:
     """Sees the JSON request body as the app reads it; keeps only a few of its fields."""
 
-    __slots__ = ("_scanner", "_first", "_small", "_kept", "_fields", "_prompt_bytes", "_value", "done", "final")
+    __slots__ = ("_scanner", "_first", "_small", "_kept", "_fields", "_prompt_bytes", "_value", "_data", "done", "final")
 
     def __init__(self) -> None:
         # While the body is small it is kept: its first chunk as it came (most request
@@ -45,6 +46,9 @@ class BodyPeek:
         self._fields: JSONObject | None = None
         self._prompt_bytes: int | None = None
         self._value: Any = None
+        # A small body whose fields a typed decode read: parsed in full only if its prompt
+        # is measured (an estimate, a limit's cost), which most calls never ask for.
+        self._data: bytes | bytearray | None = None
         self.done = False
         #: True once :attr:`fields` can no longer change (the small body parsed, or the
         #: scanner's object complete): a reader may keep what it returned.
@@ -98,6 +102,11 @@ class BodyPeek:
         self.final = True  # whatever follows, these are the fields (set before any reader runs)
         if not data or data.isspace():
             return
+        typed = request_fields(data)  # only the fields built, when msgspec is sure
+        if typed is not None:
+            self._fields = typed
+            self._data = data
+            return
         try:  # value_or_none's first step inline; what the first parser refuses, it decides
             value = first(data)
         except ValueError:
@@ -143,5 +152,8 @@ class BodyPeek:
             return self._scanner.text_bytes
         if self._prompt_bytes is None:
             value = self._value
+            if value is None and self._data is not None:
+                value = value_or_none(self._data)
+                self._data = None
             self._prompt_bytes = sum(string_bytes(value.get(root)) for root in _PROMPT_ROOTS) if isinstance(value, dict) else 0
         return self._prompt_bytes

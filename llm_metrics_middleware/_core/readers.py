@@ -18,11 +18,12 @@ import json
 from typing import Final, Literal, Protocol, get_args
 
 from .eventstream import EventStreamDecoder
+from .fastjson import first as _first
 from .fastjson import loads
 from .findings import Findings
 from .jsonscan import JSONScanner
 from .providers.facts import USAGE_HINT
-from .sse import SSEDecoder
+from .sse import EVENT_LIMIT, SSEDecoder
 from .textfields import TextFieldCounter
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
@@ -59,8 +60,9 @@ class Reader(Protocol):
     #: The format reported in the Extraction.
     format: BodyFormat
     @property
-    def skim(self) -> SSEDecoder | None:
-        """An SSE decoder whose whole-event chunks may be skipped unread (:class:`SSEReader`)."""
+    def skim(self) -> SSEReader | None:
+        """An SSE reader whose whole-event chunks may be skipped unread while it is
+        :attr:`~SSEReader.at_boundary` (see :class:`SSEReader`)."""
 
     def feed(self, chunk: bytes) -> Reader: ...
 
@@ -71,7 +73,7 @@ class Stopped:
     """Reads nothing more: an unknown format, a failed decompression, a bug."""
 
     __slots__ = ("format",)
-    skim: SSEDecoder | None = None
+    skim: SSEReader | None = None
 
     def __init__(self, fmt: BodyFormat = NONE) -> None:
         self.format = fmt
@@ -88,7 +90,7 @@ class SniffReader:
 
     __slots__ = ("_found", "_may_skip")
     format: BodyFormat = NONE
-    skim: SSEDecoder | None = None
+    skim: SSEReader | None = None
 
     def __init__(self, found: Findings, may_skip: bool) -> None:
         self._found = found
@@ -121,7 +123,7 @@ class SmallJSONReader:
 
     __slots__ = ("_found", "_first", "_buffer", "_limit")
     format: BodyFormat = JSON
-    skim: SSEDecoder | None = None
+    skim: SSEReader | None = None
 
     def __init__(self, found: Findings, may_skip: bool = False) -> None:
         self._found = found
@@ -193,7 +195,7 @@ class ScannedJSONReader:
 
     __slots__ = ("_found", "_scanner")
     format: BodyFormat = JSON
-    skim: SSEDecoder | None = None
+    skim: SSEReader | None = None
 
     def __init__(self, found: Findings) -> None:
         self._found = found
@@ -223,52 +225,86 @@ class SSEReader:
     the cost of such a chunk); it only measures the chunk's text if asked. Top-level counts
     such as Ollama's come in NDJSON, not SSE; an event that is decoded is still checked
     for them. Events over the decoder's limit stream into a scanner.
+
+    A chunk that is one whole event of one data line (the usual chunk) is dispatched here,
+    as the decoder's own fast path would; the :class:`~.sse.SSEDecoder` is only made for
+    the first chunk that is not, so a stream of whole events never builds one.
     """
 
-    __slots__ = ("_found", "_decoder", "_large", "_large_text", "_fast", "_may_skip", "skim")
+    __slots__ = ("_found", "_decoder", "_large", "_large_text", "_fast", "_may_skip", "_events", "skim", "at_boundary")
     format: BodyFormat = SSE
 
     def __init__(self, found: Findings, may_skip: bool) -> None:
         self._found = found
-        self._decoder = SSEDecoder(self._on_event, self._on_large_data, self._on_large_end)
+        self._decoder: SSEDecoder | None = None
         self._large: JSONScanner | None = None
         self._large_text: TextFieldCounter | None = None
         self._fast = False
-        #: The decoder, once whole events may be skipped unread (see the class docstring).
-        self.skim: SSEDecoder | None = None
+        self._events = 0
+        #: This reader, once whole events may be skipped unread (see the class docstring).
+        self.skim: SSEReader | None = None
+        #: True between events, nothing of a line or an event pending (the decoder's
+        #: ``at_boundary``): only then may a chunk of whole events be skipped.
+        self.at_boundary = True
         self._may_skip = may_skip and not found.triggers
 
-    def feed(self, chunk: bytes) -> Reader:
-        self._decoder.feed(chunk)
+    def feed(self, chunk: bytes, hinted: bool = False) -> Reader:
+        """``hinted``: the extractor found a usage hint in this chunk already (see
+        :meth:`_on_event`)."""
+        if self.at_boundary and chunk.startswith(b"data:") and chunk[-2:] == b"\n\n":
+            # As SSEDecoder.feed's fast path: the only LF after the field name is the
+            # line's own, followed by the blank line, and no CR anywhere in it (the field
+            # name holds neither: the whole chunk is searched, ``13 in`` is a memchr).
+            end = len(chunk) - 2
+            if chunk.find(b"\n") == end and 13 not in chunk and end <= EVENT_LIMIT:
+                self._on_event(b"", chunk[6 if chunk[5] == 0x20 else 5 : end], hinted)
+                return self
+        decoder = self._decoder
+        if decoder is None:
+            decoder = self._decoder = SSEDecoder(self._on_event, self._on_large_data, self._on_large_end)
+        decoder.feed(chunk)
+        self.at_boundary = decoder.at_boundary
         return self
 
     def close(self) -> None:
+        self.skim = None  # itself: no reference cycle left for the garbage collector
         decoder = self._decoder
+        if decoder is None:
+            return
         try:
             decoder.close()
         finally:
-            decoder.release()  # no reference cycle left for the garbage collector
+            decoder.release()  # nor through the decoder's handlers
 
-    def _on_event(self, event: bytes, data: bytes) -> None:
+    def _on_event(self, event: bytes, data: bytes, hinted: bool = False) -> None:
         found = self._found
-        if not self._fast and self._may_skip and (found.model is not None or self._decoder.events > MODEL_EVENTS):
+        self._events += 1
+        if not self._fast and self._may_skip and (found.model is not None or self._events > MODEL_EVENTS):
             # The model is known, or events name none (a non-LLM stream, or a provider
             # that never does): stop parsing each one; events that can hold usage still are.
             self._fast = True
-            self.skim = self._decoder
+            self.skim = self
         text = found.text
         if text is not None:
-            for m in found.text_fields(data):
-                text.add_json_string(m.group(1))
+            if len(data) <= found.pending_room:  # measured when asked (Findings.pending)
+                found.pending_room -= len(data)
+                found.pending.append(data)
+            else:
+                for m in found.text_fields(data):
+                    text.add_json_string(m.group(1))
         if (
-            (found.model is None and not self._fast)
+            hinted
+            or (found.model is None and not self._fast)
             or _usage_hint(data) is not None
             or any(m in data for m in found.markers)
         ):
             if data == b"[DONE]":
                 return
             try:
-                obj = loads(data)
+                try:
+                    obj = _first(data)  # orjson itself when installed: one call fewer
+                except ValueError:
+                    obj = loads(data)  # which decides what orjson refused
             except ValueError:
                 found.fail("malformed")
                 return
@@ -281,14 +317,14 @@ class SSEReader:
                     found.fail("malformed")
                 return
             if isinstance(obj, dict):
-                found.on_object(obj)
+                found.on_object(obj, hinted)
             elif isinstance(obj, list):  # a batch of objects in one event
                 for item in obj:
                     if isinstance(item, dict):
                         found.on_object(item)
             if found.model is not None and self._may_skip:
                 self._fast = True
-                self.skim = self._decoder
+                self.skim = self
 
     def _on_large_data(self, piece: bytes) -> None:
         if self._large is None:
@@ -301,6 +337,7 @@ class SSEReader:
             self._large_text.feed(piece)
 
     def _on_large_end(self, event: bytes) -> None:
+        self._events += 1
         large = self._large
         self._large = None
         counter = self._large_text
@@ -323,7 +360,7 @@ class EventStreamReader:
 
     __slots__ = ("_found", "_decoder")
     format: BodyFormat = EVENTSTREAM
-    skim: SSEDecoder | None = None
+    skim: SSEReader | None = None
 
     def __init__(self, found: Findings, may_skip: bool = False) -> None:
         self._found = found

@@ -17,10 +17,14 @@ one the general readers keep as it is; anything else goes their way, which decid
 
 from __future__ import annotations
 
+from typing import Any
+
 from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
 from .fastjson import first, value_or_none
 from .providers.objects import MODEL_PATHS, UNBILLED_OBJECTS, USAGE_CONTAINERS, counts_from_object, model_from_object
+from .providers.table import PROVIDERS
+from .typed import chat_decoder
 from .usage import MAX_TOKENS, Invalid, Usage, read_chat, usage_of
 
 _BOM = b"\xef\xbb\xbf"
@@ -35,6 +39,28 @@ _CHAT_PROVIDER = _FIRST_SHAPES[0][1]
 _CHAT_MARKERS = frozenset(_FIRST_SHAPES[0][0].markers)
 _CHAT_UNBILLED = UNBILLED_OBJECTS[0] if len(UNBILLED_OBJECTS) == 1 else None
 
+# The typed decoder of that body (msgspec's, when installed and sure): only when the plain
+# path applies and a marker is one of the two counts _plain_counts wants as ints.
+_decode_chat = (
+    chat_decoder(_CHAT_UNBILLED[0])
+    if _CHAT_FIRST and _CHAT_UNBILLED is not None and not _CHAT_MARKERS.isdisjoint(("prompt_tokens", "completion_tokens"))
+    else None
+)
+#: The operations of the providers whose usage is read that way first: only their bodies
+#: are worth the typed decode (one of another shape would be decoded for nothing, and a
+#: substring test for its counts costs a third of the decode).
+_CHAT_OPERATIONS = frozenset(
+    op.name
+    for p in PROVIDERS
+    if p.usage and p.usage[0][0] == ("usage",) and p.usage[0][1][0].read is read_chat
+    for op in p.operations
+)
+if _decode_chat is not None:
+    from .typed import UNSET as _UNSET
+    from .typed import ChatUsage as _ChatUsage
+    from .typed import CompletionDetails as _CompletionDetails
+    from .typed import PromptDetails as _PromptDetails
+
 
 def _plain_chat(value: dict[str, object]) -> Extraction | None:
     """The Extraction of an OpenAI-format chat completion whose usage holds only plain
@@ -44,21 +70,48 @@ def _plain_chat(value: dict[str, object]) -> Extraction | None:
         return None
     if _CHAT_UNBILLED is None or value.get(_CHAT_UNBILLED[0]) == _CHAT_UNBILLED[1]:
         return None
-    model = value.get("model")
-    if model.__class__ is not str or not model:
-        return None
     get = node.get
-    prompt = get("prompt_tokens")
-    completion = get("completion_tokens")
-    total = get("total_tokens")
     details = get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
-    if cached is None:
-        if "prompt_cache_hit_tokens" in node:  # DeepSeek's: read_chat judges it
-            return None
-        cached = 0
+    if cached is None and "prompt_cache_hit_tokens" in node:  # DeepSeek's: read_chat judges it
+        return None
     details = get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if type(details) is dict else None
+    return _plain_counts(value.get("model"), get("prompt_tokens"), get("completion_tokens"), get("total_tokens"), cached, reasoning)
+
+
+def _typed_chat(data: bytes) -> Extraction | None:
+    """:func:`_plain_chat` of a body decoded by msgspec into the few fields it reads (see
+    :mod:`.typed`), without building the rest; None when not sure, or not that body."""
+    chat = _decode_chat(data)  # type: ignore[misc]
+    if chat is None:
+        return None
+    usage = chat.usage
+    if usage.__class__ is not _ChatUsage:
+        return None
+    # The markers are prompt_tokens and completion_tokens: _plain_counts wants both ints.
+    if getattr(chat, _CHAT_UNBILLED[0]) == _CHAT_UNBILLED[1]:  # type: ignore[index]
+        return None
+    details = usage.prompt_tokens_details
+    cached = details.cached_tokens if details.__class__ is _PromptDetails else None
+    if cached is _UNSET:
+        cached = None
+    if cached is None and usage.prompt_cache_hit_tokens is not _UNSET:
+        return None
+    details = usage.completion_tokens_details
+    reasoning = details.reasoning_tokens if details.__class__ is _CompletionDetails else None
+    if reasoning is _UNSET:
+        reasoning = None
+    return _plain_counts(chat.model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, cached, reasoning)
+
+
+def _plain_counts(model: Any, prompt: Any, completion: Any, total: Any, cached: Any, reasoning: Any) -> Extraction | None:
+    """The Extraction of these values of a chat completion (None for a count not there)
+    when all are plain; None when read_chat must judge them."""
+    if model.__class__ is not str or not model:
+        return None
+    if cached is None:
+        cached = 0
     if reasoning is None:
         reasoning = 0
     # Plain counts only (no bool, float, null or absurd value: read_chat judges those).
@@ -116,6 +169,10 @@ def extract_whole_json(
     parse, a usage object with absurd counts, no usage when the text is to be measured for
     an estimate) goes the general way, which decides and names the error.
     """
+    if _decode_chat is not None and (operation is None or operation in _CHAT_OPERATIONS):
+        plain = _typed_chat(data)
+        if plain is not None:
+            return plain
     value = None
     if data[:3] != _BOM:
         # value_or_none's first step inline (one call fewer on every metered call); what the

@@ -120,17 +120,21 @@ class _LimitMetrics:
 class _Sink:
     """What ``bind`` returns: the family's own ``record`` and ``on_error`` (the aggregate's
     ``add`` and ``add_error``, no wrapper), and the two token-limit hooks
-    (``limits_configured``, ``on_limit``), whose metrics are made only when limits are used."""
+    (``limits_configured``, ``on_limit``), whose metrics are made only when limits are used.
+    ``record_fields``: the aggregate's ``add_fields`` when recording a call is nothing but
+    adding to it (no rules, not multiprocess mode), else None (see ``Metering.direct_fields``)."""
 
-    __slots__ = ("record", "on_error", "_limit_metrics", "_limit_children")
+    __slots__ = ("record", "record_fields", "on_error", "_limit_metrics", "_limit_children")
 
     def __init__(
         self,
         record: Callable[[CallRecord], None],
         on_error: Callable[[str], None],
         limit_metrics: Callable[[], _LimitMetrics],
+        record_fields: Callable[..., None] | None = None,
     ) -> None:
         self.record = record
+        self.record_fields = record_fields
         self.on_error = on_error
         self._limit_metrics = limit_metrics
         # limit name -> (authorized, limited, tokens) children; one per configured limit.
@@ -224,9 +228,11 @@ class PrometheusExporter:
         # Keyed by the prefix: two namespaces that sanitise alike would be one family.
         family = self._families.bind(schema.namespace, labels, lambda: self._new_family(prefix, labels), key=prefix)
         record: Callable[[CallRecord], None] = family.record
+        record_fields = family.totals.add_fields if isinstance(family, _Collector) else None
         if self._rules:
             record = _with_rules(record, family.rules.counters_for(self._rules))
-        return _Sink(record, family.on_error, lambda: self._limit_metrics_for(prefix))
+            record_fields = None
+        return _Sink(record, family.on_error, lambda: self._limit_metrics_for(prefix), record_fields)
 
     def _limit_metrics_for(self, prefix: str) -> _LimitMetrics:
         metrics = self._limit_families.get(prefix)

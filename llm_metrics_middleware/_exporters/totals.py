@@ -24,6 +24,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Sequence
 
+from .._core.usage import Usage
 from .._metering.call import CallRecord
 
 #: Attribute dicts cached per dimension tuple, up to this many (the middleware caps the
@@ -141,9 +142,28 @@ class CallTotals:
         return series
 
     def add(self, call: CallRecord) -> None:
-        """Count one call: the whole cost of a call on the request path."""
-        usage = call.usage
-        trace_id = call.trace_id
+        """Count one call: :meth:`add_fields` of its record."""
+        self.add_fields(
+            call.dimensions, call.usage, call.status, call.outcome, call.usage_source, call.duration_s,
+            call.time_to_first_chunk_s, call.cost_usd, call.trace_id, call.span_id,
+        )
+
+    def add_fields(
+        self,
+        dims: Dims,
+        usage: Usage | None,
+        status: int,
+        outcome: str,
+        usage_source: str,
+        duration: float,
+        first: float | None,
+        cost: float | None,
+        trace_id: str | None,
+        span_id: str | None,
+    ) -> None:
+        """Count one call from the fields of its :class:`CallRecord` that the sums read: the
+        whole cost of a call on the request path. A finishing call hands them over itself
+        when every sink only sums (see ``Metering.direct_fields``): no record is built."""
         if trace_id is not None and not self.exemplars:
             trace_id = None
         # acquire/release around try/finally, not ``with``: the same lock held the same way,
@@ -151,9 +171,9 @@ class CallTotals:
         lock = self.lock
         lock.acquire()
         try:
-            series = self.series.get(call.dimensions)
+            series = self.series.get(dims)
             if series is None:
-                series = self._new_series(call.dimensions)
+                series = self._new_series(dims)
             now = time.time() if trace_id is not None else 0.0
             if usage is not None:
                 series.usage_calls += 1
@@ -170,24 +190,21 @@ class CallTotals:
                     series.est_completion += usage.completion_tokens
                 if trace_id is not None:
                     series.exemplar = (
-                        trace_id, call.span_id or "", usage.prompt_tokens, usage.completion_tokens,
+                        trace_id, span_id or "", usage.prompt_tokens, usage.completion_tokens,
                         usage.total_tokens, now,
                     )
-            cost = call.cost_usd
             if cost is not None:
                 series.cost = cost if series.cost is None else series.cost + cost
-            key = (call.status, call.outcome, call.usage_source)
+            key = (status, outcome, usage_source)
             requests = series.requests
             requests[key] = requests.get(key, 0) + 1
             bounds = self.duration_bounds
             if bounds:
-                duration = call.duration_s
                 bucket = bisect_left(bounds, duration)
                 series.duration[bucket] += 1
                 series.duration_sum += duration
                 if trace_id is not None:
-                    series.duration_exemplar = (bucket, trace_id, call.span_id or "", duration, now)
-                first = call.time_to_first_chunk_s
+                    series.duration_exemplar = (bucket, trace_id, span_id or "", duration, now)
                 if first is not None and self.first_chunk_bounds:
                     buckets = series.first_chunk
                     if buckets is None:

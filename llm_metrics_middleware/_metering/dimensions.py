@@ -113,13 +113,23 @@ def sanitize(value: object) -> str:
     return text or UNKNOWN
 
 
-@dataclass(slots=True)
 class CallContext:
-    """What the middleware learnt about the call, for the built-in sources."""
+    """What the middleware learnt about the call, for the built-in sources.
 
-    provider: str | None = None
-    operation: str | None = None
-    model: str | None = None
+    A plain slotted class, not a dataclass, so that :class:`~.metered_call.MeteredCall`
+    can be one: a finishing call sets its own three fields and is handed to the sources
+    itself, instead of building a context object per call.
+    """
+
+    __slots__ = ("provider", "operation", "model")
+
+    def __init__(self, provider: str | None = None, operation: str | None = None, model: str | None = None) -> None:
+        self.provider = provider
+        self.operation = operation
+        self.model = model
+
+    def __repr__(self) -> str:
+        return f"CallContext(provider={self.provider!r}, operation={self.operation!r}, model={self.model!r})"
 
 
 Source = Callable[[RequestView, CallContext], str | None]

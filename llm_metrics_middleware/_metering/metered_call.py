@@ -17,16 +17,15 @@ from typing import TYPE_CHECKING
 from .._core import readers
 from .._core.decoders import decompressor_for, is_identity
 from .._core.estimate import TokenCounter, tokens_from_bytes
-from .._core.extractor import EVENTSTREAM, JSON, NONE, SSE, BodyFormat, Extraction, UsageExtractor, body_format
+from .._core.extractor import JSON, NONE, BodyFormat, Extraction, UsageExtractor
 from .._core.peek import BodyPeek
 from .._core.providers import Route
 from .._core.providers.facts import (
     STREAMING_OPERATIONS,
     UNBILLED_OPERATIONS,
     counts_from_headers,
-    provider_from_headers,
 )
-from .._core.usage import MAX_TOKENS, Counts, Usage, UsageAccumulator, make_usage, with_hidden_output
+from .._core.usage import MAX_TOKENS, Counts, make_usage, with_hidden_output
 from .._core.whole import extract_whole_json
 from .call import (
     COMPLETED,
@@ -34,13 +33,12 @@ from .call import (
     NO_USAGE,
     REPORTED,
     CallRecord,
-    ErrorKind,
     Origin,
     Outcome,
     UsageSource,
-    is_error_kind,
 )
 from .dimensions import CallContext, safe_text
+from .reading import FORMATS, STREAM_FORMATS, body_error, format_of, provider_by_headers, with_header_counts
 from .request import RequestView
 from .trace import TraceIds, current_trace
 
@@ -51,54 +49,16 @@ logger = logging.getLogger("llm_metrics_middleware")
 _new = object.__new__
 
 
-def _provider_from_headers(view: RequestView) -> str | None:
-    """Headers only one provider's clients send, for paths we do not recognise."""
-    return provider_from_headers(view.headers, view.query)
-
-
-def _with_header_counts(usage: Usage | None, counts: Counts) -> Usage | None:
-    """The body's usage with the headers' counts over it: the headers are authoritative
-    (the provider's billing counts); the body may add what they lack (cached, reasoning)."""
-    acc = UsageAccumulator()
-    if usage is not None:
-        u = usage
-        acc.update((u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens, u.reasoning_tokens,
-                    u.cache_write_tokens, u.cache_write_1h_tokens))
-    acc.update(counts)
-    return acc.result()
-
-
-def body_error(error: str) -> ErrorKind:
-    """The ``kind`` label for why the core could not read a body. The label set stays closed
-    even if the core ever names a reason not in :data:`ErrorKind` (a bug that
-    ``tests/test_vocabulary.py`` catches first): that one is counted as ``internal``."""
-    return error if is_error_kind(error) else "internal"
-
-
 def _ignore(chunk: bytes) -> None:
     """The body of a response that is not read."""
 
 
-#: Response Content-Type -> body format, so the media type is parsed once per value, not per
-#: response. The app chooses the header (a proxy passes its upstream's), so it is bounded.
-_FORMATS: dict[str | bytes | None, BodyFormat] = {}
-_FORMATS_SIZE = 64
+class MeteredCall(CallContext):
+    """Per-request state. Every method is safe to call: none raises.
 
-
-#: The formats of a streamed body (a JSON body may be one too: see finish).
-_STREAM_FORMATS = frozenset((SSE, EVENTSTREAM))
-
-
-def _format_of(content_type: str | bytes | None) -> BodyFormat:
-    fmt = body_format(content_type.decode("latin-1") if isinstance(content_type, bytes) else content_type)
-    if len(_FORMATS) >= _FORMATS_SIZE:
-        _FORMATS.clear()
-    _FORMATS[content_type] = fmt
-    return fmt
-
-
-class MeteredCall:
-    """Per-request state. Every method is safe to call: none raises."""
+    Its :class:`CallContext` fields (provider, operation, model) are set when it finishes,
+    for the dimension sources, and read by nothing before.
+    """
 
     __slots__ = (
         "metering",
@@ -220,9 +180,9 @@ class MeteredCall:
                 decompressor = decompressor_for(content_encoding)
                 if decompressor is None:
                     return  # an encoding we cannot read: pass it on unread
-            fmt = _FORMATS.get(content_type)
+            fmt = FORMATS.get(content_type)
             if fmt is None:
-                fmt = _format_of(content_type)
+                fmt = format_of(content_type)
             if fmt == NONE:
                 return
             metering = self.metering
@@ -315,7 +275,7 @@ class MeteredCall:
             extractor = self.extractor
             extraction: Extraction | None = None
             if extractor is not None:
-                extraction = extractor.close(ended=outcome == COMPLETED)
+                extraction = extractor.close(ended=outcome == COMPLETED, estimate_only=True)
             elif self.deferred:
                 whole = self.whole
                 if whole is None:  # no body bytes at all
@@ -337,7 +297,7 @@ class MeteredCall:
                 return
             status = self.status
             if self.header_counts is not None and status < 400:
-                usage = _with_header_counts(usage, self.header_counts)
+                usage = with_header_counts(usage, self.header_counts)
             if usage is not None and route.hidden_output_in_total:
                 usage = with_hidden_output(usage)
             # Only LLM calls are counted: a known LLM path, or a body that reported usage on a
@@ -375,7 +335,7 @@ class MeteredCall:
                 metering.provider
                 or route.provider
                 or (extraction.provider if extraction is not None else None)
-                or _provider_from_headers(call_view)
+                or provider_by_headers(call_view)
             )
             # Strings from the request or response: made encodable before any exporter sees them
             # (an ASCII str, the usual case, is kept without the call).
@@ -387,12 +347,11 @@ class MeteredCall:
                 provider = safe_text(provider)
             operation = route.operation
             schema = metering.schema
-            # CallContext's three fields set directly: its generated __init__ is a Python call.
-            ctx = _new(CallContext)
-            ctx.provider = provider
-            ctx.operation = operation
-            ctx.model = response_model or request_model
-            values = schema.values_of(self.view, ctx, metering.count_error)
+            # The call is its own CallContext: its three fields set now, no object built.
+            self.provider = provider
+            self.operation = operation
+            self.model = response_model or request_model
+            values = schema.values_of(self.view, self, metering.count_error)
             if self.overrides:
                 values = schema.override(values, self.overrides)
             limiter = metering.limiter
@@ -403,7 +362,7 @@ class MeteredCall:
                 if overflowed:
                     metering.count_error("series_overflow")
             fmt = self.fmt
-            streamed = fmt in _STREAM_FORMATS or (
+            streamed = fmt in STREAM_FORMATS or (
                 fmt == JSON and (body.get("stream") is True or operation in STREAMING_OPERATIONS)
             )
             started = self.started
@@ -413,6 +372,16 @@ class MeteredCall:
             span_id: str | None = None
             if trace is not None:
                 trace_id, span_id = trace
+            duration = time.perf_counter() - started
+            first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
+            fields = metering.direct_fields
+            if fields is not None:  # sinks that only add to sums: no record (Metering.direct_fields)
+                for record_fields in fields:
+                    try:
+                        record_fields(dims, usage, status, outcome, source, duration, first_chunk_s, None, trace_id, span_id)
+                    except Exception as exc:
+                        metering._record_failed(fields.index(record_fields), exc)
+                return
             origin = self.origin
             # Every field of the slotted CallRecord set directly, in its order: the generated
             # __init__ is one more Python call with eighteen arguments (tests/test_call_record.py
@@ -428,8 +397,8 @@ class MeteredCall:
             record.status = status
             record.outcome = outcome
             record.streamed = streamed
-            record.duration_s = time.perf_counter() - started
-            record.time_to_first_chunk_s = (first_chunk - started) if streamed and first_chunk else None
+            record.duration_s = duration
+            record.time_to_first_chunk_s = first_chunk_s
             record.parse_error = error
             record.origin = origin
             record.request = self.view if origin == "incoming" or self.incoming is not None else None

@@ -57,7 +57,10 @@ def _host_of(view: RequestView) -> str | bytes | None:
     if environ is not None:
         host = environ.get("HTTP_HOST")
         return host if isinstance(host, str) else None
-    return view.header_bytes(b"host")
+    for key, value in view._raw_headers or ():  # RequestView.header_bytes, without the call
+        if key == b"host":
+            return value if value.__class__ is bytes else bytes(value)
+    return None
 
 
 def route_of_call(view: RequestView) -> Route:
@@ -145,6 +148,11 @@ class Metering:
         #: (no pricing, no limits): a finishing call then hands its record to them itself,
         #: a Python call fewer per call. None: call :meth:`deliver`.
         self.direct_records: list[Callable[[CallRecord], None]] | None = None
+        #: Set with :attr:`direct_records` when every sink also offers ``record_fields``
+        #: (a sink that only adds to sums: the Prometheus exporter's aggregate): a finishing
+        #: call then hands each the fields of its record, and builds no CallRecord at all.
+        #: Internal to this package's sinks; an exporter's ``record`` always gets the record.
+        self.direct_fields: list[Callable[..., None]] | None = None
 
     #: The token limits (``limits=``), or None; see :meth:`enable_limits`.
     limits: TokenLimiter | None = None
@@ -166,7 +174,7 @@ class Metering:
         ``gateway_id`` and ``subscription_secret``."""
         schema = self.schema
         subscription_secret = self._subscription_secret
-        self.direct_records = None  # calls are charged now: through deliver
+        self.direct_records = self.direct_fields = None  # calls are charged now: through deliver
 
         def source(name: str) -> Source | None:
             for dim in schema.dimensions:
@@ -287,6 +295,9 @@ class Metering:
             records = self._record_fns = [sink.record for sink in self.sinks]
             if pricing is None and self.limits is None:
                 self.direct_records = records
+                fields = [getattr(sink, "record_fields", None) for sink in self.sinks]
+                if None not in fields:
+                    self.direct_fields = fields  # type: ignore[assignment]  # None is not in it
         # The sinks' record methods, looked up once: the guard of _to_sinks only when one raises.
         for record in records:
             try:

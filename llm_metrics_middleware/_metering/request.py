@@ -159,7 +159,7 @@ class RequestView:
         """A raw ASGI header by lower-case name, without building the mapping."""
         for key, value in self._raw_headers or ():
             if key == name:
-                return bytes(value)
+                return value if value.__class__ is bytes else bytes(value)
         return None
 
     def start_peek(self) -> BodyPeek | None:
@@ -173,7 +173,7 @@ class RequestView:
             content_type = b""
             for key, value in self._raw_headers or ():
                 if key == b"content-type":
-                    content_type = bytes(value)
+                    content_type = value if value.__class__ is bytes else bytes(value)  # bytes() is a costly no-op
                     break
         json_like = _JSON_LIKE.get(content_type)
         if json_like is None:

@@ -56,11 +56,39 @@ OBJECT_PATHS: Sequence[FieldPath] = (
 )
 
 
-def counts_from_object(obj: Mapping[str, Any]) -> tuple[Counts, str] | None:
+def _read_keys() -> tuple[frozenset[str], frozenset[str]] | None:
+    """The keys an object must have for :func:`counts_from_object` to read anything: the
+    first key of a container's path, and the top-level shapes' markers; None when a
+    top-level shape has no markers (it is always tried: nothing can be ruled out)."""
+    top = [s for path, shapes in USAGE_CONTAINERS if not path for s, _ in shapes]
+    if not all(s.markers for s in top):
+        return None
+    markers = frozenset(m for s in top for m in s.markers)
+    return frozenset(path[0] for path, _ in USAGE_CONTAINERS if path) | markers, markers
+
+
+_READ_KEYS = _read_keys()
+
+
+def counts_from_object(obj: Mapping[str, Any], rule_out: bool = True) -> tuple[Counts, str] | None:
     """The usage in one JSON object and the provider its shape names, or None.
 
     Raises :class:`~.usage.Invalid` when a usage object holds values we refuse to count.
+    ``rule_out=False``: the caller found a usage key with an object in the object's bytes
+    already (the SSE hint), so the first test below would only add to the cost.
     """
+    if rule_out and _READ_KEYS is not None:
+        # Most objects of a stream hold no usage container (OpenAI's chunks carry
+        # ``"usage": null``): the keys that could lead to one are picked out in C, and
+        # unless one of them is a top-level marker or holds an object, the loop below
+        # would find nothing (its every path starts with one of those keys), without a
+        # Python step per path (a third of the cost of reading such an object).
+        keys, markers = _READ_KEYS
+        for key in keys.intersection(obj):
+            if key in markers or type(obj[key]) is dict:
+                break
+        else:
+            return None
     for key, value in UNBILLED_OBJECTS:
         if obj.get(key) == value:
             return None
