@@ -35,7 +35,8 @@ PAUSE_AFTER = 0
 class GzipPerEvent:
     """Sends the recorded stream gzipped, one sync-flushed piece per event; after each piece
     notes what the middleware's call has counted so far (the middleware reads a chunk once
-    the client has it, before ``send`` returns here)."""
+    its send has returned: the first before ``send`` returns here, a later one when the app
+    sends the next, see ``_drivers/asgi.py``)."""
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -103,10 +104,13 @@ def test_gzip_flushed_per_event_is_counted_event_by_event() -> None:
         assert b"".join(raw) == b"".join(upstream.sent)  # still compressed, unchanged
         assert decoded == CASE.body
 
-    # Counted as each event arrived, exactly as the plain stream is; the input tokens were
-    # known while the stream was paused after message_start, the output count only at its end.
-    assert upstream.counted == _progression()
-    first, final = upstream.counted[PAUSE_AFTER], upstream.counted[-1]
+    # Counted as each event arrived, exactly as the plain stream is (after each send, what
+    # was sent before it: a chunk is read when the app comes back from its send); the input
+    # tokens were known while the stream was paused after message_start, the output count
+    # only at its end.
+    expected = _progression()
+    assert upstream.counted == [expected[0], *expected[:-1]]
+    first, final = upstream.counted[PAUSE_AFTER], expected[-1]
     assert first is not None and first.prompt_tokens == CASE.prompt_tokens
     assert final is not None and first.completion_tokens < final.completion_tokens == CASE.completion_tokens
 
