@@ -261,3 +261,36 @@ def test_options_are_checked() -> None:
     with pytest.raises(TypeError):
         LLMMetricsMiddleware(chunk_app(200, [], []), [InMemoryExporter()])  # type: ignore[misc]
     assert json  # keep import used
+
+
+@pytest.mark.parametrize("spell", ["bytes", "upper-case", "bytearray"])
+def test_response_headers_are_read_however_the_app_spells_them(spell: str) -> None:
+    # Bedrock's usage headers: counts only the headers give (the body says 14 and 10).
+    body = b'{"type":"message","model":"claude-2.0","content":[],"usage":{"input_tokens":14,"output_tokens":10}}'
+    pairs = [(b"content-type", b"application/json"), (b"x-amzn-bedrock-input-token-count", b"20"),
+             (b"x-amzn-bedrock-output-token-count", b"30")]
+
+    def spelt(raw: bytes) -> Any:
+        return {"bytes": raw, "upper-case": raw.upper(), "bytearray": bytearray(raw)}[spell]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(spelt(k), spelt(v)) for k, v in pairs]})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    wrapped, exporter = wrap(app)
+    run_asgi(wrapped, path="/model/anthropic.claude-v2/invoke", body=b"{}")
+    [call] = exporter.calls
+    assert call.usage_source == "reported"
+    assert (call.usage.prompt_tokens, call.usage.completion_tokens) == (20, 30)
+
+
+def test_response_headers_that_are_not_pairs_leave_the_call_unread() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [b"content-type: text/event-stream"]})
+        await send({"type": "http.response.body", "body": OPENAI_STREAM, "more_body": False})
+
+    wrapped, exporter = wrap(app)
+    sent = run_asgi(wrapped, body=request_json(model="gpt-4o-mini"))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    [call] = exporter.calls
+    assert call.outcome == "completed" and call.usage is None

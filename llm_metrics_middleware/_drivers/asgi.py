@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR
 from .._metering.context import CURRENT
-from .._metering.headers import RESPONSE_HEADER_KINDS, header_kind, response_headers
+from .._metering.headers import response_headers
 from .._metering.metered_call import MeteredCall
 from .._metering.request import RequestView
 from .base import MiddlewareBase
@@ -143,49 +143,20 @@ class _AsgiCall(MeteredCall):
             elif self.send_code is None and self.first_chunk is not None and awaitable.__class__ is CoroutineType:
                 self.send_code = awaitable.cr_code  # the first chunk is in: the short path is on
         elif kind == "http.response.start":
-            # response_start from the raw header pairs, in one pass over them (see
-            # headers.RESPONSE_HEADER_KINDS), here rather than in a helper: a call fewer. The
-            # Content-Type goes on as bytes: response_start maps them to a body format as they are.
-            headers: Any = message.get("headers", ())
-            content_type: bytes | str | None = None
-            content_encoding: str | None = None
-            usage: dict[str, str] | None = None
-            kinds = RESPONSE_HEADER_KINDS
             try:
-                for key, value in headers:
-                    what = kinds[key] if key in kinds else header_kind(key)
-                    if what:
-                        if what == 1:
-                            content_type = value if value.__class__ is bytes else bytes(value)
-                        elif what == 2:
-                            content_encoding = value.decode("latin-1")
-                        else:
-                            if usage is None:
-                                usage = {}
-                            usage[key.lower().decode("latin-1")] = value.decode("latin-1")
-            except Exception:
-                self._odd_headers(message)
+                headers = response_headers(message.get("headers", ()))  # type: ignore[arg-type]
+            except Exception as exc:  # not pairs at all: the server refuses them, we do not read
+                self.metering.failures.failed("llm-metrics", "read the response headers (the call is not read)", exc)
+                self.metering.count_error("internal")
+                self.status = message["status"]  # type: ignore[typeddict-item]
                 return
-            self.response_start(message["status"], content_type, content_encoding, usage)  # type: ignore[typeddict-item]
+            self.response_start(message["status"], *headers)  # type: ignore[typeddict-item]
         elif kind == "http.response.pathsend":
             self.finish(COMPLETED)
         elif kind == "http.response.zerocopysend":
             # The body goes from a file descriptor straight to the socket: not read.
             if not message.get("more_body", False):
                 self.finish(COMPLETED)
-
-    def _odd_headers(self, message: Any) -> None:
-        """A response start whose headers are not pairs of bytes (a bytearray name): the
-        general reader; headers that are not pairs at all, the server refuses: not read."""
-        try:
-            content_type, content_encoding, usage = response_headers(message.get("headers", ()))
-        except Exception as exc:
-            self.metering.failures.failed("llm-metrics", "read the response headers (the call is not read)", exc)
-            self.metering.count_error("internal")
-            self.status = message["status"]
-            return
-        self.response_start(message["status"], content_type, content_encoding, usage)
-
 
 class _LimitedAsgiCall(_AsgiCall):
     """With ``limits=``: first the body messages the limit check read ahead, and the
