@@ -162,3 +162,30 @@ def test_chunks_that_are_not_bytes_never_raise_on_the_skim_path() -> None:
     x.feed(memoryview(chunks[0]))  # type: ignore[arg-type]
     x.feed("data: {}\n\n")  # type: ignore[arg-type]
     x.close()
+
+
+def test_a_stream_read_for_its_usage_alone_skims_and_still_finds_usage_in_a_templated_chunk(both_shape_tests: None) -> None:
+    # want_text=False (the request asked for usage): template chunks are skipped without
+    # measuring their text, but one whose template surrounds a usage object is read.
+    # (Chunks without "usage":null after the choices: JSON's last key would win.)
+    chunks = [chat_chunk(f"w{i}") for i in range(30)]
+    usage = '"}}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12},"x":[{"d":{"c":"'
+    chunks.insert(20, chunks[0].replace(b'"w0"', b'"a' + usage.encode() + b'b"'))
+    x = UsageExtractor(SSE, want_text=False)
+    for c in chunks:
+        x.feed(c)
+    result = x.close()
+    assert result.usage is not None and (result.usage.prompt_tokens, result.usage.total_tokens) == (5, 12)
+    assert result.text_tokens == 0
+
+
+def test_a_stream_read_for_its_usage_alone_reads_the_usage_chunk_after_the_template() -> None:
+    chunks = [usage_null_chunk(f"w{i}") for i in range(30)]
+    chunks.append(b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+                  b'"usage":{"prompt_tokens":3,"completion_tokens":30,"total_tokens":33}}\n\n')
+    x = UsageExtractor(SSE, want_text=False)
+    for c in [*chunks, b"data: [DONE]\n\n"]:
+        x.feed(c)
+    result = x.close()
+    assert result.usage is not None and result.usage.completion_tokens == 30
+    assert (result.model, result.text_tokens) == ("m", 0)
