@@ -85,6 +85,7 @@ class Upstream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         gated = "x-gate" in headers
+        held_end = "x-hold-end" in headers  # the whole stream, then a pause before its end
         await send({"type": "http.response.start", "status": response.status,
                     "headers": [(b"content-type", content_type.encode())]})
         for chunk in response.chunks:
@@ -93,6 +94,8 @@ class Upstream:
                 # Paused until the client has read a chunk; were the stream buffered on the
                 # way, the client would see nothing until the end, and the wait would time out.
                 self.gate_results.append(await asyncio.to_thread(self.gate.wait, 10))
+        if held_end:
+            await asyncio.to_thread(self.gate.wait, 10)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send(

@@ -635,3 +635,41 @@ def test_a_caller_that_stops_reading_early_is_a_disconnected_call(upstream: tupl
                     break  # what the SDKs do: the stream's last word was read
     assert [c.outcome for c in outside.calls] == ["disconnected", "completed"]
     assert outside.calls[0].usage_source == "estimated" and outside.calls[0].usage.completion_tokens < 40
+
+
+@pytest.mark.parametrize(("hold", "until", "outcome"), [
+    ("x-gate", '"content":"tokens ', "disconnected"),  # cancelled long before [DONE]
+    ("x-hold-end", "data: [DONE]", "completed"),  # cancelled after [DONE], before the body's end
+])
+def test_a_reading_task_that_is_cancelled_has_stopped_reading_it_did_not_fail(
+    upstream: tuple[str, Upstream], hold: str, until: str, outcome: str
+) -> None:
+    """Starlette cancels a StreamingResponse's stream when its client leaves: a relay
+    reading its upstream with httpx is cancelled mid-read. That is the caller stopping (a
+    disconnect, completed once the end mark came), not a failed read (an error)."""
+    outside = InMemoryExporter()
+    instrument_httpx(exporters=[outside])
+    request = {"model": OPENAI_MODEL, "messages": [{"role": "user", "content": "long"}], "max_tokens": 40, "stream": True}
+    url, sim = upstream
+
+    async def main() -> None:
+        seen = asyncio.Event()
+        async with httpx2.AsyncClient(base_url=url, timeout=20) as client:
+
+            async def read() -> None:
+                async with client.stream("POST", "/v1/chat/completions", json=request, headers={hold: "1"}) as response:
+                    async for line in response.aiter_lines():
+                        if until in line:
+                            seen.set()
+
+            task = asyncio.create_task(read())
+            await asyncio.wait_for(seen.wait(), 10)
+            await asyncio.sleep(0.05)  # the reader is waiting for the upstream's next bytes
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            sim.gate.set()  # let the upstream finish
+
+    asyncio.run(main())
+    [call] = outside.calls
+    assert call.outcome == outcome, call

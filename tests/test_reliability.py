@@ -9,6 +9,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -152,6 +153,46 @@ def test_a_client_that_leaves_is_still_disconnected() -> None:
         with pytest.raises(fails):
             asyncio.run(LLMMetricsMiddleware(app, exporters=[exporter])(scope, receive, send))
         assert [c.outcome for c in exporter.calls] == ["disconnected"]
+
+
+@pytest.mark.parametrize("ends_with_done", [True, False], ids=["left-after-DONE", "left-before-DONE"])
+def test_a_client_that_leaves_after_the_end_mark_has_a_completed_call_under_uvicorn(ends_with_done: bool) -> None:
+    """The OpenAI SDK closes at ``[DONE]``, before the chunked terminator; Starlette's
+    StreamingResponse then sees ``http.disconnect`` and returns without its final empty
+    message. The client had every byte of the stream: a completed call. Without the mark
+    the same close is a disconnect."""
+    events = [b'data: {"model":"m","choices":[{"index":0,"delta":{"content":"w%d"}}]}\n\n' % i for i in range(3)]
+    events.append(b'data: {"model":"m","choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3,"total_tokens":7}}\n\n')
+    if ends_with_done:
+        events.append(b"data: [DONE]\n\n")
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        for event in events:
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        while (await receive())["type"] != "http.disconnect":  # as StreamingResponse listens
+            pass
+
+    exporter = InMemoryExporter()
+    wrapped = LLMMetricsMiddleware(app, exporters=[exporter])
+    body = json.dumps({"model": "m", "stream": True, "stream_options": {"include_usage": True}}).encode()
+    with uvicorn_server(wrapped) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            seen = b""
+            while events[-1].rstrip() not in seen:  # read up to the last event, then leave
+                data = sock.recv(65536)
+                assert data, seen
+                seen += data
+        _wait_for_calls(exporter, 1)
+    (call,) = exporter.calls
+    assert call.usage is not None and call.usage.total_tokens == 7
+    assert call.outcome == ("completed" if ends_with_done else "disconnected")
 
 
 def test_zerocopysend_completes_the_call(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR
+from .._metering.call import COMPLETED, DISCONNECTED
 from .._metering.headers import response_headers
 from .._metering.metered_call import MeteredCall
 from .outgoing import BodyTee, Outgoing, OutgoingOptions, metered_send
@@ -46,8 +46,8 @@ class _TeeContent(BodyTee):
     async def _read(self, name: str, *args: Any, **kwargs: Any) -> bytes:
         try:
             data: bytes = await getattr(self._inner, name)(*args, **kwargs)
-        except BaseException:
-            self._end(ERROR)
+        except BaseException as exc:
+            self._failed(type(exc))
             raise
         self._fed(data)
         return data
@@ -78,8 +78,8 @@ class _TeeContent(BodyTee):
     async def readchunk(self) -> tuple[bytes, bool]:
         try:
             data, end = await self._inner.readchunk()
-        except BaseException:
-            self._end(ERROR)
+        except BaseException as exc:
+            self._failed(type(exc))
             raise
         self._fed(data)
         return data, end

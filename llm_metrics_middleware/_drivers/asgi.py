@@ -30,7 +30,8 @@ import asyncio
 from types import CodeType, CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any
 
-from .._metering.call import COMPLETED, DISCONNECTED, ERROR
+from .._core.providers.facts import stream_ended
+from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Outcome
 from .._metering.context import CURRENT
 from .._metering.headers import response_headers
 from .._metering.metered_call import MeteredCall
@@ -76,7 +77,7 @@ def _raised_in(exc: BaseException, code: CodeType) -> bool:
 class _AsgiCall(MeteredCall):
     """One request's call, and the ``receive`` and ``send`` the app is given for it."""
 
-    __slots__ = ("app_receive", "app_send", "disconnected", "pending", "send_code")
+    __slots__ = ("app_receive", "app_send", "delivered", "disconnected", "pending", "send_code")
 
     app_receive: ASGIReceiveCallable
     app_send: ASGISendCallable
@@ -84,6 +85,10 @@ class _AsgiCall(MeteredCall):
     disconnected: bool
     #: The chunk whose send was handed to the app last (the short path), not fed yet.
     pending: bytes | None
+    #: The last body chunk known to have been sent, for its end mark (see ``gone``): noted
+    #: where a chunk is fed outside the short path, which is enough, since every body
+    #: ends outside it (its last message is awaited; a pending chunk is fed in settle).
+    delivered: bytes
     #: The code of the server's send coroutine once the short path is on, else None.
     send_code: CodeType | None
 
@@ -119,6 +124,14 @@ class _AsgiCall(MeteredCall):
             self.disconnected = True
         elif pending is not None:
             self.feed(pending)
+            self.delivered = pending
+
+    def gone(self) -> Outcome:
+        """The outcome of a call whose client left before the body's last message:
+        completed when what it was sent last holds the stream's end mark (the OpenAI SDK
+        closes at ``[DONE]``, and Starlette then stops the response before its final
+        empty message), else disconnected."""
+        return COMPLETED if stream_ended(self.delivered) else DISCONNECTED
 
     async def _awaited_send(self, message: ASGISendEvent) -> None:
         """Every message but the middle chunks of a body: awaited, then looked at."""
@@ -126,6 +139,7 @@ class _AsgiCall(MeteredCall):
         if pending is not None:  # the app is back: the previous send returned
             self.pending = None
             self.feed(pending)
+            self.delivered = pending
         try:
             awaitable = self.app_send(message)
             await awaitable
@@ -137,7 +151,10 @@ class _AsgiCall(MeteredCall):
             raise
         kind: str = message["type"]
         if kind == "http.response.body":
-            self.feed(message.get("body", b""))  # type: ignore[arg-type]
+            body: bytes = message.get("body", b"")  # type: ignore[assignment]
+            self.feed(body)
+            if body:
+                self.delivered = body
             if not message.get("more_body", False):
                 self.finish(COMPLETED)
             elif self.send_code is None and self.first_chunk is not None and awaitable.__class__ is CoroutineType:
@@ -218,6 +235,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
         call.app_send = send
         call.disconnected = False
         call.pending = call.send_code = None
+        call.delivered = b""
 
         # The request is current for the whole app call, streaming body included: outgoing
         # LLM calls the app makes meanwhile are counted here (see _metering/context.py).
@@ -227,11 +245,11 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             await self.app(scope, call.receive, call.send)
         except asyncio.CancelledError as exc:
             call.settle(exc)
-            call.finish(DISCONNECTED)
+            call.finish(call.gone())
             raise
         except BaseException as exc:
             call.settle(exc)
-            call.finish(DISCONNECTED if call.disconnected else ERROR)
+            call.finish(call.gone() if call.disconnected else ERROR)
             raise
         finally:
             try:
@@ -240,4 +258,4 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 pass
             if not call.finished:  # the usual case is finished at the last body message
                 call.settle(None)
-                call.finish(DISCONNECTED if call.disconnected else ERROR)
+                call.finish(call.gone() if call.disconnected else ERROR)

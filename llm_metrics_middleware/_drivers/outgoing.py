@@ -10,6 +10,7 @@ instrumented client), a call outside any request when no exporters were given.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -19,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from .._core.estimate import TokenCounter
 from .._core.providers import UsagePointers, route_of
+from .._core.providers.facts import STREAM_END_TAIL as TAIL
+from .._core.providers.facts import stream_ended
 from .._metering import context
 from .._metering.call import COMPLETED, DISCONNECTED, ERROR, Exporter, Outcome
 from .._metering.dimensions import Dimension
@@ -44,19 +47,6 @@ def sending(request: object) -> bool:
     """Whether an outer metering layer is already sending ``request``."""
     return SENDING.get() is request
 
-#: Marks of an SSE stream's end, for a caller that closes the response as soon as it has
-#: read them (the OpenAI SDK stops at ``[DONE]``): such a close is a completed call.
-_END_MARKS = (b"[DONE]", b"message_stop", b'"done":true', b'"done": true')
-#: Bytes of a body's end kept to look for those marks (Ollama's final object carries a
-#: few statistics after its ``"done":true``).
-TAIL = 256
-
-
-def ended(tail: bytes) -> bool:
-    """Whether the last bytes of a body show that the stream had said its last word."""
-    return any(mark in tail for mark in _END_MARKS)
-
-
 @contextlib.contextmanager
 def metered_send(request: object, call: MeteredCall) -> Iterator[None]:
     """Around sending ``request`` for ``call``: layers below pass that request through
@@ -69,6 +59,10 @@ def metered_send(request: object, call: MeteredCall) -> Iterator[None]:
         raise
     finally:
         SENDING.reset(token)
+
+
+#: Exceptions out of a read that say the caller stopped reading, not that the read failed.
+_STOPPED = (GeneratorExit, asyncio.CancelledError)
 
 
 class BodyTee:
@@ -91,18 +85,25 @@ class BodyTee:
             self._tail = chunk[-TAIL:] if len(chunk) >= TAIL else (self._tail + chunk)[-TAIL:]
 
     def _end(self, outcome: Outcome) -> None:
-        if outcome == DISCONNECTED and ended(self._tail):
+        if outcome == DISCONNECTED and stream_ended(self._tail):
             outcome = COMPLETED
         self._call.finish(outcome)
 
     def __enter__(self) -> None:
         return None
 
+    def _failed(self, exc_type: type[BaseException]) -> None:
+        """End the call on an exception out of a read. The caller stopping (its generator
+        closed, its task cancelled, as Starlette cancels a response's stream when its own
+        client leaves) is a disconnect, completed if the end mark had come; any other is a
+        failed read."""
+        self._end(DISCONNECTED if issubclass(exc_type, _STOPPED) else ERROR)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is None:
             self._end(COMPLETED)
         else:
-            self._end(DISCONNECTED if issubclass(exc_type, GeneratorExit) else ERROR)
+            self._failed(exc_type)
 
 
 class OutgoingOptions(TypedDict, total=False):

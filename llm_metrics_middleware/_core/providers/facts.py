@@ -141,6 +141,22 @@ USAGE_MARKERS = _markers()
 #: Any of :data:`USAGE_MARKERS`, for one search per raw chunk.
 USAGE_MARKER = re.compile(b"|".join(re.escape(m) for m in USAGE_MARKERS))
 
+#: Marks of a stream's last word: OpenAI's ``data: [DONE]``, Anthropic's ``message_stop``
+#: event, Ollama's final ``"done": true`` object. A client that leaves once it has read
+#: one (the OpenAI SDK closes at ``[DONE]``, before the chunked body's terminator) has a
+#: completed call, not a disconnected one.
+STREAM_END_MARKS = (b"[DONE]", b"message_stop", b'"done":true', b'"done": true')
+#: How many of a body's last bytes hold its end mark, if it has one (Ollama's final object
+#: carries a few statistics after its ``"done":true``).
+STREAM_END_TAIL = 256
+
+
+def stream_ended(tail: bytes) -> bool:
+    """Whether a body's last bytes (at most :data:`STREAM_END_TAIL` of them are looked at)
+    show that its stream had said its last word."""
+    tail = tail[-STREAM_END_TAIL:]
+    return any(mark in tail for mark in STREAM_END_MARKS)
+
 def _text_field(fields: Iterable[str]) -> re.Pattern[bytes]:
     # A key can only match where JSON puts a key (see textfields): inside a string every
     # quote is escaped, and the look-behind refuses a key that ends in an escaped quote
