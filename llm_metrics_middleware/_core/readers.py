@@ -177,7 +177,7 @@ class SmallJSONReader:
             if isinstance(obj, dict):
                 found.on_object(obj)
         text = found.text
-        if text is not None and not found.acc.seen and found.text_roots:
+        if text is not None and not found.seen and found.text_roots:
             # No usage: the answer's text is measured on the bytes as they were sent (as
             # the scanner measures a large or cut body), so that the estimate is the same
             # however the body came; only the text fields under the answer's roots count.
