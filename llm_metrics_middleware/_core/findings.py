@@ -34,7 +34,9 @@ class TextMeter:
     def __init__(self, counter: TokenCounter | None) -> None:
         self._counter = counter
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if counter else None
-        self._pending: list[str] = []
+        # The text a tokenizer has yet to see; no list without one (none would ever be
+        # kept: bytes are summed), an object fewer per response.
+        self._pending: list[str] | None = [] if counter is not None else None
         # Bytes measured without the text at hand (a whole JSON body's answer): with a
         # tokenizer they are estimated at the default rate, not lost.
         self._measured = 0
@@ -59,18 +61,25 @@ class TextMeter:
         self._measured += n
 
     def _add_text(self, text: str) -> None:
-        self._pending.append(text)
+        pending = self._pending
+        if pending is None:  # no tokenizer: add_json_string sums bytes and never comes here
+            self.bytes += len(text)
+            return
+        pending.append(text)
         self.bytes += len(text)
         if self.bytes >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending and self._counter is not None:
+        pending = self._pending
+        if pending is None:
+            return
+        if pending and self._counter is not None:
             try:
-                self.tokens += max(0, int(self._counter("".join(self._pending))))
+                self.tokens += max(0, int(self._counter("".join(pending))))
             except Exception:
                 self.tokens += -(-self.bytes // 4)
-        self._pending.clear()
+        pending.clear()
         self.bytes = 0
 
     def result(self) -> int:
@@ -123,7 +132,7 @@ class Findings(UsageAccumulator):
         #: Top-level fields under which a JSON body's text fields are measured.
         self.text_roots = text_roots if text is not None else ()
         #: The text strings of SSE event data (group 1), for this operation's chunks.
-        self.text_fields = stream_text.field.finditer
+        self.text_fields = stream_text.finditer
         self.stream_text = stream_text
         #: SSE events (or chunks of them) whose text is measured only when asked
         #: (:meth:`measure_pending`): the few events of a stream that are not skimmed by

@@ -390,15 +390,19 @@ def usage_of(counts: Counts) -> Usage | None:
     cached = cached or 0
     if cached > prompt:
         cached = prompt
+    reasoning = reasoning or 0
+    if reasoning > completion:
+        reasoning = completion
+    whole = prompt + completion
+    total = total if total is not None and total >= whole else whole
+    if written is None and written_1h is None:
+        # No cache writes reported (every provider but Anthropic and Bedrock): their
+        # fields keep make_usage's defaults, 0, which is what the clamps below give.
+        return make_usage(prompt, completion, total, cached, reasoning)
     written = written or 0
     if written > prompt - cached:
         written = prompt - cached
     written_1h = written_1h or 0
     if written_1h > written:
         written_1h = written
-    reasoning = reasoning or 0
-    if reasoning > completion:
-        reasoning = completion
-    whole = prompt + completion
-    total = total if total is not None and total >= whole else whole
     return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)
