@@ -136,6 +136,22 @@ def _count(obj: Any, key: str, sub: str | None = None) -> int | None:
 # business (``providers/table.py``); these functions only know the field names.
 
 
+def plain_counts(prompt: Any, completion: Any, total: Any, cached: Any, reasoning: Any) -> bool:
+    """The five counts of a chat usage object are all ints every reader keeps as they are
+    (no bool, float, null or absurd value): the one test of read_chat's plain path and of
+    the whole-body chat path (:mod:`.whole`)."""
+    # The bitwise or of ints is negative when one is, and at least the largest when none
+    # is; past MAX_TOKENS plain counts merely take the judged way.
+    return (
+        type(prompt) is int
+        and type(completion) is int
+        and type(total) is int
+        and type(cached) is int
+        and type(reasoning) is int
+        and 0 <= prompt | completion | total | cached | reasoning <= MAX_TOKENS
+    )
+
+
 def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     """OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek..."""
     # The most common shape of all, every count a plain int (OpenAI's chunks and bodies
@@ -150,16 +166,7 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     cached = details.get("cached_tokens") if type(details) is dict else None
     details = get("completion_tokens_details")
     reasoning = details.get("reasoning_tokens") if type(details) is dict else None
-    # The bitwise or of ints is negative when one is, and at least the largest when none
-    # is; past MAX_TOKENS a plain object merely takes the judged way.
-    if (
-        type(prompt) is int
-        and type(completion) is int
-        and type(total) is int
-        and type(cached) is int
-        and type(reasoning) is int
-        and 0 <= prompt | completion | total | cached | reasoning <= MAX_TOKENS
-    ):
+    if plain_counts(prompt, completion, total, cached, reasoning):
         if reasoning:  # most calls report none: no call to weigh it
             completion = _with_outside_reasoning(prompt, completion, total, reasoning)
         return prompt, completion, total, cached, reasoning, None, None
