@@ -91,7 +91,7 @@ def test_small_json_swaps_to_the_scanner_past_the_threshold(monkeypatch: pytest.
     reader = reader.feed(CHAT[60:])
     assert isinstance(reader, ScannedJSONReader)  # everything so far went into the scanner
     reader.close()
-    result = found.acc.result()
+    result = found.result()
     assert result is not None and result.total_tokens == 112 and found.model == "gpt-4o"
 
 

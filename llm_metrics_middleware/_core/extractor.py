@@ -24,7 +24,7 @@ from .findings import Findings, TextMeter
 from .providers.facts import OPERATION_STREAM_TEXT, RESPONSE_TEXT_ROOTS, STREAM_TEXT, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
 from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
-from .usage import Usage
+from .usage import Usage, usage_of
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
@@ -223,6 +223,11 @@ class UsageExtractor:
                 skim = None
         else:
             skim = None
+        if not chunk:
+            # Nothing to read (an ASGI body message that only says the body ended): every
+            # reader would leave its state as it is, and the SSE reader would build the
+            # decoder it only needs for a chunk that is not whole events.
+            return
         decoder = self._decoder
         if decoder is None:
             head = self._head  # (the template's local, reused for the same reason)
@@ -240,8 +245,6 @@ class UsageExtractor:
                 skim = self._reader.skim
                 self._tpl_head = self._tpl_learnt if skim is not None and skim.at_boundary else None
             return
-        if not chunk:
-            return
         for piece in decoder.decode(chunk):
             if self._head is not None:
                 piece = self._without_bom(piece)
@@ -257,7 +260,7 @@ class UsageExtractor:
         """The usage the body has reported up to the last chunk fed, merged as :meth:`close`
         merges it; None before any. Each event is read as it arrives (a gzip stream
         flushed per event is decompressed per chunk), so this moves with the stream."""
-        return self._found.acc.result()
+        return self._found.result()
 
     def _learn(self, chunk: bytes, match: re.Match[bytes]) -> None:
         tail = chunk[match.end(1) :]
@@ -300,7 +303,9 @@ class UsageExtractor:
         except Exception:
             found.fail("malformed")
         text_tokens = 0
-        usage = found.acc.result()
+        # found.result() inline (a call fewer): the merged counts, normalised.
+        counts = found.counts
+        usage = usage_of(counts) if counts is not None else None
         if found.text is not None and not (estimate_only and usage is not None):
             if found.pending:
                 try:

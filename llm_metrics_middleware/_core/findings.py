@@ -27,19 +27,24 @@ PENDING_TEXT = 8 * 1024
 class TextMeter:
     """Counts generated text without keeping it: bytes/4, or a tokenizer on small batches."""
 
-    __slots__ = ("_counter", "_decoder", "_pending", "_measured", "bytes", "tokens")
+    __slots__ = ("_counter", "_decoder", "_pending", "_measured", "bytes", "tokens", "counts_bytes")
 
     BATCH = 4096
 
     def __init__(self, counter: TokenCounter | None) -> None:
         self._counter = counter
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace") if counter else None
-        self._pending: list[str] = []
+        # The text a tokenizer has yet to see; no list without one (none would ever be
+        # kept: bytes are summed), an object fewer per response.
+        self._pending: list[str] | None = [] if counter is not None else None
         # Bytes measured without the text at hand (a whole JSON body's answer): with a
         # tokenizer they are estimated at the default rate, not lost.
         self._measured = 0
         self.bytes = 0
         self.tokens = 0
+        #: Text is counted in bytes (no tokenizer): the order it is measured in does not
+        #: matter. (A field, not a property: read once per response, by Findings.)
+        self.counts_bytes = counter is None
 
     def add_json_string(self, raw: bytes) -> None:
         """``raw`` is a JSON string's body, escapes included."""
@@ -55,24 +60,26 @@ class TextMeter:
     def add_bytes(self, n: int) -> None:
         self._measured += n
 
-    @property
-    def counts_bytes(self) -> bool:
-        """Text is counted in bytes (no tokenizer): the order it is measured in does not matter."""
-        return self._counter is None
-
     def _add_text(self, text: str) -> None:
-        self._pending.append(text)
+        pending = self._pending
+        if pending is None:  # no tokenizer: add_json_string sums bytes and never comes here
+            self.bytes += len(text)
+            return
+        pending.append(text)
         self.bytes += len(text)
         if self.bytes >= self.BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        if self._pending and self._counter is not None:
+        pending = self._pending
+        if pending is None:
+            return
+        if pending and self._counter is not None:
             try:
-                self.tokens += max(0, int(self._counter("".join(self._pending))))
+                self.tokens += max(0, int(self._counter("".join(pending))))
             except Exception:
                 self.tokens += -(-self.bytes // 4)
-        self._pending.clear()
+        pending.clear()
         self.bytes = 0
 
     def result(self) -> int:
@@ -82,15 +89,17 @@ class TextMeter:
         return self.tokens + -(-self._measured // 4)
 
 
-class Findings:
+class Findings(UsageAccumulator):
     """The state every reader of one body reports to.
 
+    It is the accumulator of the body's usage itself (:meth:`update`, :meth:`result`,
+    :attr:`seen`), not the owner of one: an object and a call fewer for every response.
     ``text`` is None unless the generated text is counted (for an estimate); ``triggers``
     are the bytes an event must contain to be worth parsing for the custom format.
     """
 
     __slots__ = (
-        "acc", "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_fields",
+        "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_fields",
         "stream_text", "pending", "pending_room",
     )
 
@@ -103,7 +112,9 @@ class Findings:
     ) -> None:
         # Built for every response: kept to plain assignments (the scanner's paths are
         # only worked out when a scanner is needed).
-        self.acc = UsageAccumulator()
+        # UsageAccumulator.__init__'s two fields, set here (a call fewer).
+        self.counts = None
+        self.seen = False
         self.model: str | None = None
         #: The provider the first usage shape seen names (``custom`` for custom pointers).
         self.provider: str | None = None
@@ -121,7 +132,7 @@ class Findings:
         #: Top-level fields under which a JSON body's text fields are measured.
         self.text_roots = text_roots if text is not None else ()
         #: The text strings of SSE event data (group 1), for this operation's chunks.
-        self.text_fields = stream_text.field.finditer
+        self.text_fields = stream_text.finditer
         self.stream_text = stream_text
         #: SSE events (or chunks of them) whose text is measured only when asked
         #: (:meth:`measure_pending`): the few events of a stream that are not skimmed by
@@ -161,9 +172,9 @@ class Findings:
         (``too_large``); the last two only when no usage was found anyway."""
         if failed:
             self.fail("malformed")
-        elif not idle and not self.acc.seen:
+        elif not idle and not self.seen:
             self.fail("truncated")
-        if dropped and not self.acc.seen:
+        if dropped and not self.seen:
             self.fail("too_large")
 
     def scanner(self, *, text: bool = True) -> JSONScanner:
@@ -189,14 +200,14 @@ class Findings:
             if custom is not None:
                 counts = custom.counts(obj)
                 if counts is not None:
-                    self.acc.update(counts)
+                    self.update(counts)
                     self.provider = "custom"
                 if self.model is None:
                     self.model = custom.model_of(obj)
             found = counts_from_object(obj, not hinted)
             if found is not None:
                 counts, provider = found
-                self.acc.update(counts)
+                self.update(counts)
                 if self.provider is None:
                     self.provider = provider
             if self.model is None:

@@ -177,7 +177,7 @@ class SmallJSONReader:
             if isinstance(obj, dict):
                 found.on_object(obj)
         text = found.text
-        if text is not None and not found.acc.seen and found.text_roots:
+        if text is not None and not found.seen and found.text_roots:
             # No usage: the answer's text is measured on the bytes as they were sent (as
             # the scanner measures a large or cut body), so that the estimate is the same
             # however the body came; only the text fields under the answer's roots count.
@@ -278,12 +278,13 @@ class SSEReader:
 
     def _on_event(self, event: bytes, data: bytes, hinted: bool = False) -> None:
         found = self._found
-        self._events += 1
-        if not self._fast and self._may_skip and (found.model is not None or self._events > MODEL_EVENTS):
-            # The model is known, or events name none (a non-LLM stream, or a provider
-            # that never does): stop parsing each one; events that can hold usage still are.
-            self._fast = True
-            self.skim = self
+        if not self._fast:  # events are only counted until then: tested first
+            self._events += 1
+            if self._may_skip and (found.model is not None or self._events > MODEL_EVENTS):
+                # The model is known, or events name none (a non-LLM stream, or a provider
+                # that never does): stop parsing each one; events that can hold usage still are.
+                self._fast = True
+                self.skim = self
         text = found.text
         if text is not None:
             if len(data) <= found.pending_room:  # measured when asked (Findings.pending)
@@ -322,7 +323,7 @@ class SSEReader:
                 for item in obj:
                     if isinstance(item, dict):
                         found.on_object(item)
-            if found.model is not None and self._may_skip:
+            if not self._fast and found.model is not None and self._may_skip:
                 self._fast = True
                 self.skim = self
 

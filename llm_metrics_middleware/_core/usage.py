@@ -136,33 +136,61 @@ def _count(obj: Any, key: str, sub: str | None = None) -> int | None:
 # business (``providers/table.py``); these functions only know the field names.
 
 
+def plain_counts(prompt: Any, completion: Any, total: Any, cached: Any, reasoning: Any) -> bool:
+    """The five counts of a chat usage object are all ints every reader keeps as they are
+    (no bool, float, null or absurd value): the one test of read_chat's plain path and of
+    the whole-body chat path (:mod:`.whole`)."""
+    # The bitwise or of ints is negative when one is, and at least the largest when none
+    # is; past MAX_TOKENS plain counts merely take the judged way.
+    return (
+        type(prompt) is int
+        and type(completion) is int
+        and type(total) is int
+        and type(cached) is int
+        and type(reasoning) is int
+        and 0 <= prompt | completion | total | cached | reasoning <= MAX_TOKENS
+    )
+
+
 def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     """OpenAI chat / completions / embeddings, Azure OpenAI, Mistral, vLLM, DeepSeek..."""
-    # The most common shape of all: the plain int counts are read inline (one dict get
-    # each); anything else goes through _count, which judges it.
+    # The most common shape of all, every count a plain int (OpenAI's chunks and bodies
+    # report the cached and reasoning details too): read with one dict get each and one
+    # test of them all. Anything else (a count missing, null, a float, a bool, absurd;
+    # DeepSeek's cache hits) is read field by field by _judged_chat, which decides.
     get = usage.get
     prompt = get("prompt_tokens")
-    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_TOKENS):
-        prompt = _count(usage, "prompt_tokens")
     completion = get("completion_tokens")
-    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_TOKENS):
-        completion = _count(usage, "completion_tokens")
     total = get("total_tokens")
-    if total is not None and not (type(total) is int and 0 <= total <= MAX_TOKENS):
-        total = _count(usage, "total_tokens")
     details = get("prompt_tokens_details")
     cached = details.get("cached_tokens") if type(details) is dict else None
+    details = get("completion_tokens_details")
+    reasoning = details.get("reasoning_tokens") if type(details) is dict else None
+    if plain_counts(prompt, completion, total, cached, reasoning):
+        if reasoning:  # most calls report none: no call to weigh it
+            completion = _with_outside_reasoning(prompt, completion, total, reasoning)
+        return prompt, completion, total, cached, reasoning, None, None
+    return _judged_chat(usage, prompt, completion, total, cached, reasoning)
+
+
+def _judged_chat(usage: Mapping[str, Any], prompt: Any, completion: Any, total: Any, cached: Any, reasoning: Any) -> Counts:
+    """:func:`read_chat` of a usage object whose values it has read but not all as plain
+    counts: each is judged (the plain ints kept as they are, anything else by _count)."""
+    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_TOKENS):
+        prompt = _count(usage, "prompt_tokens")
+    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_TOKENS):
+        completion = _count(usage, "completion_tokens")
+    if total is not None and not (type(total) is int and 0 <= total <= MAX_TOKENS):
+        total = _count(usage, "total_tokens")
     if cached is None:
         cached = _count(usage, "prompt_cache_hit_tokens")  # DeepSeek
     elif not (type(cached) is int and 0 <= cached <= MAX_TOKENS):
         cached = _count(usage, "prompt_tokens_details", "cached_tokens")
-    details = get("completion_tokens_details")
-    reasoning = details.get("reasoning_tokens") if type(details) is dict else None
     if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning <= MAX_TOKENS):
         reasoning = _count(usage, "completion_tokens_details", "reasoning_tokens")
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
-    if reasoning:  # most calls report none: no call to weigh it
+    if reasoning:
         completion = _with_outside_reasoning(prompt, completion, total, reasoning)
     return prompt, completion, total, cached, reasoning, None, None
 
@@ -315,47 +343,45 @@ def with_hidden_output(usage: Usage) -> Usage:
 
 
 class UsageAccumulator:
-    """Merges the usage seen in a response's objects: per field, the last value wins."""
+    """Merges the usage seen in a response's objects: per field, the last value wins.
 
-    __slots__ = ("prompt", "completion", "total", "cached", "reasoning", "written", "written_1h", "seen")
+    Kept as the merged counts tuple itself: most responses report usage once (a body, a
+    stream's last chunk), and their first counts are the merge as they are, so building
+    the accumulator, taking them and handing them to :func:`usage_of` costs a store each,
+    not a store per field and a tuple rebuilt at the end.
+    """
+
+    __slots__ = ("counts", "seen")
 
     def __init__(self) -> None:
-        self.prompt: int | None = None
-        self.completion: int | None = None
-        self.total: int | None = None
-        self.cached: int | None = None
-        self.reasoning: int | None = None
-        self.written: int | None = None
-        self.written_1h: int | None = None
+        #: The merged counts; None before any object with a prompt, completion or total.
+        self.counts: Counts | None = None
         self.seen = False
 
     def update(self, counts: Counts) -> None:
         prompt, completion, total, cached, reasoning, written, written_1h = counts
         if prompt is None and completion is None and total is None:
             return
+        last = self.counts
         self.seen = True
-        if prompt is not None:
-            self.prompt = prompt
-        if completion is not None:
-            self.completion = completion
+        if last is None:
+            self.counts = counts  # a tuple: kept as it is
+            return
         # A total belongs to the object that reported it; a later object that moves the
         # counts without a total makes it stale.
-        self.total = total
-        if cached is not None:
-            self.cached = cached
-        if reasoning is not None:
-            self.reasoning = reasoning
-        if written is not None:
-            self.written = written
-        if written_1h is not None:
-            self.written_1h = written_1h
+        self.counts = (
+            last[0] if prompt is None else prompt,
+            last[1] if completion is None else completion,
+            total,
+            last[3] if cached is None else cached,
+            last[4] if reasoning is None else reasoning,
+            last[5] if written is None else written,
+            last[6] if written_1h is None else written_1h,
+        )
 
     def result(self) -> Usage | None:
-        if not self.seen:
-            return None
-        return usage_of(
-            (self.prompt, self.completion, self.total, self.cached, self.reasoning, self.written, self.written_1h)
-        )
+        counts = self.counts
+        return None if counts is None else usage_of(counts)
 
 
 def usage_of(counts: Counts) -> Usage | None:
@@ -371,15 +397,19 @@ def usage_of(counts: Counts) -> Usage | None:
     cached = cached or 0
     if cached > prompt:
         cached = prompt
+    reasoning = reasoning or 0
+    if reasoning > completion:
+        reasoning = completion
+    whole = prompt + completion
+    total = total if total is not None and total >= whole else whole
+    if written is None and written_1h is None:
+        # No cache writes reported (every provider but Anthropic and Bedrock): their
+        # fields keep make_usage's defaults, 0, which is what the clamps below give.
+        return make_usage(prompt, completion, total, cached, reasoning)
     written = written or 0
     if written > prompt - cached:
         written = prompt - cached
     written_1h = written_1h or 0
     if written_1h > written:
         written_1h = written
-    reasoning = reasoning or 0
-    if reasoning > completion:
-        reasoning = completion
-    whole = prompt + completion
-    total = total if total is not None and total >= whole else whole
     return make_usage(prompt, completion, total, cached, reasoning, False, written, written_1h)

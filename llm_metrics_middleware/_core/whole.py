@@ -25,7 +25,7 @@ from .fastjson import first, value_or_none
 from .providers.objects import MODEL_PATHS, UNBILLED_OBJECTS, USAGE_CONTAINERS, counts_from_object, model_from_object
 from .providers.table import PROVIDERS
 from .typed import chat_decoder
-from .usage import MAX_TOKENS, Invalid, make_usage, read_chat, usage_of
+from .usage import Invalid, make_usage, plain_counts, read_chat, usage_of
 
 _BOM = b"\xef\xbb\xbf"
 _new = object.__new__
@@ -114,18 +114,8 @@ def _plain_counts(model: Any, prompt: Any, completion: Any, total: Any, cached: 
         cached = 0
     if reasoning is None:
         reasoning = 0
-    # Plain counts only (no bool, float, null or absurd value: read_chat judges those).
-    # The bitwise or of ints is negative when one is, and at least the largest when none
-    # is; past MAX_TOKENS a body merely takes the general path.
-    if not (
-        type(prompt) is int
-        and type(completion) is int
-        and type(total) is int
-        and type(cached) is int
-        and type(reasoning) is int
-        and 0 <= prompt | completion | total | cached | reasoning <= MAX_TOKENS
-    ):
-        return None
+    if not plain_counts(prompt, completion, total, cached, reasoning):
+        return None  # read_chat judges them, on the general path
     if reasoning and total == prompt + completion + reasoning:
         completion += reasoning  # xAI reports reasoning beside the completion (read_chat)
     # usage_of's normalisation, for counts that are all there.

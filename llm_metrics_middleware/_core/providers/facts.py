@@ -177,10 +177,13 @@ class StreamText:
     """One operation's streamed-text fields: the event regex, and the names (for an event
     too large to keep, measured by a :class:`~..textfields.TextFieldCounter`)."""
 
-    __slots__ = ("field", "names")
+    __slots__ = ("field", "finditer", "names")
 
     def __init__(self, fields: tuple[str, ...]) -> None:
         self.field = _text_field(fields) if fields != STREAM_TEXT_FIELDS else TEXT_FIELD
+        #: ``field.finditer``, bound once here: binding it per response is an object made
+        #: (and collected) for every stream.
+        self.finditer = self.field.finditer
         self.names = frozenset(fields)
 
 

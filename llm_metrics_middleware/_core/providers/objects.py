@@ -34,10 +34,14 @@ USAGE_CONTAINERS = _containers()
 MODEL_PATHS: tuple[Path, ...] = _ordered([where for p in PROVIDERS for where in p.model_at])
 
 # The same, ready for the hot path: markers as sets (``isdisjoint`` walks the few keys
-# of a usage object in C).
+# of a usage object in C); each path as its first key (None: the object itself) and the
+# rest, so that the usual one-key path is one ``get`` without a loop's steps.
 _SHAPES_AT = tuple(
-    (path, tuple((frozenset(s.markers), s.read, provider) for s, provider in shapes)) for path, shapes in USAGE_CONTAINERS
+    (path[0] if path else None, path[1:], tuple((frozenset(s.markers), s.read, provider) for s, provider in shapes))
+    for path, shapes in USAGE_CONTAINERS
 )
+#: MODEL_PATHS the same way (the object itself is never a model: no such path is kept).
+_MODEL_AT = tuple((path[0], path[1:]) for path in MODEL_PATHS if path)
 
 #: The fields read at an object's top level (Ollama's, Titan's and Llama's counts).
 TOP_LEVEL_FIELDS: tuple[FieldPath, ...] = tuple(
@@ -92,9 +96,9 @@ def counts_from_object(obj: Mapping[str, Any], rule_out: bool = True) -> tuple[C
     for key, value in UNBILLED_OBJECTS:
         if obj.get(key) == value:
             return None
-    for path, shapes in _SHAPES_AT:
-        node: Any = obj
-        for key in path:  # inline: this runs for every object of every body
+    for first, rest, shapes in _SHAPES_AT:
+        node: Any = obj if first is None else obj.get(first)
+        for key in rest:  # inline: this runs for every object of every body
             node = node.get(key) if type(node) is dict else None
         if type(node) is not dict:
             continue
@@ -108,9 +112,9 @@ def counts_from_object(obj: Mapping[str, Any], rule_out: bool = True) -> tuple[C
 
 
 def model_from_object(obj: Mapping[str, Any]) -> str | None:
-    for path in MODEL_PATHS:
-        value: Any = obj
-        for key in path:
+    for first, rest in _MODEL_AT:
+        value: Any = obj.get(first)
+        for key in rest:
             value = value.get(key) if type(value) is dict else None
         if isinstance(value, str) and value:
             return value
