@@ -263,7 +263,15 @@ class Delivery:
         aborted = threading.Event()
         watchdog = threading.Timer(self.timeout * _TOTAL_TIMEOUTS, _abort, (conn, aborted))
         watchdog.daemon = True
-        watchdog.start()
+        try:
+            watchdog.start()
+        except RuntimeError:
+            # Python 3.12+ refuses to start a thread during interpreter shutdown ("can't create
+            # new thread at interpreter shutdown"), which is when the atexit flush of a gunicorn
+            # worker posts. The report goes out without its watchdog then: the socket timeout
+            # still bounds each connect and read, and shutdown() waits for this (daemon) thread
+            # only until its own deadline. (cancel() below is harmless on a Timer never started.)
+            pass
         try:
             conn.request(
                 "POST",
