@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -289,6 +290,33 @@ def test_shutdown_flushes_and_is_bounded_with_a_hanging_backend(capture: Capture
     assert hanging._thread is not None
     hanging._thread.join(10)  # its POST times out, and the thread ends
     assert not hanging._thread.is_alive()
+
+
+def test_a_flush_when_no_thread_can_start_reports_from_the_flushing_thread(
+    capture: CaptureServer, made: list[ThreeScaleExporter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.12+ starts no thread at interpreter shutdown, when a gunicorn worker's
+    atexit flush runs: neither the reporting thread nor the POST's watchdog. The calls
+    are still counted, and the flush posts them itself."""
+    exporter = make(made, capture.url)
+    app, memory = wrap(exporter)
+
+    start = threading.Thread.start
+
+    def refuse(self: threading.Thread) -> None:
+        # Ours (the reporting thread, the POST's watchdog Timer); the capture server's
+        # request threads stand for the backend, in another process in real life.
+        if self.name.startswith("llm-metrics") or isinstance(self, threading.Timer):
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    call(app, "alice")
+    call(app, "bob", chat("one two"))
+    assert exporter._thread is None  # the record path could not start it, and did not raise
+    assert exporter.force_flush(5000) is True
+    monkeypatch.undo()
+    assert capture.sums() == counted(memory) and len(capture.sums()) == 2
 
 
 # -- the request path --------------------------------------------------------------------

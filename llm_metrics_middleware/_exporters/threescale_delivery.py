@@ -165,13 +165,21 @@ class Delivery:
 
     # -- the background thread -------------------------------------------------------------
 
-    def _start(self) -> None:
+    def _start(self) -> bool:
+        """Start the reporting thread unless it runs; whether a thread runs now. Python
+        3.12+ starts no thread during interpreter shutdown (a gunicorn worker's atexit
+        flush): then False, and :meth:`flush` reports in its own thread."""
         with self._cond:
             if self._stopping or (self.thread is not None and self.thread.is_alive()):
-                return
-            self.thread = threading.Thread(target=self._run, name="llm-metrics-3scale", daemon=True)
-            self.thread.start()
+                return self.thread is not None and self.thread.is_alive()
+            thread = threading.Thread(target=self._run, name="llm-metrics-3scale", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # "can't create new thread at interpreter shutdown"
+                return False
+            self.thread = thread
             self._running = True
+            return True
 
     def _run(self) -> None:
         failures = 0
@@ -313,7 +321,14 @@ class Delivery:
         with self.lock:
             if not self._pending and (self.thread is None or not self.thread.is_alive()):
                 return True
-        self._start()
+        if not self._start():
+            # No thread (stopping, or none can start at interpreter shutdown): report from
+            # here, each POST bounded by the connection's timeout.
+            try:
+                return self._send_pending()
+            except Exception:
+                logger.exception("ThreeScaleExporter: reporting at flush failed")
+                return False
         deadline = time.monotonic() + max(timeout_millis, 0) / 1000
         with self._cond:
             self._flush_requested += 1
