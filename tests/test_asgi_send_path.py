@@ -306,3 +306,26 @@ def test_the_short_path_counts_what_the_awaited_path_counts(big_every: int) -> N
         assert facts(short) == facts(awaited), fail_at
         if fail_at is None:
             assert facts(short) == ("completed", "reported", (9, 40, 49), True)
+
+
+def test_middle_messages_without_a_body_or_of_zero_copy_pass_the_short_path() -> None:
+    # The short path keys on more_body alone: a body message may leave its body out (b""),
+    # and the zero-copy extension's message carries more_body but no body to read.
+    zero_copy = {"type": "http.response.zerocopysend", "file": 3, "count": 10, "more_body": True}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send(START)
+        await send(body(EVENTS[0]))
+        await send(body(EVENTS[1]))  # the short path is on from here
+        await send({"type": "http.response.body", "more_body": True})
+        await send(zero_copy)
+        for event in EVENTS[2:]:
+            await send(body(event))
+        await send(body(b"", more=False))
+
+    server = Server("coroutine")
+    call, raised = run(app, server)
+    assert raised is None
+    assert server.sent[3:5] == [{"type": "http.response.body", "more_body": True}, zero_copy]
+    assert facts(call) == ("completed", "reported", (9, 2, 11), True)
