@@ -102,3 +102,40 @@ def test_flask_streaming_with_metrics_path() -> None:
     assert 'llm_prompt_tokens_total{user_id="fl"} 10.0' in text
     assert 'llm_completion_tokens_total{user_id="fl"} 32.0' in text
     assert 'llm_requests_total{outcome="completed",status="200",usage="reported",user_id="fl"} 2.0' in text
+
+
+def test_a_generator_that_set_a_context_variable_in_the_view_resets_it_while_streaming() -> None:
+    """The body generator runs in the server's context, as without us: a token made while
+    the view ran (Flask 2.2's ``stream_with_context`` pushed its request context so) is
+    reset by a later block without "created in a different Context". Running each block in
+    a context of the response's own would be cheaper and would break this."""
+    import contextvars
+
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("view_var", default="unset")
+    chunks = [e + b"\n\n" for e in OPENAI_STREAM.split(b"\n\n") if e]
+
+    def app(environ: Any, start_response: Any) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def body() -> Iterable[bytes]:
+            token = var.set("set in the view")
+            yield chunks[0]  # the first block is made in the view, as stream_with_context does
+            assert var.get() == "set in the view"
+            yield from chunks[1:]
+            var.reset(token)
+
+        generator = body()
+        first = next(generator)
+
+        def rest() -> Iterable[bytes]:
+            yield first
+            yield from generator
+
+        return rest()
+
+    bare = run_wsgi(app, body=request_json(stream=True))
+    assert var.get() == "unset"
+    exporter = InMemoryExporter()
+    status, _, blocks = run_wsgi(LLMMetricsWSGIMiddleware(app, exporters=[exporter]), body=request_json(stream=True))
+    assert (status, blocks) == (bare[0], bare[2]) and var.get() == "unset"
+    assert [c.outcome for c in exporter.calls] == ["completed"]
