@@ -157,6 +157,7 @@ def stream_ended(tail: bytes) -> bool:
     tail = tail[-STREAM_END_TAIL:]
     return any(mark in tail for mark in STREAM_END_MARKS)
 
+
 def _text_field(fields: Iterable[str]) -> re.Pattern[bytes]:
     # A key can only match where JSON puts a key (see textfields): inside a string every
     # quote is escaped, and the look-behind refuses a key that ends in an escaped quote
