@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_metrics_middleware._core import extractor
+from llm_metrics_middleware._core import template
 from llm_metrics_middleware._core.extractor import SSE, UsageExtractor
 from llm_metrics_middleware._core.providers.facts import TEXT_FIELD
 
@@ -37,7 +37,7 @@ def text_tokens(chunks: list[bytes]) -> int:
 def both_shape_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """The template test as CPython runs it (identity of what removeprefix/removesuffix
     return) and as other implementations do (lengths): both must reject the same chunks."""
-    monkeypatch.setattr(extractor, "_RETURNS_SELF", request.param)
+    monkeypatch.setattr(template, "_RETURNS_SELF", request.param)
 
 
 def chat_chunk(text: str, extra: str = "") -> bytes:

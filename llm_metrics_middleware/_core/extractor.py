@@ -15,8 +15,8 @@ compressed body passes through its decoder (:mod:`.decoders`) first.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
@@ -24,6 +24,7 @@ from .findings import Findings, TextMeter
 from .providers.facts import OPERATION_STREAM_TEXT, RESPONSE_TEXT_ROOTS, STREAM_TEXT, USAGE_HINT, USAGE_MARKER
 from .providers.pointers import UsagePointers
 from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
+from .template import TemplateFront
 from .usage import Usage, usage_of
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
@@ -33,15 +34,11 @@ _new = object.__new__
 _usage_hint = USAGE_HINT.search
 _usage_marker = USAGE_MARKER.search
 
-#: bytes.removeprefix/removesuffix return the bytes object itself when they remove nothing
-#: (CPython's implementation; the documentation only promises equal bytes): see feed.
-_RETURNS_SELF = sys.implementation.name == "cpython"
-
 #: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
 _KEY_AFTER = re.compile(rb'"\s*:').match
 
 #: Chunks of a stream whose text field could not be found (or was found more than once)
-#: before the extractor stops looking for a template to skim with (see feed).
+#: before the extractor stops looking for a template to skim with (see _read).
 TEMPLATE_TRIES = 8
 
 __all__ = ["BODY_FORMATS", "EVENTSTREAM", "JSON", "NONE", "SNIFF", "SSE", "BodyFormat", "Extraction", "UsageExtractor", "body_format"]
@@ -96,7 +93,13 @@ class Extraction:
     error: str | None
 
 
-class UsageExtractor:
+if TYPE_CHECKING:
+    from .template import PyTemplateFront as _Front
+else:
+    _Front = TemplateFront  # compiled where it was built (see template.py)
+
+
+class UsageExtractor(_Front):
     """Feed one response body in chunks; :meth:`close` returns what it said about tokens.
 
     ``fmt`` is a value of :func:`body_format`. ``want_text`` turns on counting of the
@@ -106,10 +109,7 @@ class UsageExtractor:
     text apart from the provider's (see :data:`~.providers.facts.OPERATION_STREAM_TEXT`).
     """
 
-    __slots__ = (
-        "_reader", "_found", "_decoder", "_head", "_tpl_head", "_tpl_learnt", "_tpl_tail", "_tpl_frame", "_tpl_text", "_tpl_bytes", "_tries",
-        "_put_off",
-    )
+    __slots__ = ("_reader", "_found", "_decoder", "_head", "_tpl_learnt", "_tries", "_put_off")
 
     def __init__(
         self,
@@ -132,13 +132,13 @@ class UsageExtractor:
         # dropped: WHATWG for event streams, RFC 8259 for JSON) or out; then None.
         self._head: bytes | None = b""
         # The template of a skimmed stream's chunks: the bytes before and after the one
-        # text string of a chunk (see feed). ``_tpl_learnt`` is None until learnt;
-        # ``_tpl_head`` is the same bytes while the stream is between events (the only
-        # time a chunk may be skimmed), else None, so that feed tests one attribute.
-        self._tpl_head: bytes | None = None
+        # text string of a chunk (see :mod:`.template`, whose ``feed`` this class's is).
+        # ``_tpl_learnt`` is None until learnt; ``_tpl_head`` is the same bytes while the
+        # stream is between events (the only time a chunk may be skimmed), else None, so
+        # that feed tests one attribute.
+        self._tpl_head = None
         self._tpl_learnt: bytes | None = None
         self._tpl_tail = b""
-        self._tpl_frame = 0  # len(head) + len(tail)
         # Where a template chunk's text goes: counted here as bytes (the default), or
         # handed to a tokenizer's meter.
         self._tpl_text = text if token_counter is not None else None
@@ -149,42 +149,8 @@ class UsageExtractor:
         # once. A second miss is read at once, and may teach the template of a new shape.
         self._put_off = False
 
-    def feed(self, chunk: bytes) -> None:
-        head = self._tpl_head
-        if head is not None:
-            try:
-                # A chunk of a stream is the same bytes before and after its text (id,
-                # model, created, indices): learnt from one chunk whose single text string
-                # the regex found (and that held no usage hint or marker), every chunk with
-                # the same head and tail, no quote in between and no backslash just before
-                # the tail's quote is that shape with another string there, so it holds
-                # neither usage nor other text, and its text is the bytes in between
-                # (escapes as written, as the regex counts them). A few C calls instead of
-                # three regex scans, and no call of ours: the bytes are summed here.
-                # removeprefix/removesuffix take one argument (METH_O), where startswith,
-                # endswith and find parse an argument tuple: about half the instructions.
-                # On exact bytes CPython returns the object itself when nothing is removed
-                # and a new one when something is (head and tail are never empty), so two
-                # identity tests say that both were there; elsewhere the lengths do.
-                # ``34 in`` (an int) is a memchr; a bytes needle would go through a raised
-                # and cleared TypeError first.
-                rest = chunk.removeprefix(head)
-                between = rest.removesuffix(self._tpl_tail)
-                if (
-                    chunk.__class__ is bytes
-                    and rest is not chunk
-                    and between is not rest
-                    and (_RETURNS_SELF or len(between) + self._tpl_frame == len(chunk))
-                    and 34 not in between  # no quote: the tail's quote closes the string
-                    and (92 not in between or between[-1:] != b"\\")  # ... and is not escaped
-                ):
-                    if self._tpl_text is None:
-                        self._tpl_bytes += len(between)
-                    else:
-                        self._tpl_text.add_json_string(between)
-                    return
-            except Exception:  # not bytes, a bug: the general path decides (and never raises)
-                pass
+    def _read(self, chunk: bytes) -> None:
+        """A chunk the template did not account for (see :mod:`.template`)."""
         reader = self._reader
         skim = reader.skim
         if skim is not None and skim.at_boundary:
@@ -218,7 +184,7 @@ class UsageExtractor:
                     return
                 # Else usage may be here: ``skim`` stays set, and the reader parses the
                 # event without looking for the hint again. (No flag of its own: every
-                # local of this method costs every chunk's call, the template's included.)
+                # local of this method costs every such chunk's call.)
             except Exception:  # not bytes, a bug: the general path decides (and never raises)
                 skim = None
         else:
@@ -230,7 +196,7 @@ class UsageExtractor:
             return
         decoder = self._decoder
         if decoder is None:
-            head = self._head  # (the template's local, reused for the same reason)
+            head = self._head
             if head is not None:
                 if head or not chunk or chunk[0] == 0xEF:
                     chunk = self._without_bom(chunk)
@@ -268,7 +234,6 @@ class UsageExtractor:
             return  # the string was a key's value followed by another key: no template
         self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
         self._tpl_tail = tail
-        self._tpl_frame = match.start(1) + len(tail)
         self._put_off = True
 
     def _without_bom(self, chunk: bytes) -> bytes:
