@@ -12,16 +12,17 @@ extractor's ``_read``.
 This runs once per chunk of every stream, so it exists twice: compiled (``_template.c``,
 built with the package where a C compiler is present, about a tenth of the instructions)
 and here, in Python, which is the reference and what runs where the extension is missing
-or ``LLM_METRICS_NO_EXTENSIONS`` is set (to any value but ``""`` or ``0``).
+or ``LLM_METRICS_NO_EXTENSIONS`` is set (see :mod:`.extensions`).
 :data:`TemplateFront` is the one in use; ``tests/test_template_front.py`` holds the two to
 the same answers.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING
+
+from .extensions import NO_EXTENSIONS_VARIABLE, extensions_enabled
 
 if TYPE_CHECKING:
     from .findings import TextMeter
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
 #: bytes.removeprefix/removesuffix return the bytes object itself when they remove nothing
 #: (CPython's implementation; the documentation only promises equal bytes): see feed.
 _RETURNS_SELF = sys.implementation.name == "cpython"
-
-#: Set (to anything but "" or "0") to run the pure-Python code where a compiled one exists,
-#: as aiohttp's AIOHTTP_NO_EXTENSIONS does.
-NO_EXTENSIONS_VARIABLE = "LLM_METRICS_NO_EXTENSIONS"
 
 
 class PyTemplateFront:
@@ -86,7 +83,7 @@ class PyTemplateFront:
 
 def _compiled() -> type[PyTemplateFront] | None:
     """The compiled TemplateFront, or None where it was not built or is turned off."""
-    if os.environ.get(NO_EXTENSIONS_VARIABLE, "") not in ("", "0"):
+    if not extensions_enabled():
         return None
     try:
         from ._template import TemplateFront as compiled

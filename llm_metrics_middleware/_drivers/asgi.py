@@ -3,14 +3,14 @@
 The client gets every message as the app produced it, when it produced it, and a body chunk
 is counted only once its send has returned (a chunk whose send failed never reached the
 client). All per-request state lives in the request's :class:`_AsgiCall` (a ``MeteredCall``
-that is also its ``receive`` and ``send`` wrappers) and in locals of ``__call__``, never on
-the middleware.
+that is also its ``receive`` wrapper), in its relay (the ``send`` the app is given, see
+:mod:`.short_send`) and in locals of ``__call__``, never on the middleware.
 
 The middle chunks of a streamed body take a short path with no coroutine of ours: an
 awaited wrapper costs about a thousand instructions per message, a fifth of what a chunk
-costs us. ``send`` hands the app the server's own coroutine and keeps the chunk pending;
-the app calling ``send`` again (or returning) says that the send returned, and the pending
-chunk is fed then. When the app raises, its traceback says whether the exception came out
+costs us. The relay's ``send`` hands the app the server's own coroutine and keeps the chunk
+pending; the app calling ``send`` again (or returning) says that the send returned, and the
+pending chunk is fed then. When the app raises, its traceback says whether the exception came out
 of a send of the server (the client is gone: the pending chunk is dropped and the call is
 disconnected) or from the app itself (the chunk went out and is fed). The response start,
 the first chunk (its time is the time to first chunk), the last one (the call is complete
@@ -18,10 +18,11 @@ when its send returns) and every other message are awaited in ``_awaited_send``,
 is every message of a server whose ``send`` does not return a coroutine (whose frame a
 traceback could not show).
 
-Why the wrappers are methods of the call rather than closures made in ``__call__``: a
-closure is a new function object per request, with a cell for each variable it shares;
-a bound method is a small object pointing at the call, which holds that state anyway.
-The call does not keep its own bound methods, so no reference cycle is made.
+Why the wrappers are methods rather than closures made in ``__call__``: a closure is a new
+function object per request, with a cell for each variable it shares; a bound method is a
+small object pointing at the call (or relay), which holds that state anyway. The relay and
+the call point at each other while the app runs; ``__call__`` lets go of that in its
+``finally``, so no reference cycle outlives the request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .._metering.metered_call import MeteredCall
 from .._metering.request import RequestView
 from .base import MiddlewareBase
 from .limited import asgi_check, with_raw_headers
+from .short_send import PyShortSend, ShortSend
 
 if TYPE_CHECKING:
     from asgiref.typing import (
@@ -77,20 +79,18 @@ def _raised_in(exc: BaseException, code: CodeType) -> bool:
 class _AsgiCall(MeteredCall):
     """One request's call, and the ``receive`` and ``send`` the app is given for it."""
 
-    __slots__ = ("app_receive", "app_send", "delivered", "disconnected", "pending", "send_code")
+    __slots__ = ("app_receive", "delivered", "disconnected", "relay")
 
     app_receive: ASGIReceiveCallable
-    app_send: ASGISendCallable
+    #: The send the app is given (see :mod:`.short_send`): it holds the server's send, the
+    #: pending chunk of the short path, and the server's send code once that path is on.
+    relay: PyShortSend
     #: The client went away: a failed send, or ``http.disconnect`` received.
     disconnected: bool
-    #: The chunk whose send was handed to the app last (the short path), not fed yet.
-    pending: bytes | None
     #: The last body chunk known to have been sent, for its end mark (see ``gone``): noted
     #: where a chunk is fed outside the short path, which is enough, since every body
     #: ends outside it (its last message is awaited; a pending chunk is fed in settle).
     delivered: bytes
-    #: The code of the server's send coroutine once the short path is on, else None.
-    send_code: CodeType | None
 
     async def receive(self) -> ASGIReceiveEvent:
         message = await self.app_receive()
@@ -106,26 +106,12 @@ class _AsgiCall(MeteredCall):
             self.disconnected = True
         return message
 
-    def send(self, message: ASGISendEvent) -> Any:
-        # Only body messages carry ``more_body`` (http.response.body, and the zero-copy
-        # extension's, which has no body: b"" is fed for it), so its type is not compared;
-        # the body is subscripted, not got: the two cost a third of this method per chunk.
-        if self.send_code is not None and message.get("more_body"):
-            pending = self.pending
-            if pending is not None:
-                self.feed(pending)  # the app is back: its previous send returned
-            try:
-                self.pending = message["body"]  # type: ignore[typeddict-item]
-            except KeyError:
-                self.pending = b""
-            return self.app_send(message)
-        return self._awaited_send(message)
-
     def settle(self, exc: BaseException | None) -> None:
         """The pending chunk, when the app returned (``exc`` None) or raised ``exc``:
         dropped, and the client gone, if ``exc`` came out of a send of the server; else fed."""
-        pending, code = self.pending, self.send_code
-        self.pending = None
+        relay = self.relay
+        pending, code = relay.pending, relay.code
+        relay.pending = None
         if exc is not None and code is not None and _raised_in(exc, code):
             self.disconnected = True
         elif pending is not None:
@@ -141,13 +127,14 @@ class _AsgiCall(MeteredCall):
 
     async def _awaited_send(self, message: ASGISendEvent) -> None:
         """Every message but the middle chunks of a body: awaited, then looked at."""
-        pending = self.pending
+        relay = self.relay
+        pending = relay.pending
         if pending is not None:  # the app is back: the previous send returned
-            self.pending = None
+            relay.pending = None
             self.feed(pending)
             self.delivered = pending
         try:
-            awaitable = self.app_send(message)
+            awaitable = relay.server_send(message)
             await awaitable
         except BaseException:
             # A send that fails is the client gone (uvicorn raises OSError on a closed
@@ -163,8 +150,8 @@ class _AsgiCall(MeteredCall):
                 self.delivered = body
             if not message.get("more_body", False):
                 self.finish(COMPLETED)
-            elif self.send_code is None and self.first_chunk is not None and awaitable.__class__ is CoroutineType:
-                self.send_code = awaitable.cr_code  # the first chunk is in: the short path is on
+            elif relay.code is None and self.first_chunk is not None and awaitable.__class__ is CoroutineType:
+                relay.code = awaitable.cr_code  # the first chunk is in: the short path is on
         elif kind == "http.response.start":
             try:
                 headers = response_headers(message.get("headers", ()))  # type: ignore[arg-type]
@@ -238,9 +225,8 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
                 return  # refused with 429: the app is not called
             limited.read_ahead, limited.extra_headers = checked
         call.app_receive = receive
-        call.app_send = send
+        relay = call.relay = ShortSend(call, send)
         call.disconnected = False
-        call.pending = call.send_code = None
         call.delivered = b""
 
         # The request is current for the whole app call, streaming body included: outgoing
@@ -248,7 +234,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
         # CURRENT.set/reset inline rather than context.enter/leave: two calls fewer per request.
         token = CURRENT.set(call)
         try:
-            await self.app(scope, call.receive, call.send)
+            await self.app(scope, call.receive, relay.send)
         except asyncio.CancelledError as exc:
             call.settle(exc)
             call.finish(call.gone())
@@ -258,6 +244,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             call.finish(call.gone() if call.disconnected else ERROR)
             raise
         finally:
+            relay.call = None  # the relay and the call point at each other: no cycle left
             try:
                 CURRENT.reset(token)
             except (ValueError, RuntimeError):  # reset in another context: see context.leave
