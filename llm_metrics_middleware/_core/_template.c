@@ -7,6 +7,8 @@
  *
  * Nothing here allocates on the usual path, and nothing raises that Python would not: a
  * failing text meter sends the chunk to `_read`, as the Python test's `except` does.
+ * Head and tail must be exact bytes (the extractor learns them as slices of a chunk, which
+ * are): of another type, every chunk goes to `_read`, which is always right, only slower.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -100,6 +102,18 @@ front_match(TemplateFront *self, PyObject *chunk, Py_ssize_t *size)
     return between;
 }
 
+/* self._read(chunk), its result dropped: feed returns None, as the Python one does. */
+static PyObject *
+front_read(TemplateFront *self, PyObject *chunk)
+{
+    PyObject *result = PyObject_CallMethodOneArg((PyObject *)self, str_read, chunk);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 front_feed(TemplateFront *self, PyObject *chunk)
 {
@@ -108,8 +122,11 @@ front_feed(TemplateFront *self, PyObject *chunk)
     if (between != NULL) {
         PyObject *text = self->text;
         if (text == NULL || text == Py_None) {
-            self->nbytes += size;
-            Py_RETURN_NONE;
+            if (self->nbytes <= PY_SSIZE_T_MAX - size) { /* else _read counts it */
+                self->nbytes += size;
+                Py_RETURN_NONE;
+            }
+            return front_read(self, chunk);
         }
         PyObject *piece = PyBytes_FromStringAndSize(between, size);
         if (piece != NULL) {
@@ -127,7 +144,7 @@ front_feed(TemplateFront *self, PyObject *chunk)
         }
         PyErr_Clear(); /* as the Python test's except: the general path decides */
     }
-    return PyObject_CallMethodOneArg((PyObject *)self, str_read, chunk);
+    return front_read(self, chunk);
 }
 
 static PyMethodDef front_methods[] = {
