@@ -70,6 +70,21 @@ def test_an_unreadable_switch_is_an_error_that_names_the_variable(monkeypatch: p
         LLMMetricsMiddleware(SimulatedLLM(), exporters=[InMemoryExporter()])
 
 
+def test_an_unreadable_no_extensions_switch_is_an_error_that_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read at import (where an unreadable value runs the Python references, the safe
+    reading), and refused when the middleware is built, as every other switch of ours."""
+    from llm_metrics_middleware._core.extensions import extensions_enabled
+
+    monkeypatch.setenv("LLM_METRICS_NO_EXTENSIONS", "perhaps")
+    assert extensions_enabled() is False
+    with pytest.raises(ValueError, match="LLM_METRICS_NO_EXTENSIONS='perhaps': use true or false"):
+        LLMMetricsMiddleware(SimulatedLLM(), exporters=[InMemoryExporter()])
+    for value, enabled in [("", True), ("0", True), ("false", True), (" Off ", True), ("1", False), ("TRUE", False)]:
+        monkeypatch.setenv("LLM_METRICS_NO_EXTENSIONS", value)
+        assert extensions_enabled() is enabled, value
+        LLMMetricsMiddleware(SimulatedLLM(), exporters=[InMemoryExporter()])
+
+
 def test_dimensions_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLM_METRICS_DIMENSIONS", " User ID, Model ,region=eu-west ")
     memory = InMemoryExporter()

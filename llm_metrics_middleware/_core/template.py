@@ -12,7 +12,7 @@ extractor's ``_read``.
 This runs once per chunk of every stream, so it exists twice: compiled (``_template.c``,
 built with the package where a C compiler is present, about a tenth of the instructions)
 and here, in Python, which is the reference and what runs where the extension is missing
-or ``LLM_METRICS_NO_EXTENSIONS`` is set (see :mod:`.extensions`).
+or ``LLM_METRICS_NO_EXTENSIONS`` is true (see :mod:`.extensions`).
 :data:`TemplateFront` is the one in use; ``tests/test_template_front.py`` holds the two to
 the same answers.
 """

@@ -18,6 +18,8 @@ instrumentation and its shape without a code change; these do the same for ours:
                                style): ``"/health, /internal, ^/admin/.*/usage$"``
 ``LLM_METRICS_INCLUDE_PATHS``  the same for ``include_paths=`` (more paths to read)
 ``LLM_METRICS_AUTH``           credentials for ``/metrics`` (see ``_exporters/endpoint.py``)
+``LLM_METRICS_NO_EXTENSIONS``  ``true``: the pure-Python code where a compiled twin exists
+                               (read at import, see ``_core/extensions.py``; checked here)
 =============================  ==============================================================
 
 Arguments given in code win over the environment, as in OpenTelemetry. Variables are read
@@ -32,6 +34,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .._core.extensions import FALSE_WORDS, NO_EXTENSIONS_VARIABLE, TRUE_WORDS
+from .._core.extensions import flag as on_off
 from .._metering.dimensions import Dimension
 from .._metering.paths import PathPattern, PathPatterns
 
@@ -42,8 +46,8 @@ EXCLUDE_PATHS = "LLM_METRICS_EXCLUDE_PATHS"
 INCLUDE_PATHS = "LLM_METRICS_INCLUDE_PATHS"
 DEFAULT_NAMESPACE = "llm"
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_TRUE = TRUE_WORDS
+_FALSE = FALSE_WORDS
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def read(
     flag = env.get(ENABLED, "").strip().lower()
     if flag and flag not in _TRUE + _FALSE:
         raise ValueError(f"{ENABLED}={env[ENABLED]!r}: use true or false")
+    if on_off(env.get(NO_EXTENSIONS_VARIABLE, "")) is None:
+        raise ValueError(f"{NO_EXTENSIONS_VARIABLE}={env[NO_EXTENSIONS_VARIABLE]!r}: use true or false")
     if dimensions is None and env.get(DIMENSIONS, "").strip():
         dimensions = _dimensions(env[DIMENSIONS])
     if namespace is None:

@@ -11,7 +11,7 @@ call turns the short path on and settles the pending chunk when the app returns 
 This runs once per chunk of every ASGI stream, so it exists twice: compiled
 (``_short_send.c``, built with the package where a C compiler is present) and here, in
 Python, the reference, which runs where the extension is missing or
-``LLM_METRICS_NO_EXTENSIONS`` is set. :data:`ShortSend` is the one in use;
+``LLM_METRICS_NO_EXTENSIONS`` is true. :data:`ShortSend` is the one in use;
 ``tests/test_short_send.py`` holds the two to the same answers.
 """
 
