@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from llm_metrics_middleware._core.jsonscan import JSONScanner
@@ -144,3 +144,62 @@ def test_random_documents_at_random_splits(value: Any, ascii: bool, points: list
     chunks = [body[a:b] for a, b in zip(bounds, bounds[1:])]
     assert _scan(chunks) == (records, True, False, text)
     assert _scan(chunks, text=False)[:3] == (records, True, False)
+
+
+
+# -- the possessive skip expression ------------------------------------------------------
+
+
+def _skip_pattern() -> bytes:
+    from llm_metrics_middleware._core import jsonskip
+
+    pattern: bytes = jsonskip._SKIP_RUN.__self__.pattern  # type: ignore[attr-defined]
+    return pattern
+
+
+def _backtracking_skip_run() -> Any:
+    """The skip expression with every possessive repeat made greedy again: as it was
+    written before, and as 3.10 (which has no possessive repeats) runs it."""
+    import re
+
+    return re.compile(_skip_pattern().replace(b"}+", b"}").replace(b")*+", b")*")).match
+
+
+_SKIP_PIECES = st.sampled_from(
+    [b"1", b"0.5,", b" ", b",", b"[", b"]", b"{", b"}", b'"', b'"a"', b'"k":', b'"[",', b'"}"', b"\\", b'\\"']
+    + [b"x" * 300, b"9," * 300]
+)
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(st.lists(_SKIP_PIECES, max_size=40), st.integers(0, 50))
+@example([b'["["]'], 0)
+@example([b'{"k":"[","v":[1,"]"]}'], 0)
+@example([b"[", b"9," * 300, b"1]"], 0)
+def test_possessive_skip_run_ends_where_the_backtracking_one_does(pieces: list[bytes], start: int) -> None:
+    """Possessive repeats only refuse sooner: from any position of any mix of flat runs
+    (some past the 512-byte bound), strings, escapes and brackets, the run ends at the
+    same byte as with the greedy expression."""
+    import sys
+
+    from llm_metrics_middleware._core.jsonskip import skip_run
+
+    buf = b"".join(pieces)
+    pos = min(start, len(buf))
+    backtracking = _backtracking_skip_run()
+    if sys.version_info >= (3, 11):  # two different expressions are compared
+        assert backtracking.__self__.pattern != _skip_pattern()
+        assert b"{0,512}+" in _skip_pattern()
+    assert skip_run(buf, pos) == backtracking(buf, pos).end()
+
+
+def test_an_embedding_array_is_refused_where_it_starts() -> None:
+    """An object holding an array of 5,000 numbers (an embedding) does not close within
+    the expression's bounds: the run stops before it (the scanner crosses it with
+    bytes.find). How fast the refusal is: bench/run section 4, the embeddings scan."""
+    from llm_metrics_middleware._core.jsonskip import skip_run
+
+    piece = b'{"object":"embedding","index":0,"embedding":[' + b"0.0123456789," * 5000 + b"0.5]},"
+    assert skip_run(piece, 0) == 0
+    assert skip_run(b"1," + piece, 0) == 2
+    assert skip_run(b'"a", {"b": [1, 2]}, ' + piece, 0) == 20
