@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from common import BENCH, CHAT_PATH
-from load import UVICORN_MAX_TOKENS, free_port, run_load, wait_for_port
-from workloads import request_body
+from load import free_port, run_load, stop_servers, wait_for_port, write_wrk_script
 
 VARIANTS = ("bare", "ours")
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -51,13 +50,10 @@ def user_system(pid: int) -> tuple[float, float]:
 
 
 def wrk_script(directory: Path) -> str:
-    """wrk's Lua script posting section 5's streamed request."""
-    body = request_body(stream=True, include_usage=True, max_tokens=UVICORN_MAX_TOKENS)
-    script = directory / "post.lua"
-    script.write_text(
-        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body.decode()}]]\n'
-    )
-    return str(script)
+    """wrk's Lua script posting section 5's streamed request, in ``directory``."""
+    script = str(directory / "post.lua")
+    write_wrk_script(script)
+    return script
 
 
 def perf_shares(
@@ -176,12 +172,7 @@ def main() -> int:
             else {}
         )
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_servers(servers)
         shutil.rmtree(directory, ignore_errors=True)
     report(args, client, rows, shares)
     return 0

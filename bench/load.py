@@ -175,3 +175,22 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0)
         except OSError:
             time.sleep(0.1)
     return False
+
+
+def write_wrk_script(path: str) -> None:
+    """wrk's Lua script posting section 5's streamed request, written to ``path``."""
+    body = request_body(stream=True, include_usage=True, max_tokens=UVICORN_MAX_TOKENS)
+    with open(path, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                f"wrk.body = [[{body.decode()}]]\n")
+
+
+def stop_servers(servers: dict[str, tuple[subprocess.Popen[Any], int]]) -> None:
+    """Terminate every server process, killing one that does not exit within 10 s."""
+    for proc, _ in servers.values():
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -54,7 +54,18 @@ from drivers import (
     wsgi_stream_app,
 )
 from large import LARGE_VARIANTS, core_scan
-from load import UVICORN_MAX_TOKENS, children_cpu, cpu_seconds, free_port, http_impl, loop_impl, run_load, wait_for_port
+from load import (
+    UVICORN_MAX_TOKENS,
+    children_cpu,
+    cpu_seconds,
+    free_port,
+    http_impl,
+    loop_impl,
+    run_load,
+    stop_servers,
+    wait_for_port,
+    write_wrk_script,
+)
 from variants import check_counted, instrumentator_asgi, otel_asgi, otel_wsgi, ours_asgi, ours_wsgi
 from workloads import COMPLETION_BODY, COMPLETION_TOKENS, LARGE_KINDS, chat_chunks, large_expected, request_body
 
@@ -402,10 +413,7 @@ def section_uvicorn(cfg: Config, out: dict[str, Any], md: list[str], targets: li
     section_deadline = time.monotonic() + cfg.uvicorn_budget
     tmp = tempfile.mkdtemp(prefix="llm-bench-")
     lua = os.path.join(tmp, "post.lua")
-    body = request_body(stream=True, include_usage=True, max_tokens=UVICORN_MAX_TOKENS)
-    with open(lua, "w") as f:
-        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                f"wrk.body = [[{body.decode()}]]\n")
+    write_wrk_script(lua)
     servers: dict[str, tuple[subprocess.Popen[Any], int]] = {}
     results: dict[str, list[dict[str, Any]]] = {"bare": [], "ours": []}
     try:
@@ -447,13 +455,7 @@ def section_uvicorn(cfg: Config, out: dict[str, Any], md: list[str], targets: li
             log(f"    round {r + 1}/{rounds}: " + ", ".join(
                 f"{v} {results[v][-1]['rps']:.0f} req/s" for v in results if results[v]))
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_servers(servers)
         shutil.rmtree(tmp, ignore_errors=True)
     n = min(len(results["bare"]), len(results["ours"]))
     if any(x["requests"] == 0 for runs in results.values() for x in runs):
