@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from .decoders import ContentDecoder
 from .estimate import TokenCounter
 from .findings import Findings, TextMeter
-from .providers.facts import OPERATION_STREAM_TEXT, RESPONSE_TEXT_ROOTS, STREAM_TEXT, USAGE_HINT, USAGE_MARKER
+from .providers.facts import OPERATION_STREAM_TEXT, RESPONSE_TEXT_ROOTS, STREAM_TEXT, USAGE_SEEN
 from .providers.pointers import UsagePointers
 from .readers import BODY_FORMATS, EVENTSTREAM, JSON, NONE, READERS, SNIFF, SSE, BodyFormat, Reader, Stopped
 from .template import TemplateFront
@@ -31,8 +31,7 @@ from .usage import Usage, usage_of
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
 _BOM = b"\xef\xbb\xbf"
 _new = object.__new__
-_usage_hint = USAGE_HINT.search
-_usage_marker = USAGE_MARKER.search
+_usage_seen = USAGE_SEEN.seen
 
 #: A learnt chunk whose text is followed by what reads as a key (``"...": ``) is no template.
 _KEY_AFTER = re.compile(rb'"\s*:').match
@@ -160,7 +159,7 @@ class UsageExtractor(_Front):
                     skim = None
                 elif 34 not in chunk:
                     return  # no quote: no text and no usage ([DONE], a comment, a ping)
-                elif _usage_hint(chunk) is None and _usage_marker(chunk) is None:  # the marker: Ollama's counts
+                elif not _usage_seen(chunk):  # a usage key, or a marker (Ollama's counts)
                     found = self._found
                     text = found.text
                     if self._put_off and len(chunk) <= found.pending_room:
@@ -168,19 +167,18 @@ class UsageExtractor(_Front):
                         found.pending_room -= len(chunk)
                         found.pending.append(chunk)
                     elif text is not None:
-                        count = 0
-                        last = None
-                        for m in found.text_fields(chunk):
-                            text.add_json_string(m.group(1))
-                            count += 1
-                            last = m
-                        if count == 1 and last is not None:
-                            self._learn(chunk, last)
+                        if chunk.__class__ is not bytes:  # a slice of it goes to the meter
+                            chunk = bytes(chunk)
+                        spans = found.text_spans(chunk)
+                        for start, end in spans:
+                            text.add_json_string(chunk[start:end])
+                        if len(spans) == 1:
+                            self._learn(chunk, spans[0])
                     elif self._tries > 0:
                         self._tries -= 1
-                        matches = list(found.text_fields(chunk))
-                        if len(matches) == 1:
-                            self._learn(chunk, matches[0])
+                        spans = found.text_spans(chunk)
+                        if len(spans) == 1:
+                            self._learn(chunk, spans[0])
                     return
                 # Else usage may be here: ``skim`` stays set, and the reader parses the
                 # event without looking for the hint again. (No flag of its own: every
@@ -228,11 +226,13 @@ class UsageExtractor(_Front):
         flushed per event is decompressed per chunk), so this moves with the stream."""
         return self._found.result()
 
-    def _learn(self, chunk: bytes, match: re.Match[bytes]) -> None:
-        tail = chunk[match.end(1) :]
+    def _learn(self, chunk: bytes, span: tuple[int, int]) -> None:
+        """A template from a chunk whose one text string is at ``span``."""
+        start, end = span
+        tail = chunk[end:]
         if _KEY_AFTER(tail) is not None:
             return  # the string was a key's value followed by another key: no template
-        self._tpl_head = self._tpl_learnt = chunk[: match.start(1)]
+        self._tpl_head = self._tpl_learnt = chunk[:start]
         self._tpl_tail = tail
         self._put_off = True
 

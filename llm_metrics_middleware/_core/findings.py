@@ -99,7 +99,7 @@ class Findings(UsageAccumulator):
     """
 
     __slots__ = (
-        "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_fields",
+        "model", "provider", "error", "text", "custom", "triggers", "markers", "text_roots", "text_spans",
         "stream_text", "pending", "pending_room",
     )
 
@@ -131,8 +131,8 @@ class Findings(UsageAccumulator):
             self.markers = USAGE_MARKERS + custom.triggers
         #: Top-level fields under which a JSON body's text fields are measured.
         self.text_roots = text_roots if text is not None else ()
-        #: The text strings of SSE event data (group 1), for this operation's chunks.
-        self.text_fields = stream_text.finditer
+        #: Where the text strings of SSE event data are, for this operation's chunks.
+        self.text_spans = stream_text.spans
         self.stream_text = stream_text
         #: SSE events (or chunks of them) whose text is measured only when asked
         #: (:meth:`measure_pending`): the few events of a stream that are not skimmed by
@@ -147,14 +147,16 @@ class Findings(UsageAccumulator):
 
     def measure_pending(self) -> None:
         """Measure the text of the :attr:`pending` events, as it would have been measured
-        when they came (the same regex on the same bytes)."""
+        when they came (the same search on the same bytes)."""
         text = self.text
         if text is None:
             return
-        fields = self.text_fields
+        spans = self.text_spans
         for data in self.pending:
-            for m in fields(data):
-                text.add_json_string(m.group(1))
+            if data.__class__ is not bytes:
+                data = bytes(data)
+            for start, end in spans(data):
+                text.add_json_string(data[start:end])
         self.pending.clear()
 
     @property

@@ -22,13 +22,13 @@ from .fastjson import first as _first
 from .fastjson import loads
 from .findings import Findings
 from .jsonscan import JSONScanner
-from .providers.facts import USAGE_HINT
+from .providers.facts import USAGE_HINTED
 from .sse import EVENT_LIMIT, SSEDecoder
 from .textfields import TextFieldCounter
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
-_usage_hint = USAGE_HINT.search
+_usage_hinted = USAGE_HINTED.seen
 
 #: How a response body is read: not at all, as SSE, as JSON (one value, NDJSON or a JSON
 #: array of objects), "sniff" (the Content-Type says nothing: the first byte decides), or
@@ -291,12 +291,14 @@ class SSEReader:
                 found.pending_room -= len(data)
                 found.pending.append(data)
             else:
-                for m in found.text_fields(data):
-                    text.add_json_string(m.group(1))
+                if data.__class__ is not bytes:  # a slice of it goes to the meter
+                    data = bytes(data)
+                for start, end in found.text_spans(data):
+                    text.add_json_string(data[start:end])
         if (
             hinted
             or (found.model is None and not self._fast)
-            or _usage_hint(data) is not None
+            or _usage_hinted(data)
             or any(m in data for m in found.markers)
         ):
             if data == b"[DONE]":

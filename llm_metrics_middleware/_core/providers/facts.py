@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable, Mapping
 
+from ..textscan import TextFields, UsageHint, text_field_pattern, usage_hint_pattern
 from ..usage import Counts, as_count
 from .table import PROVIDERS, Path
 
@@ -106,22 +106,14 @@ def provider_from_headers(headers: Mapping[str, str], query: Mapping[str, str]) 
 _SSE = tuple(p for p in PROVIDERS if p.stream_format == "sse")
 
 
-def _usage_hint() -> re.Pattern[bytes]:
-    # The last key of every place usage sits in the providers that stream SSE, followed by
-    # an object (not null). Keys are factored by their common prefix, so the pattern starts
-    # with a literal that the regex engine can skip ahead to ("usage" for usage /
-    # usageMetadata: 0.2 us on a chunk).
-    keys = sorted({path[-1] for p in _SSE for path, _ in p.usage if path})
-    prefix = os.path.commonprefix(keys)
-    rests = "|".join(re.escape(k[len(prefix):]) for k in sorted(keys, key=len, reverse=True))
-    # Anything but null follows: an object, or the end of a data line whose next line
-    # opens it (raw chunks still hold the "data:" between them).
-    return re.compile(f'{re.escape(prefix)}(?:{rests})"\\s*:(?!\\s*null)'.encode())
+#: The last key of every place usage sits in the providers that stream SSE: followed by an
+#: object (not null), event data may hold usage.
+USAGE_HINT_KEYS = tuple(sorted({path[-1] for p in _SSE for path, _ in p.usage if path}))
 
 
 #: Whether SSE event data (or a raw chunk of events) can hold usage: a usage key not
-#: followed by null.
-USAGE_HINT = _usage_hint()
+#: followed by null (the reference pattern: see :mod:`..textscan`, whose searches run).
+USAGE_HINT = usage_hint_pattern(USAGE_HINT_KEYS)
 
 
 def _markers() -> tuple[bytes, ...]:
@@ -140,6 +132,11 @@ def _markers() -> tuple[bytes, ...]:
 USAGE_MARKERS = _markers()
 #: Any of :data:`USAGE_MARKERS`, for one search per raw chunk.
 USAGE_MARKER = re.compile(b"|".join(re.escape(m) for m in USAGE_MARKERS))
+_HINT_KEYS = tuple(key.encode("ascii") for key in USAGE_HINT_KEYS)
+#: :data:`USAGE_HINT` or :data:`USAGE_MARKER` in a raw chunk, searched (``.seen(data)``).
+USAGE_SEEN = UsageHint(_HINT_KEYS, USAGE_MARKERS)
+#: :data:`USAGE_HINT` alone in event data, searched (``.seen(data)``).
+USAGE_HINTED = UsageHint(_HINT_KEYS, ())
 
 #: Marks of a stream's last word: OpenAI's ``data: [DONE]``, Anthropic's ``message_stop``
 #: event, Ollama's final ``"done": true`` object. A client that leaves once it has read
@@ -158,33 +155,27 @@ def stream_ended(tail: bytes) -> bool:
     return any(mark in tail for mark in STREAM_END_MARKS)
 
 
-def _text_field(fields: Iterable[str]) -> re.Pattern[bytes]:
-    # A key can only match where JSON puts a key (see textfields): inside a string every
-    # quote is escaped, and the look-behind refuses a key that ends in an escaped quote
-    # (written after the quote, so that the regex engine still skips ahead to a quote).
-    names = b"|".join(re.escape(f).encode() for f in fields)
-    return re.compile(rb'"(?<=[{,\s]")(?:' + names + rb')"\s*:\s*"((?:[^"\\]|\\.)*)"', re.S)
-
-
 #: Strings worth counting in SSE event data when a stream carries no usage: the streamed
 #: text fields of every provider (group 1: the string as written, escapes included).
-TEXT_FIELD = _text_field(STREAM_TEXT_FIELDS)
+TEXT_FIELD = text_field_pattern(STREAM_TEXT_FIELDS)
 #: Keys whose values are generated text, for :class:`~..textfields.TextFieldCounter`
 #: (a whole JSON response under :data:`RESPONSE_TEXT_ROOTS`).
 TEXT_FIELD_NAMES = frozenset(STREAM_TEXT_FIELDS)
 
 
 class StreamText:
-    """One operation's streamed-text fields: the event regex, and the names (for an event
-    too large to keep, measured by a :class:`~..textfields.TextFieldCounter`)."""
+    """One operation's streamed-text fields: where their strings are in event data (see
+    :mod:`..textscan`), and the names (for an event too large to keep, measured by a
+    :class:`~..textfields.TextFieldCounter`)."""
 
-    __slots__ = ("field", "finditer", "names")
+    __slots__ = ("field", "spans", "names")
 
     def __init__(self, fields: tuple[str, ...]) -> None:
-        self.field = _text_field(fields) if fields != STREAM_TEXT_FIELDS else TEXT_FIELD
-        #: ``field.finditer``, bound once here: binding it per response is an object made
-        #: (and collected) for every stream.
-        self.finditer = self.field.finditer
+        #: The reference pattern (what the search finds, group 1).
+        self.field = text_field_pattern(fields) if fields != STREAM_TEXT_FIELDS else TEXT_FIELD
+        #: ``TextFields(...).spans``, bound once here: binding it per response is an object
+        #: made (and collected) for every stream.
+        self.spans = TextFields(tuple(f.encode("ascii") for f in fields)).spans
         self.names = frozenset(fields)
 
 
