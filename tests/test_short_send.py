@@ -69,7 +69,7 @@ MESSAGE = st.builds(
     MORE,
     st.one_of(st.none(), st.binary(max_size=8)),
 )
-STEP = st.one_of(MESSAGE, st.just("code on"), st.just("code off"), st.just("call gone"))
+STEP = st.one_of(MESSAGE, st.sampled_from(["code on", "code off", "call gone", "feed set", "feed unset"]))
 
 
 def build(kind: str, more: Any, chunk: bytes | None) -> dict[str, Any]:
@@ -90,6 +90,10 @@ def run(cls: type[PyShortSend], steps: list[Any]) -> tuple[list[Any], Any, Any]:
             r.code = None
         elif step == "call gone":
             r.call = None
+        elif step == "feed set":
+            r.feed = r.call.feed if r.call is not None else None
+        elif step == "feed unset":
+            r.feed = None
         else:
             result = r.send(build(*step))
             log.append(("returned", "awaited" if result is AWAITED else "sent" if result is SENT else result))
@@ -115,6 +119,30 @@ def test_the_short_path_feeds_the_previous_chunk_and_hands_the_message_on() -> N
         assert r.send({"type": "http.response.body", "body": b"", "more_body": False}) is AWAITED
         assert [e[0] for e in log] == ["server", "feed", "server", "feed", "server", "awaited"]
         assert [e[1] for e in log if e[0] == "feed"] == [b"a", b"b"] and r.pending == b"", cls
+
+
+def test_a_set_feed_takes_the_pending_chunks_instead_of_the_call() -> None:
+    """With ``feed`` set (the call does once its feed no longer changes), pending chunks go
+    to it and not to the call's ``feed``; set back to None, to the call's again. Both
+    relays, and a feed replaced while it runs is the one that was called."""
+    for cls in (PyShortSend, CShortSend):
+        r, log = relay(cls)  # type: ignore[arg-type]
+        assert r.feed is None
+        direct: list[bytes] = []
+        r.code = CODE
+        r.feed = direct.append
+        for chunk in (b"a", b"b", b"c"):
+            assert r.send({"type": "http.response.body", "body": chunk, "more_body": True}) is SENT
+        assert direct == [b"a", b"b"] and [e for e in log if e[0] == "feed"] == [], cls
+
+        def replacing(chunk: bytes) -> None:
+            r.feed = None
+            direct.append(b"replacing " + chunk)
+
+        r.feed = replacing
+        r.send({"type": "http.response.body", "body": b"d", "more_body": True})
+        r.send({"type": "http.response.body", "body": b"e", "more_body": True})
+        assert direct[-1] == b"replacing c" and [e[1] for e in log if e[0] == "feed"] == [b"d"], cls
 
 
 def test_another_mapping_is_awaited_by_the_compiled_one() -> None:
@@ -164,10 +192,10 @@ def test_errors_propagate_alike(fault: str) -> None:
 
 
 def test_construction_and_attributes_alike() -> None:
-    """Positional or keyword arguments, the wrong count refused, and the four attributes."""
+    """Positional or keyword arguments, the wrong count refused, and the five attributes."""
     for cls in (PyShortSend, CShortSend):
         a = cls(call="c", server_send="s")  # type: ignore[arg-type,misc]
-        assert (a.call, a.server_send, a.code, a.pending) == ("c", "s", None, None)
+        assert (a.call, a.server_send, a.code, a.pending, a.feed) == ("c", "s", None, None, None)
         with pytest.raises(TypeError):
             cls("c")  # type: ignore[call-arg,misc]
         with pytest.raises(TypeError):

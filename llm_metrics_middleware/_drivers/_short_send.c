@@ -4,7 +4,8 @@
  * A middle chunk of a streamed body (`more_body` true, once the call turned the short path
  * on by setting `code`) is handed to the server's send at once, its coroutine returned to
  * the app unawaited; the chunk before it, whose send the app has now awaited, is fed to the
- * call. Any other message goes to the call's `_awaited_send`. Only exact dicts take the
+ * call (to `feed` when the call set it: its own feed callable, found once instead of per
+ * chunk). Any other message goes to the call's `_awaited_send`. Only exact dicts take the
  * short path here (ASGI messages are dicts); any other mapping is awaited, which is always
  * correct, only slower.
  */
@@ -18,6 +19,7 @@ typedef struct {
     PyObject *server_send; /* the server's send */
     PyObject *code;        /* the code of the server's send coroutine once the short path is on */
     PyObject *pending;     /* the chunk handed on last, not fed yet, or None */
+    PyObject *feed;        /* what a pending chunk is fed to, or None: the call's `feed` */
 } ShortSend;
 
 static PyObject *str_more_body;    /* "more_body" */
@@ -34,6 +36,7 @@ short_traverse(ShortSend *self, visitproc visit, void *arg)
     Py_VISIT(self->server_send);
     Py_VISIT(self->code);
     Py_VISIT(self->pending);
+    Py_VISIT(self->feed);
     return 0;
 }
 
@@ -44,6 +47,7 @@ short_clear(ShortSend *self)
     Py_CLEAR(self->server_send);
     Py_CLEAR(self->code);
     Py_CLEAR(self->pending);
+    Py_CLEAR(self->feed);
     return 0;
 }
 
@@ -69,6 +73,7 @@ short_init(ShortSend *self, PyObject *args, PyObject *kwargs)
     Py_XSETREF(self->server_send, Py_NewRef(server_send));
     Py_XSETREF(self->code, Py_NewRef(Py_None));
     Py_XSETREF(self->pending, Py_NewRef(Py_None));
+    Py_XSETREF(self->feed, Py_NewRef(Py_None));
     return 0;
 }
 
@@ -94,7 +99,14 @@ short_send(ShortSend *self, PyObject *message)
             PyObject *pending = self->pending;
             if (pending != NULL && pending != Py_None) {
                 Py_INCREF(pending);
-                PyObject *fed = PyObject_CallMethodOneArg(call, str_feed, pending);
+                PyObject *feed = self->feed, *fed;
+                if (feed != NULL && feed != Py_None) {
+                    Py_INCREF(feed); /* it may be replaced while it runs */
+                    fed = PyObject_CallOneArg(feed, pending);
+                    Py_DECREF(feed);
+                } else {
+                    fed = PyObject_CallMethodOneArg(call, str_feed, pending);
+                }
                 Py_DECREF(pending);
                 if (fed == NULL) {
                     Py_DECREF(call);
@@ -131,6 +143,7 @@ static PyMemberDef short_members[] = {
     {"server_send", T_OBJECT, offsetof(ShortSend, server_send), 0, NULL},
     {"code", T_OBJECT, offsetof(ShortSend, code), 0, NULL},
     {"pending", T_OBJECT, offsetof(ShortSend, pending), 0, NULL},
+    {"feed", T_OBJECT, offsetof(ShortSend, feed), 0, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -152,6 +152,10 @@ class _AsgiCall(MeteredCall):
                 self.finish(COMPLETED)
             elif relay.code is None and self.first_chunk is not None and awaitable.__class__ is CoroutineType:
                 relay.code = awaitable.cr_code  # the first chunk is in: the short path is on
+                # The call's feed no longer changes (a deferred JSON body's does, at its
+                # second chunk: see MeteredCall._json_body): the relay calls it directly.
+                if not self.deferred:
+                    relay.feed = self.feed
         elif kind == "http.response.start":
             try:
                 headers = response_headers(message.get("headers", ()))  # type: ignore[arg-type]
