@@ -25,6 +25,8 @@ from .jsonscan import JSONScanner
 from .providers.facts import USAGE_HINTED
 from .sse import EVENT_LIMIT, SSEDecoder
 from .textfields import TextFieldCounter
+from .typedevent import PROVIDER as _EVENT_PROVIDER
+from .typedevent import read_event as _read_event
 
 # Bound once here: a method called on an imported name compiles to a slower attribute load
 # plus call (CPython 3.11 treats it as a module attribute), and these run per chunk.
@@ -303,6 +305,22 @@ class SSEReader:
         ):
             if data == b"[DONE]":
                 return
+            if found.custom is None:
+                # The commonest events (OpenAI chat's first chunk and its usage chunk) read
+                # typed, their choices left unbuilt, where that is sure (see typedevent).
+                read = _read_event(data)
+                if read is not None:
+                    model, counts = read
+                    if counts is not None:
+                        found.update(counts)
+                        if found.provider is None:
+                            found.provider = _EVENT_PROVIDER
+                    if found.model is None:
+                        found.model = model
+                    if not self._fast and self._may_skip:
+                        self._fast = True
+                        self.skim = self
+                    return
             try:
                 try:
                     obj = _first(data)  # orjson itself when installed: one call fewer

@@ -189,15 +189,23 @@ if ENABLED:
     UNSET = _UNSET
 
 
-def chat_decoder(unbilled_key: str) -> Callable[[bytes | bytearray], Any] | None:
+def chat_decoder(unbilled_key: str, others: tuple[str, ...] = ()) -> Callable[[bytes | bytearray], Any] | None:
     """A reader of a response body as a Struct with ``model``, ``usage`` (a ``ChatUsage``,
     None or UNSET) and ``unbilled_key``, that returns None where the full parse could
-    answer otherwise; None itself where typed decoding is off."""
+    answer otherwise; None itself where typed decoding is off.
+
+    ``others``: more top-level keys (not ``model``, ``usage`` or ``unbilled_key``) to read,
+    as they are, into the Struct's attributes ``other_0``, ``other_1``... in that order
+    (UNSET when absent): any JSON key may be one.
+    """
     if not ENABLED or not unbilled_key.isidentifier() or keyword.iskeyword(unbilled_key) or unbilled_key.startswith("_"):
         return None
     fields: list[tuple[str, Any, Any]] = [("model", Any, _UNSET), ("usage", Union[ChatUsage, None, _UnsetType], _UNSET)]
     if unbilled_key not in ("model", "usage"):
         fields.append((unbilled_key, Any, _UNSET))
+    # An encoded name given twice (an other key that is model, usage or unbilled_key) is
+    # refused by msgspec here, when the module is imported.
+    fields += [(f"other_{i}", Any, msgspec.field(default=_UNSET, name=key)) for i, key in enumerate(others)]
     decode = msgspec.json.Decoder(_struct("ChatCompletion", fields)).decode
 
     def chat(data: bytes | bytearray) -> Any:

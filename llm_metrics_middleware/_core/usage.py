@@ -168,7 +168,7 @@ def read_chat(usage: Mapping[str, Any]) -> Counts | None:
     reasoning = details.get("reasoning_tokens") if type(details) is dict else None
     if plain_counts(prompt, completion, total, cached, reasoning):
         if reasoning:  # most calls report none: no call to weigh it
-            completion = _with_outside_reasoning(prompt, completion, total, reasoning)
+            completion = with_outside_reasoning(prompt, completion, total, reasoning)
         return prompt, completion, total, cached, reasoning, None, None
     return _judged_chat(usage, prompt, completion, total, cached, reasoning)
 
@@ -191,11 +191,11 @@ def _judged_chat(usage: Mapping[str, Any], prompt: Any, completion: Any, total: 
     if completion is None and prompt is not None and total is not None:
         completion = 0  # embeddings
     if reasoning:
-        completion = _with_outside_reasoning(prompt, completion, total, reasoning)
+        completion = with_outside_reasoning(prompt, completion, total, reasoning)
     return prompt, completion, total, cached, reasoning, None, None
 
 
-def _with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:
+def with_outside_reasoning(prompt: int | None, completion: int | None, total: int | None, reasoning: int | None) -> int | None:
     """Completion with billed reasoning in it, for providers that report it outside.
 
     OpenAI counts reasoning inside ``completion_tokens``; xAI (Grok, directly or on Vertex
@@ -225,7 +225,7 @@ def read_responses(usage: Mapping[str, Any]) -> Counts | None:
     cached = _count(usage, "input_tokens_details", "cached_tokens")
     reasoning = _count(usage, "output_tokens_details", "reasoning_tokens")
     total = _count(usage, "total_tokens")
-    return prompt, _with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
+    return prompt, with_outside_reasoning(prompt, completion, total, reasoning), total, cached, reasoning, None, None
 
 
 def _prompt_beside_cache(

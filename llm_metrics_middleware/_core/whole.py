@@ -22,7 +22,8 @@ from typing import Any
 from .estimate import TokenCounter
 from .extractor import JSON, Extraction, UsageExtractor
 from .fastjson import first, value_or_none
-from .providers.objects import MODEL_PATHS, UNBILLED_OBJECTS, USAGE_CONTAINERS, counts_from_object, model_from_object
+from .providers.chat import CHAT_FIRST, CHAT_MARKERS, CHAT_PROVIDER, CHAT_UNBILLED
+from .providers.objects import counts_from_object, model_from_object
 from .providers.table import PROVIDERS
 from .typed import chat_decoder
 from .usage import Invalid, make_usage, plain_counts, read_chat, usage_of
@@ -30,14 +31,11 @@ from .usage import Invalid, make_usage, plain_counts, read_chat, usage_of
 _BOM = b"\xef\xbb\xbf"
 _new = object.__new__
 
-# The plain chat path stands for the table's own order: it applies only while the first
-# place tried is the object's "usage", the first shape there OpenAI chat's, and the first
-# model path the object's "model" (tests/test_whole.py checks the answers either way).
-_FIRST_PATH, _FIRST_SHAPES = USAGE_CONTAINERS[0]
-_CHAT_FIRST = _FIRST_PATH == ("usage",) and _FIRST_SHAPES[0][0].read is read_chat and MODEL_PATHS[0] == ("model",)
-_CHAT_PROVIDER = _FIRST_SHAPES[0][1]
-_CHAT_MARKERS = frozenset(_FIRST_SHAPES[0][0].markers)
-_CHAT_UNBILLED = UNBILLED_OBJECTS[0] if len(UNBILLED_OBJECTS) == 1 else None
+# The plain chat path stands for the table's own order (see providers/chat.py).
+_CHAT_FIRST = CHAT_FIRST
+_CHAT_PROVIDER = CHAT_PROVIDER
+_CHAT_MARKERS = CHAT_MARKERS
+_CHAT_UNBILLED = CHAT_UNBILLED
 
 # The typed decoder of that body (msgspec's, when installed and sure): only when the plain
 # path applies and a marker is one of the two counts _plain_counts wants as ints.

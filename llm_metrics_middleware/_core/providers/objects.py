@@ -72,6 +72,9 @@ def _read_keys() -> tuple[frozenset[str], frozenset[str]] | None:
 
 
 _READ_KEYS = _read_keys()
+#: The top-level keys an object must have for :func:`counts_from_object` to read anything
+#: (None: every object may hold usage), for a reader that decodes only some keys.
+READ_KEYS: frozenset[str] | None = _READ_KEYS[0] if _READ_KEYS is not None else None
 
 
 def counts_from_object(obj: Mapping[str, Any], rule_out: bool = True) -> tuple[Counts, str] | None:
