@@ -249,6 +249,7 @@ class LLMMetricsMiddleware(MiddlewareBase["ASGI3Application"]):
             raise
         finally:
             relay.call = None  # the relay and the call point at each other: no cycle left
+            relay.feed = None  # (the call's feed may be one of its own bound methods)
             try:
                 CURRENT.reset(token)
             except (ValueError, RuntimeError):  # reset in another context: see context.leave
