@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from llm_metrics_middleware._core import peek, typed, whole
 from llm_metrics_middleware._core.peek import BodyPeek
 from llm_metrics_middleware._core.whole import extract_whole_json
 
+from .mutations import mutated
 from .wire.cases import CASES, NON_LLM_CASES
 
 needs_typed = pytest.mark.skipif(not typed.ENABLED, reason="the typed path needs msgspec and orjson (the accel extra)")
@@ -296,25 +296,9 @@ _SEEDS = [
     b'"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"prompt_tokens_details":{"cached_tokens":1},'
     b'"completion_tokens_details":{"reasoning_tokens":2}}}',
 ]
-_BYTES = st.sampled_from(list(b'{}[]":,\\ 0123456789eE+-.tfnulaNIy') + [0x00, 0x1F, 0x7F, 0xC3, 0xA9, 0xFF, 0xED])
-
-
-@st.composite
-def _mutated(draw: st.DrawFn) -> bytes:
-    body = bytearray(draw(st.sampled_from(_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(body)))
-        action = draw(st.sampled_from(("insert", "delete", "replace")))
-        if action == "insert":
-            body[at:at] = bytes([draw(_BYTES)])
-        elif at < len(body):
-            body[at:at + 1] = b"" if action == "delete" else bytes([draw(_BYTES)])
-    return bytes(body)
-
-
 @needs_typed
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_mutated())
+@given(mutated(_SEEDS))
 def test_mutated_bodies_agree(body: bytes) -> None:
     _same_request(body)
     _same_response(body)

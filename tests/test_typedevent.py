@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from llm_metrics_middleware._core import readers, typed, typedevent
 from llm_metrics_middleware._core.extractor import SSE, UsageExtractor
@@ -29,6 +28,7 @@ from llm_metrics_middleware._core.providers.objects import READ_KEYS
 from llm_metrics_middleware._core.typedevent import PROVIDER, read_event
 from llm_metrics_middleware._core.usage import Invalid
 
+from .mutations import mutated
 from .wire.cases import CASES
 
 needs_typed = pytest.mark.skipif(
@@ -186,25 +186,9 @@ def test_what_it_must_leave_to_the_full_parse() -> None:
         assert read_event(data) is None, data
 
 
-_BYTES = st.sampled_from(list(b'{}[]":,\\ 0123456789eE+-.tfnulaNIy') + [0x00, 0x1F, 0x7F, 0xC3, 0xA9, 0xFF, 0xED])
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    body = bytearray(draw(st.sampled_from([ROLE, USAGE, *HOSTILE[:3]])))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(body)))
-        action = draw(st.sampled_from(("insert", "delete", "replace")))
-        if action == "insert":
-            body[at:at] = bytes([draw(_BYTES)])
-        elif at < len(body):
-            body[at : at + 1] = b"" if action == "delete" else bytes([draw(_BYTES)])
-    return bytes(body)
-
-
 @needs_typed
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(mutated())
+@given(mutated([ROLE, USAGE, *HOSTILE[:3]]))
 def test_mutated_events_agree(data: bytes) -> None:
     check(data)
 
