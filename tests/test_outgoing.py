@@ -11,6 +11,7 @@ import asyncio
 import concurrent.futures
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,10 @@ def test_a_metered_proxy_counts_each_call_once(fastapi: tuple[str, InMemoryExpor
                                             stream=True, stream_options={"include_usage": True}) as stream:
             chunks = list(stream)
     assert chunks[-1].usage is not None
+    # The client reads the stream's last byte before the proxy has recorded its call.
+    deadline = time.monotonic() + 10
+    while len(exporter.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     calls = calls_of(exporter, "hal")  # the user, from the incoming body the proxy relayed
     assert len(calls) == 2 and len(exporter.calls) == 2
     assert all(c.origin == "outgoing" and c.usage_source == "reported" for c in calls)
